@@ -1,0 +1,81 @@
+"""The response cache: (endpoint identity, request hash) -> raw response JSON text, on disk.
+
+diskcache with eviction off (its default silently evicts at 1 GB) and string values only (its pickle
+path is never used). Each value carries a checksum of its text; an entry that fails it, or is not
+JSON, is treated as absent and deleted, so a corrupted entry is re-fetched and never exported.
+The cache is shared by all jobs: a request once paid for is answered from here in any later job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from .errors import ConfigError
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/batch-prompt`, else `~/.cache/batch-prompt`."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batch-prompt"
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResponseCache:
+    """Responses by endpoint and request hash. Use as a context manager or call `close()`."""
+
+    def __init__(self, directory: str | Path | None, endpoint: str) -> None:
+        self.directory = Path(directory) if directory else default_cache_dir()
+        self.endpoint = endpoint
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(
+                str(self.directory), eviction_policy="none", size_limit=2**62, cull_limit=0
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot use cache folder {self.directory}: {exc.strerror or exc}") from None
+        self.hits = 0
+        self.corrupt = 0
+
+    def _key(self, request_hash: str) -> str:
+        return f"{self.endpoint} {request_hash}"
+
+    def get(self, request_hash: str) -> str | None:
+        """The cached response text, or None (missing or corrupt; a corrupt entry is deleted)."""
+        key = self._key(request_hash)
+        value = self._cache.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str) and len(value) > 17 and value[16] == " ":
+            text = value[17:]
+            if value[:16] == _checksum(text):
+                self.hits += 1
+                return text
+        self.corrupt += 1
+        self._cache.delete(key)
+        return None
+
+    def set(self, request_hash: str, text: str) -> None:
+        """Store a response and read it back; raises `OSError` when the write did not take."""
+        key = self._key(request_hash)
+        value = f"{_checksum(text)} {text}"
+        self._cache.set(key, value)
+        if self._cache.get(key) != value:
+            raise OSError(f"cache write for {request_hash} did not persist")
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+

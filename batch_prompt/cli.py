@@ -1,0 +1,180 @@
+"""The command line: parse, call one library function, render, map errors to exit codes.
+
+This is the only module that prints or exits. Exit codes: 0 all done; 1 finished with prompts failed
+(or left unfinished); 2 bad input or configuration (a one-line `batch-prompt: error: ...`); 130
+interrupted (resume to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import job as jobs
+from .errors import BatchPromptError
+from .export import export
+from .runner import RunOptions, RunSummary
+from .spec import load_spec
+from .store import Store
+
+PROG = "batch-prompt"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, default=100, help="requests in flight (default 100)")
+    parser.add_argument("--rpm", type=float, help="requests per minute (default: learned from the server)")
+    parser.add_argument("--tpm", type=float, help="tokens per minute (default: learned from the server)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    parser.add_argument("--max-attempts", type=int, default=8, help="calls per prompt before it fails (default 8)")
+    parser.add_argument("--no-cache", action="store_true", help="do not answer from the cache (fresh samples)")
+    parser.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
+    parser.add_argument("--base-url", help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--yes", action="store_true", help="do not ask before sending (nothing asks today)")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Query LLMs with large batches of prompts, resumably.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="create the job if needed, then send every unfinished prompt")
+    p.add_argument("spec", help="spec file (JSON or TOML)")
+    p.add_argument("--db", required=True, help="job database (created if missing)")
+    _run_options(p)
+
+    p = sub.add_parser("create", help="expand a spec and record its prompts; no API calls")
+    p.add_argument("spec")
+    p.add_argument("--db", required=True)
+
+    p = sub.add_parser("resume", help="finish every unfinished prompt of every job in the file")
+    p.add_argument("db")
+    _run_options(p)
+
+    p = sub.add_parser("status", help="prompts by status and tokens used, per job")
+    p.add_argument("db")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("export", help="write the results of done prompts (no API calls)")
+    p.add_argument("db")
+    p.add_argument("-o", "--output", required=True, help="results file")
+    p.add_argument("--format", choices=("pickle", "jsonl"), help="default: from the suffix (.jsonl), else pickle")
+
+    p = sub.add_parser("retry-failed", help="move failed prompts back to pending")
+    p.add_argument("db")
+
+    p = sub.add_parser("estimate", help="prompts, requests and tokens of a spec; no database, no calls")
+    p.add_argument("spec")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except BatchPromptError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout,
+        max_attempts=args.max_attempts, cache=not args.no_cache, cache_dir=args.cache_dir,
+        base_url=args.base_url, quiet=args.quiet, handle_signals=True,
+    )
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    job = jobs.create(args.db, args.spec)
+    verb = "created" if job.created else "already recorded"
+    print(f"job {job.name!r}: {job.n_prompts} prompts {verb} in {args.db}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    job = jobs.create(args.db, args.spec)
+    return _report(job.run(**vars(_options(args))), args.db)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _report(jobs.resume(args.db, **vars(_options(args))), args.db)
+
+
+def _report(summary: RunSummary, db: str) -> int:
+    line = f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}"
+    print(line, file=sys.stderr)
+    for kind, count in summary.errors.most_common():
+        print(f"  {count} x {kind}", file=sys.stderr)
+    if summary.interrupted or summary.unfinished:
+        print(f"interrupted: resume with: python -m batch_prompt.resume {db}", file=sys.stderr)
+    elif summary.failed_total:
+        print(f"{summary.failed_total} prompts failed: python -m batch_prompt retry-failed {db}, then resume",
+              file=sys.stderr)
+    return summary.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with Store(args.db, create=False) as store:
+        report: list[dict[str, Any]] = []
+        for job in store.jobs():
+            report.append({"job": job.name, "api": job.api, "state": job.state, **store.counts(job)})
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for row in report:
+        print(
+            f"{row['job']} ({row['api']}{'' if row['state'] == 'ready' else ', incomplete create'}): "
+            f"{row['done']}/{row['total']} done, {row['pending']} pending, {row['running']} running, "
+            f"{row['failed']} failed; tokens {row['prompt_tokens']} prompt + {row['completion_tokens']} completion"
+        )
+    if not report:
+        print(f"no jobs in {args.db}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    count = export(args.db, args.output, args.format)
+    print(f"{count} results written to {args.output}")
+    return 0
+
+
+def _cmd_retry_failed(args: argparse.Namespace) -> int:
+    count = jobs.retry_failed(args.db)
+    print(f"{count} failed prompts are pending again; run: python -m batch_prompt.resume {args.db}")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from .expand import expand
+    from .tokens import estimate
+
+    spec = load_spec(args.spec)
+    prompts = input_tokens = 0
+    for record in expand(spec):
+        prompts += 1
+        input_tokens += estimate(json.loads(record.request_json))
+    per_request = spec.prompts_per_request if spec.api == "completions" else 1
+    requests = -(-prompts // per_request)
+    print(json.dumps({"prompts": prompts, "requests": requests, "tokens_estimated": input_tokens}))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run, "create": _cmd_create, "resume": _cmd_resume, "status": _cmd_status,
+    "export": _cmd_export, "retry-failed": _cmd_retry_failed, "estimate": _cmd_estimate,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

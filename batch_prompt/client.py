@@ -1,0 +1,169 @@
+"""The API client: one openai `AsyncOpenAI` per run and endpoint, on the aiohttp transport, SDK retries off.
+
+`send` makes exactly one HTTP call and returns the parsed JSON body and the response headers; it
+raises the SDK's own exception types, or `MalformedResponse` when a 200 body is not what was asked for.
+`classify` turns an exception into what the runner does about it: retry it, fail the prompt, or stop.
+Retry decisions match exception types and status codes, never message strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRIED_STATUS = frozenset({408, 409, 429})
+# A 429 whose error code or type says this: retrying cannot help, stop the run.
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
+
+RETRY, FAIL, FATAL = "retry", "fail", "fatal"
+# Servers echo (partly masked) keys in auth errors; nothing key-like is ever stored or printed.
+_KEY_LIKE = re.compile(r"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.IGNORECASE)
+
+
+class MalformedResponse(Exception):
+    """A 200 response whose body is not valid JSON or does not answer the request (retried)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go. The key is kept out of `repr` and never written anywhere."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+
+    @property
+    def identity(self) -> str:
+        """The cache's name for this endpoint: the normalized base URL, never the key."""
+        return self.base_url.rstrip("/").lower()
+
+
+def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
+    """Options first, then `OPENAI_BASE_URL` / `OPENAI_API_KEY`. Raises `ConfigError` when there is no key."""
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"base URL must start with http:// or https://, got {url!r}")
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise ConfigError("no API key: set OPENAI_API_KEY (or pass api_key=...)")
+    return Endpoint(url, key)
+
+
+def make_client(endpoint: Endpoint, timeout: float, connections: int) -> openai.AsyncOpenAI:
+    """One client per run: aiohttp transport, pool sized to the concurrency, SDK retries off."""
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return openai.AsyncOpenAI(
+        api_key=endpoint.api_key,
+        base_url=endpoint.base_url,
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
+    )
+
+
+async def send(
+    client: openai.AsyncOpenAI, api: str, body: dict[str, Any], request_timeout: float
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers)."""
+    args = dict(body)
+    model = args.pop("model")
+    if api == "chat":
+        messages = args.pop("messages")
+        raw: Any = await client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, extra_body=args, timeout=request_timeout
+        )
+    else:
+        prompt = args.pop("prompt")
+        raw = await client.completions.with_raw_response.create(
+            model=model, prompt=prompt, extra_body=args, timeout=request_timeout
+        )
+    headers = raw.headers
+    try:
+        data = json.loads(raw.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedResponse(f"response body is not valid JSON: {exc}") from None
+    return data, headers
+
+
+def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:
+    """The response's choices, sorted by index, when there are exactly `expected` with indexes 0..expected-1."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise MalformedResponse("response has no choices list")
+    choices = data["choices"]
+    if not all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+        raise MalformedResponse("response choices lack an integer index")
+    indexes = sorted(c["index"] for c in choices)
+    if indexes != list(range(expected)):
+        raise MalformedResponse(f"response has {len(choices)} choices (indexes {indexes[:5]}...), expected {expected}")
+    return sorted(choices, key=lambda c: int(c["index"]))
+
+
+def classify(exc: BaseException) -> str:
+    """RETRY (transient), FAIL (this prompt is bad) or FATAL (stop the whole run)."""
+    if isinstance(exc, MalformedResponse | openai.APIConnectionError | openai.APIResponseValidationError):
+        return RETRY  # APITimeoutError is an APIConnectionError
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (401, 403):
+            return FATAL
+        if status == 429 and (exc.code in QUOTA_CODES or exc.type in QUOTA_CODES):
+            return FATAL
+        if status in RETRIED_STATUS or status >= 500:
+            return RETRY
+        return FAIL
+    return FAIL
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after`), if it said."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return retry_after_from(headers) if headers is not None else None
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line error for the database and the summary: type, status, and the server's message."""
+    if isinstance(exc, openai.APIStatusError):
+        message = exc.message
+        if isinstance(exc.body, dict) and isinstance(exc.body.get("message"), str):
+            message = exc.body["message"]
+        return redact(f"{type(exc).__name__} {exc.status_code}: {message}")[:500]
+    return redact(f"{type(exc).__name__}: {exc}")[:500]
+
+
+def redact(text: str, key: str | None = None) -> str:
+    """`text` with the API key, and anything shaped like one, masked."""
+    if key:
+        text = text.replace(key, "***")
+    return _KEY_LIKE.sub("***", text)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short key for summaries of errors by type."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"{type(exc).__name__} {exc.status_code}"
+    return type(exc).__name__

@@ -1,0 +1,77 @@
+"""The exceptions batch-prompt raises. One root, a small tree, data as attributes.
+
+    BatchPromptError                 root; the CLI maps it to exit code 2 unless noted
+    ├── SpecError                    a spec (file, dict or keyword arguments) is invalid
+    │   └── MissingFieldError        a template field is absent from a keyword dict
+    ├── JobConflictError             same job name, different spec
+    ├── StoreError                   the job database cannot be used
+    │   ├── NotADatabaseError        the path is not a batch-prompt database
+    │   └── SchemaTooNewError        written by a newer batch-prompt
+    ├── ConfigError                  run options: no API key, bad base URL, ...
+    ├── FatalAPIError                the API refused the run (401/403, quota); rows left unfinished
+    └── ExportError                  the export destination cannot be written
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatchPromptError(Exception):
+    """batch-prompt failed."""
+
+    def __init__(self, message: str | None = None, **data: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        for key, value in data.items():
+            setattr(self, key, value)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(BatchPromptError):
+    """The job spec is invalid."""
+
+
+class MissingFieldError(SpecError):
+    """A template field is missing from a keyword dict."""
+
+    template: str
+    field: str
+
+
+class JobConflictError(BatchPromptError):
+    """A job with this name already exists with a different spec."""
+
+    name: str
+
+
+class StoreError(BatchPromptError):
+    """The job database cannot be used."""
+
+    path: str
+
+
+class NotADatabaseError(StoreError):
+    """The file is not a batch-prompt job database."""
+
+
+class SchemaTooNewError(StoreError):
+    """The job database was written by a newer batch-prompt; upgrade batch-prompt to read it."""
+
+
+class ConfigError(BatchPromptError):
+    """The run configuration is invalid."""
+
+
+class FatalAPIError(BatchPromptError):
+    """The API refused the run; nothing more can succeed until that is fixed."""
+
+    status_code: int | None
+
+
+class ExportError(BatchPromptError):
+    """The export could not be written."""

@@ -1,0 +1,197 @@
+"""The rate limiter: when may the next request go? Shared by every worker of a run.
+
+- Two token buckets, requests and tokens per minute (`--rpm`, `--tpm`). A request reserves its cost
+  up front (levels may go negative) and sleeps once for the deficit: no polling.
+- It learns from the server: `x-ratelimit-limit-*` sets a limit it was not told, and
+  `x-ratelimit-remaining-*` lowers the bucket to what the server says is left.
+- A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
+- A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
+  with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
+  outage costs a prompt a few attempts, not its whole budget.
+
+Clock and sleep are injected so tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: '1s', '6m0s', '0.5s', '120ms', '1h2m3s'; None when unreadable."""
+    parts = _DURATION.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+class Bucket:
+    """A token bucket: `per_minute` refill, holding at most `burst_seconds` worth."""
+
+    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+        self.burst_seconds = burst_seconds
+        self.per_minute = per_minute
+        self.level = self.capacity
+        self.last = now
+
+    @property
+    def rate(self) -> float:
+        return self.per_minute / 60.0
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.rate * self.burst_seconds)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.last) * self.rate)
+        self.last = now
+
+    def reserve(self, cost: float, now: float) -> float:
+        """Take `cost` now; returns how long to wait until it is covered (0 when it already is)."""
+        self.refill(now)
+        cost = min(cost, self.capacity)  # a request bigger than the bucket still goes, at a full bucket
+        self.level -= cost
+        return 0.0 if self.level >= 0 else -self.level / self.rate
+
+    def drain(self, now: float) -> None:
+        """Empty the bucket (after a 429): it refills from zero, a ramp back up."""
+        self.refill(now)
+        self.level = min(self.level, 0.0)
+
+
+class Limiter:
+    """Decides when each request may be sent. `acquire` before a call; report outcomes after it."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        learn: bool = True,
+        burst_seconds: float = 1.0,
+        breaker_threshold: int = 8,
+        breaker_max_pause: float = 60.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.clock, self.sleep = clock, sleep
+        self.learn = learn
+        self.burst_seconds = burst_seconds
+        now = clock()
+        self.requests = Bucket(rpm, burst_seconds, now) if rpm else None
+        self.tokens = Bucket(tpm, burst_seconds, now) if tpm else None
+        self.told = (rpm is not None, tpm is not None)
+        self.pause_until = 0.0
+        self.pauses = 0
+        self.breaker_threshold = breaker_threshold
+        self.breaker_max_pause = breaker_max_pause
+        self.failures_in_a_row = 0
+        self.breaker_pause = 0.0
+        self.half_open = False
+        self._probe: asyncio.Future[None] | None = None
+
+    async def acquire(self, tokens: float) -> bool:
+        """Wait until a request costing `tokens` may go. Returns True when it is the breaker's probe."""
+        now = self.clock()
+        while True:
+            now = self.clock()
+            if self._probe is not None:
+                await asyncio.shield(self._probe)
+                continue
+            if now < self.pause_until:
+                await self.sleep(self.pause_until - now)
+                continue
+            if self.half_open:
+                self._probe = asyncio.get_running_loop().create_future()
+                return True
+            break
+        wait = 0.0
+        if self.requests:
+            wait = max(wait, self.requests.reserve(1, now))
+        if self.tokens:
+            wait = max(wait, self.tokens.reserve(tokens, now))
+        if wait > 0:
+            await self.sleep(wait)
+        now = self.clock()
+        if now < self.pause_until:  # a 429 arrived while we waited: honour it, reservation kept
+            await self.sleep(self.pause_until - now)
+        return False
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn limits and remaining capacity from a response's `x-ratelimit-*` headers."""
+        if not self.learn:
+            return
+        now = self.clock()
+        for kind, told in (("requests", self.told[0]), ("tokens", self.told[1])):
+            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            bucket = self.requests if kind == "requests" else self.tokens
+            if limit and not told and (bucket is None or bucket.per_minute != limit):
+                if bucket is None:
+                    bucket = Bucket(limit, self.burst_seconds, now)
+                    bucket.level = min(bucket.capacity, remaining if remaining is not None else limit)
+                    if kind == "requests":
+                        self.requests = bucket
+                    else:
+                        self.tokens = bucket
+                else:
+                    bucket.refill(now)
+                    bucket.per_minute = limit
+            if bucket is not None and remaining is not None:
+                bucket.refill(now)
+                bucket.level = min(bucket.level, remaining)
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """A 429: pause the whole pool for `retry_after` (1 s when unsaid), then ramp up from empty."""
+        now = self.clock()
+        self.pause_until = max(self.pause_until, now + (retry_after if retry_after is not None else 1.0))
+        self.pauses += 1
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.drain(now)
+        self._release_probe()
+
+    def succeeded(self) -> None:
+        """The server answered (any answer that is not transient): the outage, if any, is over."""
+        self.failures_in_a_row = 0
+        self.breaker_pause = 0.0
+        self.half_open = False
+        self._release_probe()
+
+    def failed(self) -> None:
+        """A transient failure (5xx, timeout, dropped connection, malformed body)."""
+        self.failures_in_a_row += 1
+        if self.half_open or self.failures_in_a_row >= self.breaker_threshold:
+            self.breaker_pause = min(self.breaker_max_pause, max(1.0, self.breaker_pause * 2))
+            self.pause_until = max(self.pause_until, self.clock() + self.breaker_pause)
+            self.half_open = True
+            self.pauses += 1
+        self._release_probe()
+
+    def _release_probe(self) -> None:
+        if self._probe is not None:
+            if not self._probe.done():
+                self._probe.set_result(None)
+            self._probe = None
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.half_open
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

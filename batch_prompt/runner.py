@@ -1,0 +1,439 @@
+"""The runner: an async worker pool that sends every unfinished prompt of a job database.
+
+One run = for each job: reclaim stale leases; a feeder claims rows in chunks (one `UPDATE ... RETURNING`
+each), answers what the cache holds at once, packs the rest into requests and queues them; `concurrency`
+workers take requests, wait for the limiter, call the API through the retry policy, write each response
+to the cache (checked), and hand outcomes to a ticker that commits them in small batches, renews leases
+and redraws progress. Nothing per request touches the database.
+
+Stopping: `request_stop` (SIGINT/SIGTERM in the CLI) stops claiming, lets in-flight requests finish for
+`grace` seconds, then cancels; whatever is still claimed goes back to `pending`. A fatal API error (401,
+403, quota) stops the run the same way at once, leaving rows unfinished, not failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from . import tokens
+from .cache import ResponseCache
+from .client import (
+    FAIL,
+    FATAL,
+    RETRY,
+    Endpoint,
+    check_choices,
+    classify,
+    describe,
+    error_kind,
+    make_client,
+    redact,
+    resolve_endpoint,
+    retry_after,
+    send,
+)
+from .errors import BatchPromptError, ConfigError, FatalAPIError
+from .limiter import Limiter
+from .progress import Progress, auto_progress
+from .retry import RetryPolicy, attempts_of
+from .store import Claimed, JobRow, Outcome, Store, lease_owner
+
+
+@dataclass
+class RunOptions:
+    """How to run. Every field has a CLI flag of the same name where it makes sense."""
+
+    concurrency: int = 100
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout: float = 120.0
+    cache: bool = True  # False: do not read the cache (fresh samples); responses are still written
+    cache_dir: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    max_attempts: int = 8
+    quiet: bool = False
+    progress: Progress | None = None
+    retry: RetryPolicy | None = None
+    limiter: Limiter | None = None
+    lease_seconds: float = 300.0
+    grace: float = 10.0  # seconds in-flight requests get to finish after a stop
+    flush_interval: float = 0.2
+    flush_batch: int = 256
+    handle_signals: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive integer, not {self.concurrency!r}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive, not {value!r}")
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout must be positive, not {self.timeout!r}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
+
+
+@dataclass
+class RunSummary:
+    """What a run did. `exit_code`: 0 all done, 1 some prompts failed, 130 interrupted."""
+
+    done: int = 0
+    cached: int = 0
+    failed: int = 0  # failed in this run
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    unfinished: int = 0  # pending or running in the file after the run
+    failed_total: int = 0  # failed in the file after the run
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed_total or self.unfinished else 0
+
+
+class _Stop:
+    """Shared between the signal handler and the job being run."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.current: _JobRun | None = None
+
+    def request(self) -> None:
+        self.requested = True
+        if self.current is not None:
+            self.current.request_stop()
+
+
+async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
+    """Run the named jobs of `db_path` (all jobs when `names` is None) until done, failed or stopped."""
+    opts.validate()
+    with Store(db_path, create=False) as store:
+        jobs = [job for job in store.jobs() if job.state == "ready"]
+        if names is not None:
+            missing = sorted(set(names) - {job.name for job in jobs})
+            if missing:
+                raise ConfigError(f"no job named {missing[0]!r} in {db_path}")
+            jobs = [job for job in jobs if job.name in names]
+        endpoints = {job.id: resolve_endpoint(opts.base_url or job.base_url, opts.api_key) for job in jobs}
+        progress = opts.progress or auto_progress(opts.quiet)
+        summary = RunSummary()
+        stop = _Stop()
+        resources = _Resources(opts)
+        loop = asyncio.get_running_loop()
+        if opts.handle_signals:
+            _install_signals(loop, stop)
+        try:
+            for job in jobs:
+                if stop.requested:
+                    break
+                run = _JobRun(store, job, endpoints[job.id], resources, opts, progress, summary)
+                stop.current = run
+                await run.run()
+        finally:
+            stop.current = None
+            if opts.handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            await resources.close()
+        summary.interrupted = summary.interrupted or stop.requested
+        for job in (job for job in jobs if job.id in endpoints):
+            counts = store.counts(job)
+            summary.unfinished += counts["pending"] + counts["running"]
+            summary.failed_total += counts["failed"]
+    return summary
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> None:
+    def handler(sig: signal.Signals) -> None:
+        # The first signal stops gracefully; remove ourselves so a second one kills at once.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(s)
+        stop.request()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig)
+
+
+class _Resources:
+    """Clients, caches and limiters of a run, one per endpoint, closed together."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.clients: dict[str, openai.AsyncOpenAI] = {}
+        self.caches: dict[str, ResponseCache] = {}
+        self.limiters: dict[str, Limiter] = {}
+
+    def client(self, endpoint: Endpoint) -> openai.AsyncOpenAI:
+        if endpoint.identity not in self.clients:
+            self.clients[endpoint.identity] = make_client(endpoint, self.opts.timeout, self.opts.concurrency)
+        return self.clients[endpoint.identity]
+
+    def cache(self, endpoint: Endpoint) -> ResponseCache:
+        if endpoint.identity not in self.caches:
+            self.caches[endpoint.identity] = ResponseCache(self.opts.cache_dir, endpoint.identity)
+        return self.caches[endpoint.identity]
+
+    def limiter(self, endpoint: Endpoint) -> Limiter:
+        if endpoint.identity not in self.limiters:
+            self.limiters[endpoint.identity] = self.opts.limiter or Limiter(self.opts.rpm, self.opts.tpm)
+        return self.limiters[endpoint.identity]
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+        for cache in self.caches.values():
+            cache.close()
+
+
+Item = list[Claimed]  # the prompts of one request (one for chat; up to prompts_per_request packed)
+
+
+class _JobRun:
+    def __init__(
+        self, store: Store, job: JobRow, endpoint: Endpoint, resources: _Resources, opts: RunOptions,
+        progress: Progress, summary: RunSummary,
+    ) -> None:
+        self.store, self.job, self.endpoint, self.opts = store, job, endpoint, opts
+        self.progress, self.summary = progress, summary
+        self.client = resources.client(endpoint)
+        self.cache = resources.cache(endpoint)
+        self.limiter = resources.limiter(endpoint)
+        self.policy = opts.retry or RetryPolicy(max_attempts=opts.max_attempts)
+        self.owner = lease_owner()
+        self.pack = job.prompts_per_request if job.api == "completions" else 1
+        self.claimed: dict[int, Claimed] = {}
+        self.followers: dict[str, list[Claimed]] = {}  # same hash as a row in flight: answered with it
+        self.outcomes: list[Outcome] = []
+        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=opts.concurrency)
+        self.stopping = False
+        self.feeder: asyncio.Task[None] | None = None
+        self.deadline: asyncio.Timeout | None = None
+
+    async def run(self) -> None:
+        self.store.reclaim(self.job)
+        counts = self.store.counts(self.job)
+        self.progress.start(self.job.name, counts["total"], counts["done"] + counts["failed"])
+        ticker = asyncio.create_task(self._tick(), name=f"ticker-{self.job.name}")
+        try:
+            async with asyncio.timeout(None) as self.deadline:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        self.feeder = group.create_task(self._feed(), name="feeder")
+                        for i in range(self.opts.concurrency):
+                            group.create_task(self._work(), name=f"worker-{i}")
+                except* BatchPromptError as errors:  # a fatal API error, or the store failing
+                    raise errors.exceptions[0] from None
+        except TimeoutError:
+            self.summary.interrupted = True
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self._flush()
+            if self.claimed:
+                self.store.release(list(self.claimed))
+            self.progress.render(final=True)
+        if self.stopping:
+            self.summary.interrupted = True
+
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight requests get `grace` seconds, then are cancelled."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.feeder is not None:
+            self.feeder.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        for _ in range(self.opts.concurrency):
+            self.queue.put_nowait(None)
+        if self.deadline is not None:
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.opts.grace)
+
+    # --- feeding ----------------------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        chunk = max(2 * self.opts.concurrency, 64) * self.pack
+        while not self.stopping:
+            rows = self.store.claim(self.job, self.owner, chunk, self.opts.lease_seconds)
+            if not rows:
+                if self.store.reclaim(self.job):
+                    continue
+                break
+            for row in rows:
+                self.claimed[row.id] = row
+            for item in self._items(self._uncached(rows)):
+                await self.queue.put(item)
+        for _ in range(self.opts.concurrency):
+            await self.queue.put(None)
+
+    def _uncached(self, rows: list[Claimed]) -> list[Claimed]:
+        """Answer rows from the cache; return the rest, one per hash (duplicates ride along)."""
+        todo = []
+        for row in rows:
+            text = self.cache.get(row.hash) if self.opts.cache else None
+            if text is not None:
+                self._done(row, text, cached=True)
+            elif row.hash in self.followers:
+                self.followers[row.hash].append(row)
+            else:
+                self.followers[row.hash] = []
+                todo.append(row)
+        return todo
+
+    def _items(self, rows: list[Claimed]) -> Iterator[Item]:
+        if self.pack == 1:
+            yield from ([row] for row in rows)
+            return
+        by_model: dict[str, list[Claimed]] = {}
+        for row in rows:
+            by_model.setdefault(row.model, []).append(row)
+        for group in by_model.values():
+            for start in range(0, len(group), self.pack):
+                yield group[start : start + self.pack]
+
+    # --- working ----------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            await self._process(item)
+
+    async def _process(self, rows: Item) -> None:
+        body = self._body(rows)
+        n = int(body.get("n") or 1)
+        cost = tokens.estimate(body)
+
+        async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            await self.limiter.acquire(cost)
+            self.progress.sent(len(rows))
+            try:
+                data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
+                choices = check_choices(data, n * len(rows))
+            except Exception as exc:
+                self._observe_failure(exc)
+                raise
+            finally:
+                self.progress.answered(len(rows))
+            self.limiter.observe(headers)
+            self.limiter.succeeded()
+            return data, choices
+
+        try:
+            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep)
+        except (FatalAPIError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == FATAL:
+                raise FatalAPIError(
+                    f"the API refused the run: {describe(exc)}", status_code=getattr(exc, "status_code", None)
+                ) from None
+            if kind == FAIL and len(rows) > 1:  # find the bad prompt(s) without failing the neighbours
+                half = len(rows) // 2
+                await self._process(rows[:half])
+                await self._process(rows[half:])
+                return
+            self.summary.errors[error_kind(exc)] += len(rows)
+            for row in rows:
+                self._failed(row, redact(describe(exc), self.endpoint.api_key), attempts_of(exc))
+            return
+        self.summary.requests += calls
+        for i, row in enumerate(rows):
+            text = _response_for(data, choices[i * n : (i + 1) * n], len(rows), i)
+            self.cache.set(row.hash, text)
+            self._done(row, text, cached=False, attempts=calls if i == 0 else 0)
+
+    def _observe_failure(self, exc: Exception) -> None:
+        kind = classify(exc)
+        if kind == RETRY and isinstance(exc, openai.RateLimitError):
+            self.limiter.observe(exc.response.headers)
+            self.limiter.rate_limited(retry_after(exc))
+        elif kind == RETRY:
+            self.limiter.failed()
+        else:  # the server answered: not an outage
+            self.limiter.succeeded()
+
+    def _body(self, rows: Item) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(rows[0].request)
+        if len(rows) > 1:
+            body["prompt"] = [json.loads(row.request)["prompt"] for row in rows]
+        return body
+
+    # --- outcomes ---------------------------------------------------------------------------------
+
+    def _done(self, row: Claimed, text: str, cached: bool, attempts: int = 0) -> None:
+        usage = json.loads(text).get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        self._add(Outcome(row.id, row.job_id, "done", text, cached, prompt_tokens, completion_tokens, attempts))
+        self.progress.finished("done", cached, 0 if cached else prompt_tokens, 0 if cached else completion_tokens)
+        self.summary.done += 1
+        self.summary.cached += int(cached)
+        if not cached:
+            self.summary.prompt_tokens += prompt_tokens
+            self.summary.completion_tokens += completion_tokens
+        for follower in self.followers.pop(row.hash, []):
+            self._done(follower, text, cached=True)
+
+    def _failed(self, row: Claimed, error: str, attempts: int) -> None:
+        self._add(Outcome(row.id, row.job_id, "failed", error=error, attempts=attempts))
+        self.progress.finished("failed")
+        self.summary.failed += 1
+        for follower in self.followers.pop(row.hash, []):
+            self._failed(follower, error, 0)
+
+    def _add(self, outcome: Outcome) -> None:
+        self.claimed.pop(outcome.id, None)
+        self.outcomes.append(outcome)
+        if len(self.outcomes) >= self.opts.flush_batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        self.store.record(outcomes)
+
+    async def _tick(self) -> None:
+        """Commit outcomes, renew leases and redraw progress, on a timer."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            await asyncio.sleep(self.opts.flush_interval)
+            self._flush()
+            if loop.time() - renewed > self.opts.lease_seconds / 3:
+                self.store.renew(self.owner, self.opts.lease_seconds)
+                renewed = loop.time()
+            self.progress.render()
+
+
+def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int) -> str:
+    """One prompt's own response: the completion with only its choices, indexed 0..n-1.
+
+    For a packed request the usage is split evenly among its prompts (the API reports only the total).
+    """
+    response = {key: value for key, value in data.items() if key != "choices"}
+    response["choices"] = [{**choice, "index": j} for j, choice in enumerate(choices)] if packed > 1 else choices
+    if packed > 1 and isinstance(data.get("usage"), dict):
+        usage = {}
+        for key, total in data["usage"].items():
+            if isinstance(total, int):
+                usage[key] = total // packed + (1 if position < total % packed else 0)
+        response["usage"] = usage
+    return json.dumps(response, ensure_ascii=False, separators=(",", ":"))

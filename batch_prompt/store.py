@@ -1,0 +1,385 @@
+"""The job database: every SQL statement batch-prompt runs against jobs.db lives here.
+
+Opening a store migrates it (see `schema.py`). The connection is in autocommit mode and every state
+change is an explicit `BEGIN IMMEDIATE` transaction, so concurrent processes never deadlock on a lock
+upgrade; `busy_timeout` absorbs short waits. Claims are one `UPDATE ... RETURNING` with a lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schema
+from .errors import JobConflictError, NotADatabaseError, StoreError
+from .expand import PromptRecord, expand, hash_text
+from .spec import Spec, canonical_json
+
+INSERT_BATCH = 20_000
+BUSY_TIMEOUT_MS = 60_000
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    name: str
+    spec: dict[str, Any]
+    api: str
+    prompts_per_request: int
+    base_url: str | None
+    state: str
+    n_prompts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A prompt row claimed by a runner."""
+
+    id: int
+    job_id: int
+    hash: str
+    model: str
+    request: str  # JSON body of the one-prompt request
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a runner learned about one prompt, committed in batches by `Store.record`."""
+
+    id: int
+    job_id: int
+    status: str  # "done" or "failed"
+    response: str | None = None
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0  # API calls made for it in this claim
+    error: str | None = None
+
+
+def lease_owner() -> str:
+    """An identity for this process's leases: host, pid and a per-process token."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when a lease owner is a process on this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Store:
+    """An open job database. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = str(path)
+        _check_file(self.path, create)
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}", path=self.path) from None
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.version = schema.migrate(self.conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise NotADatabaseError(
+                    f"{self.path} is not a batch-prompt job database ({exc})", path=self.path
+                ) from None
+            raise StoreError(f"cannot use {self.path}: {exc}", path=self.path) from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken at once (`BEGIN IMMEDIATE`), rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def jobs(self) -> list[JobRow]:
+        rows = self.conn.execute(
+            "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts FROM jobs ORDER BY id"
+        ).fetchall()
+        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def job(self, name: str) -> JobRow | None:
+        return next((job for job in self.jobs() if job.name == name), None)
+
+    def create_job(self, spec: Spec) -> tuple[JobRow, bool]:
+        """Record a spec's job and all its prompts. Returns (job, created).
+
+        The same spec again is a no-op; the same name with another spec raises `JobConflictError`.
+        Rows are inserted in batches of committed transactions under a job in state `creating`, flipped
+        to `ready` at the end: a create that fails or is killed leaves no usable partial job, and the
+        next create of the same spec starts that job's rows over.
+        """
+        identity = spec.identity()
+        spec_json = canonical_json(identity)
+        spec_hash = hash_text(spec_json)
+        name = spec.name or f"job-{spec_hash[:12]}"
+        stored = {"name": name, **identity, "base_url": spec.base_url}
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id, spec_hash, spec, state FROM jobs WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[1] != spec_hash:
+                raise JobConflictError(_conflict_message(name, json.loads(row[2]), stored), name=name)
+            if row is not None and row[3] == "ready":
+                job = self.job(name)
+                assert job is not None
+                return job, False
+            if row is None:
+                job_id = conn.execute(
+                    "INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, base_url, n_prompts,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, spec_hash, canonical_json(stored), spec.api, spec.prompts_per_request,
+                     spec.base_url, spec.count_prompts(), _now_iso()),
+                ).lastrowid
+            else:
+                job_id = row[0]
+                conn.execute("DELETE FROM prompts WHERE job_id = ?", (job_id,))
+        assert job_id is not None
+        try:
+            self._insert_prompts(job_id, expand(spec))
+        except BaseException:
+            with self.transaction() as conn:
+                conn.execute("DELETE FROM prompts WHERE job_id = ?", (job_id,))
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            raise
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET state = 'ready' WHERE id = ?", (job_id,))
+        job = self.job(name)
+        assert job is not None
+        return job, True
+
+    def _insert_prompts(self, job_id: int, records: Iterable[PromptRecord]) -> None:
+        now = time.time()
+        sql = (
+            "INSERT INTO prompts (job_id, hash, template_index, keywords_index, model_index, sample_index,"
+            " model, template, keywords, request, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        batch: list[tuple[Any, ...]] = []
+        for r in records:
+            batch.append((job_id, r.hash, r.template_index, r.keywords_index, r.model_index, r.sample_index,
+                          r.model, r.template_json, r.keywords_json, r.request_json, now))
+            if len(batch) >= INSERT_BATCH:
+                with self.transaction() as conn:
+                    conn.executemany(sql, batch)
+                batch.clear()
+        if batch:
+            with self.transaction() as conn:
+                conn.executemany(sql, batch)
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def counts(self, job: JobRow) -> dict[str, int]:
+        """Prompts by status, and tokens used. Reads only unfinished rows (done = total - the rest)."""
+        counts = {"pending": 0, "running": 0, "failed": 0}
+        for status, count in self.conn.execute(
+            "SELECT status, count(*) FROM prompts WHERE job_id = ? AND status != 'done' GROUP BY status",
+            (job.id,),
+        ):
+            counts[status] = count
+        counts["done"] = job.n_prompts - sum(counts.values()) if job.state == "ready" else 0
+        counts["total"] = job.n_prompts
+        tokens = self.conn.execute(
+            "SELECT prompt_tokens, completion_tokens FROM jobs WHERE id = ?", (job.id,)
+        ).fetchone()
+        counts["prompt_tokens"], counts["completion_tokens"] = tokens
+        return counts
+
+    def failed_errors(self, job: JobRow, limit: int = 1000) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT last_error FROM prompts WHERE job_id = ? AND status != 'done' AND status = 'failed'"
+            " LIMIT ?",
+            (job.id, limit),
+        )
+        return [row[0] or "" for row in rows]
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def claim(self, job: JobRow, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        """Atomically move up to `limit` pending rows of a job to `running` under this owner's lease."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE prompts SET status = 'running', lease_owner = ?, lease_expires = ?"
+                " WHERE id IN (SELECT id FROM prompts WHERE job_id = ? AND status != 'done'"
+                "   AND status = 'pending' ORDER BY id LIMIT ?)"
+                " RETURNING id, hash, model, request, attempts",
+                (owner, time.time() + lease_seconds, job.id, limit),
+            ).fetchall()
+        rows.sort()
+        return [Claimed(r[0], job.id, r[1], r[2], r[3], r[4]) for r in rows]
+
+    def reclaim(self, job: JobRow) -> int:
+        """Return `running` rows whose lease expired, or whose owner process is gone, to `pending`."""
+        owners = [
+            row[0] for row in self.conn.execute(
+                "SELECT DISTINCT lease_owner FROM prompts WHERE job_id = ? AND status != 'done'"
+                " AND status = 'running'",
+                (job.id,),
+            )
+        ]
+        dead = [owner for owner in owners if owner and owner_is_dead(owner)]
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL"
+                " WHERE job_id = ? AND status != 'done' AND status = 'running' AND (lease_expires < ?"
+                f" OR lease_owner IN ({','.join('?' * len(dead))}))",
+                (job.id, time.time(), *dead),
+            )
+        return cur.rowcount
+
+    def renew(self, owner: str, lease_seconds: float) -> None:
+        """Extend every lease this owner holds (a heartbeat while requests are in flight)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE prompts SET lease_expires = ? WHERE job_id IN (SELECT id FROM jobs)"
+                " AND status != 'done' AND status = 'running' AND lease_owner = ?",
+                (time.time() + lease_seconds, owner),
+            )
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        """Commit a batch of outcomes in one transaction; a row already done is left as it is."""
+        if not outcomes:
+            return
+        now = time.time()
+        with self.transaction() as conn:
+            ids = [o.id for o in outcomes]
+            fresh = {
+                row[0] for row in conn.execute(
+                    f"SELECT id FROM prompts WHERE id IN ({','.join('?' * len(ids))}) AND status != 'done'", ids
+                )
+            }
+            outcomes = [o for o in outcomes if o.id in fresh]
+            conn.executemany(
+                "UPDATE prompts SET status = 'done', response = ?, cached = ?, prompt_tokens = ?,"
+                " completion_tokens = ?, attempts = attempts + ?, last_error = NULL, finished_at = ?,"
+                " lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                [(o.response, int(o.cached), o.prompt_tokens, o.completion_tokens, o.attempts, now, o.id)
+                 for o in outcomes if o.status == "done"],
+            )
+            conn.executemany(
+                "UPDATE prompts SET status = 'failed', last_error = ?, attempts = attempts + ?,"
+                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                [(o.error, o.attempts, now, o.id) for o in outcomes if o.status == "failed"],
+            )
+            tokens: dict[int, list[int]] = {}
+            for o in outcomes:
+                if o.status == "done" and not o.cached:
+                    sums = tokens.setdefault(o.job_id, [0, 0])
+                    sums[0] += o.prompt_tokens
+                    sums[1] += o.completion_tokens
+            conn.executemany(
+                "UPDATE jobs SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?"
+                " WHERE id = ?",
+                [(p, c, job_id) for job_id, (p, c) in tokens.items()],
+            )
+
+    def release(self, ids: list[int], attempts: dict[int, int] | None = None) -> None:
+        """Hand claimed rows back to `pending` (interrupted, or the API refused the run)."""
+        attempts = attempts or {}
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL,"
+                " attempts = attempts + ? WHERE id = ? AND status = 'running'",
+                [(attempts.get(i, 0), i) for i in ids],
+            )
+
+    def retry_failed(self, job: JobRow) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE prompts SET status = 'pending', attempts = 0 WHERE job_id = ? AND status != 'done'"
+                " AND status = 'failed'",
+                (job.id,),
+            )
+        return cur.rowcount
+
+    # --- export -----------------------------------------------------------------------------------
+
+    def iter_done(self, job: JobRow, chunk: int = 2000) -> Iterator[tuple[Any, ...]]:
+        """(id, hash, model, template, keywords, request, response) of done rows in order, streamed."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, hash, model, template, keywords, request, response FROM prompts"
+                " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
+                (job.id, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1][0]
+
+
+def _check_file(path: str, create: bool) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"{path} is a directory, not a job database", path=path)
+    if not p.exists():
+        if not create:
+            raise StoreError(f"no job database at {path}", path=path)
+        if not p.parent.exists():
+            raise StoreError(f"cannot create {path}: folder {p.parent} does not exist", path=path)
+        return
+    try:
+        with p.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}", path=path) from None
+    if head and head != SQLITE_MAGIC:
+        raise NotADatabaseError(f"{path} is not a batch-prompt job database (not an SQLite file)", path=path)
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _conflict_message(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
+    differ = [key for key in new if key not in ("name", "base_url") and old.get(key) != new.get(key)]
+    return (
+        f"job {name!r} already exists in this database with a different spec ({', '.join(differ)} differ): "
+        "give the new spec another name"
+    )
