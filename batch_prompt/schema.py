@@ -11,6 +11,7 @@ import re
 import sqlite3
 import time
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from .errors import NotADatabaseError, SchemaTooNewError
 
@@ -18,10 +19,17 @@ MIGRATIONS_TABLE = "batch_prompt_migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
+def _folder() -> Traversable:
+    try:
+        return resources.files("batch_prompt.migrations")
+    except ModuleNotFoundError:  # running from a source checkout that was never installed
+        return resources.files("batch_prompt").joinpath("..", "migrations")
+
+
 def available() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration shipped, in order."""
     found = []
-    for entry in resources.files("batch_prompt.migrations").iterdir():
+    for entry in _folder().iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))

@@ -1,0 +1,647 @@
+"""A fake OpenAI-compatible HTTP server on loopback, for tests, benchmarks and a no-key demo.
+
+It answers ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models``
+deterministically: every choice is ``"echo {j}: {prompt}"`` (``j`` is the sample index), so a
+client can tell which prompt and sample each answer belongs to.  Faults can be injected:
+
+* rates (seeded ``random.Random``; each request draws the same fixed number of values at
+  arrival, so request ``seq`` k meets the same fate for a given seed): ``error_rate`` (500),
+  ``drop_rate`` (connection closed, no response), ``malformed_rate`` (200 with truncated
+  JSON), ``hang_rate`` (sleep ``hang_seconds`` first), ``wrong_choices_rate`` (one choice
+  fewer or one more than ``n``), ``rate_limit_rate`` (a 429 saying retry after
+  ``rate_limit_retry_after`` seconds);
+* prompt markers: ``FAIL400`` (permanent 400), ``FAIL500`` (always 500), ``HANG``;
+* ``quota_exhausted`` (429 insufficient_quota), ``fail_first`` (the first N requests get 500),
+  ``outage_until`` (a ``time.monotonic()`` deadline before which every request gets 503);
+* ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
+  ``limit * burst_seconds / 60``), with OpenAI's ``x-ratelimit-*``, ``retry-after`` and
+  ``retry-after-ms`` headers.
+
+Checks run in this order: auth (401), body validation (400 "invalid"), outage (503),
+fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
+answer at once.  Otherwise the request counts against the buckets; HANG / hang_rate is decided
+(and recorded) on arrival; ``latency`` (+ uniform ``latency_jitter``) is slept; then FAIL500,
+error, drop, malformed and wrong_choices apply in that order; otherwise the answer is ok.
+
+Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
+with its outcome and arrival time ``t``; outcome ``"client_closed"`` means the client went away
+before the answer was written.  ``answered()`` counts prompts whose full 200 response was
+written (outcome "ok", or a "hang" that ended in time), so tests can assert nothing was answered
+twice.  Run it in-process (``with FakeServer(latency=0.1) as srv: ... srv.url``, a background
+thread with its own event loop) or as a process::
+
+    python -m batch_prompt.fake_server --port 0 --latency 0.2
+
+which prints one line ``FAKE_SERVER_URL=http://127.0.0.1:PORT/v1`` and serves until
+SIGINT/SIGTERM; it is then controlled over HTTP: ``GET /_fake/record``, ``GET /_fake/answered``,
+``GET|POST /_fake/config`` and ``POST /_fake/reset``.  It only ever binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from aiohttp import web
+
+__all__ = ["FakeConfig", "FakeServer", "format_duration", "main"]
+
+HOST = "127.0.0.1"
+MODELS = ("fake-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
+_N_DRAWS = 8  # random values drawn per request, whatever the config (keeps seeds reproducible)
+
+
+@dataclasses.dataclass
+class FakeConfig:
+    """Fault settings; all faults are off by default."""
+
+    api_key: str | None = None
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    malformed_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 3600.0
+    wrong_choices_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    rate_limit_retry_after: float = 0.2
+    quota_exhausted: bool = False
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    burst_seconds: float = 60.0
+    fail_first: int = 0
+    outage_until: float | None = None
+    seed: int = 0
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "api_key": (str, type(None)),
+    "quota_exhausted": (bool,),
+    "rpm_limit": (int, type(None)),
+    "tpm_limit": (int, type(None)),
+    "fail_first": (int,),
+    "seed": (int,),
+    "outage_until": (int, float, type(None)),
+}
+
+
+def _check_config(kw: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(FakeConfig)}
+    for key, value in kw.items():
+        if key not in names:
+            raise TypeError(f"unknown fake server setting: {key!r}")
+        allowed = _FIELD_TYPES.get(key, (int, float))
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise TypeError(f"bad type for {key}: {type(value).__name__}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{key} must be >= 0")
+    if kw.get("burst_seconds") == 0:
+        raise ValueError("burst_seconds must be > 0")
+
+
+def format_duration(seconds: float) -> str:
+    """Format a duration like OpenAI's reset headers: ``120ms``, ``1s``, ``8.64s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 0.9995:
+        return f"{max(1, round(seconds * 1000))}ms"
+    minutes, secs = divmod(round(seconds, 3), 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if minutes >= 60:
+        return f"{int(minutes // 60)}h{int(minutes % 60)}m{text}"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+class _Bucket:
+    """Continuously refilling token bucket; a request may overdraw a full bucket (debt)."""
+
+    __slots__ = ("capacity", "level", "limit", "rate", "stamp")
+
+    def __init__(self, limit: int, burst_seconds: float, now: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = limit * burst_seconds / 60.0
+        self.level = self.capacity
+        self.stamp = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Refill to ``now``; seconds until ``cost`` can be taken (0 = now)."""
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need or self.rate <= 0 else (need - self.level) / self.rate
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": format_duration((self.capacity - self.level) / self.rate)
+            if self.rate > 0
+            else "0s",
+        }
+
+
+def _err(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"Invalid value for '{key}': must be an integer in [{lo}, {hi}].")
+    return value
+
+
+class _Req:
+    """A parsed completion request (or as much as could be parsed)."""
+
+    __slots__ = ("chat", "error", "max_tokens", "model", "n", "prompts", "texts")
+
+    def __init__(self, chat: bool, raw: bytes) -> None:
+        self.chat = chat
+        self.model, self.n, self.max_tokens = "", 1, None
+        self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
+        self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
+        self.error: bytes | None = None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.error = _err("We could not parse the JSON body of your request.", "invalid_request_error")
+            return
+        if not isinstance(body, dict):
+            self.error = _err("The request body must be a JSON object.", "invalid_request_error")
+            return
+        model = body.get("model")
+        self.model = model if isinstance(model, str) else ""
+        try:
+            self.n = _int_field(body, "n", 1, 1, 128) or 1
+            self.max_tokens = _int_field(body, "max_tokens", None, 1, 10**7)
+            if self.max_tokens is None:
+                self.max_tokens = _int_field(body, "max_completion_tokens", None, 1, 10**7)
+            field = "messages" if chat else "prompt"
+            value = body.get(field)
+            if chat and isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+                self.texts = [_text(m.get("content")) for m in value]
+                self.prompts = [self.texts[-1]]
+            elif not chat and isinstance(value, str):
+                self.prompts = self.texts = [value]
+            elif not chat and isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+                self.prompts = self.texts = list(value)
+            else:
+                raise ValueError(f"You must provide a valid '{field}' parameter.")
+            if not self.model:
+                raise ValueError("You must provide a model parameter.")
+        except ValueError as exc:
+            self.error = _err(str(exc), "invalid_request_error", "model" if "model" in str(exc) else None)
+
+    def has(self, marker: str) -> bool:
+        return any(marker in t for t in self.texts)
+
+    def prompt_tokens(self) -> int:
+        if self.chat:
+            return max(1, sum(len(t) for t in self.texts) // 4)
+        return sum(max(1, len(p) // 4) for p in self.prompts)
+
+    def response(self, seq: int, choices_delta: int = 0) -> bytes:
+        """The JSON body of a successful answer (with ``choices_delta`` choices too many)."""
+        n, cap = self.n, self.max_tokens
+        texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
+        if choices_delta < 0:
+            texts = texts[:choices_delta]
+        elif choices_delta > 0:
+            texts.append((len(texts), f"echo {n}: {self.prompts[-1]}"))
+        completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in texts)
+        prompt = self.prompt_tokens()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        base: dict[str, Any] = {
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+        }
+        if self.chat:
+            choices: list[dict[str, Any]] = [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": t},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+                for k, t in texts
+            ]
+            out = {"id": f"chatcmpl-{seq}", "object": "chat.completion", **base, "choices": choices}
+        else:
+            choices = [{"index": k, "text": t, "finish_reason": "stop", "logprobs": None} for k, t in texts]
+            out = {"id": f"cmpl-{seq}", "object": "text_completion", **base, "choices": choices}
+        out["usage"] = usage
+        return json.dumps(out).encode()
+
+
+_SERVER_ERROR = _err("The server had an error while processing your request. Sorry about that!", "server_error")
+
+
+class _Admission(NamedTuple):
+    entry: dict[str, Any]
+    front: tuple[int, str, bytes] | None  # (status, outcome, body) answered at once, without latency
+    headers: dict[str, str]
+    latency: float
+    draws: list[float]
+
+
+class FakeServer:
+    """The fake server; see the module docstring.  ``FakeServer(port=0, **FakeConfig fields)``."""
+
+    def __init__(self, port: int = 0, **config: Any) -> None:
+        _check_config(config)
+        self.port = port
+        self._lock = threading.Lock()
+        self._config = FakeConfig(**config)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._reset_state()
+
+    # -- state (always called with the lock held, or before start) -----------------------------
+    def _reset_state(self) -> None:
+        self._record: list[dict[str, Any]] = []
+        self._answered: Counter[str] = Counter()
+        self._seq = 0
+        self._rng = random.Random(self._config.seed)
+        self._make_buckets()
+
+    def _make_buckets(self) -> None:
+        c, now = self._config, time.monotonic()
+        self._rpm = _Bucket(c.rpm_limit, c.burst_seconds, now) if c.rpm_limit is not None else None
+        self._tpm = _Bucket(c.tpm_limit, c.burst_seconds, now) if c.tpm_limit is not None else None
+
+    # -- public API (thread-safe) ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL for openai's ``base_url``: ``http://127.0.0.1:<port>/v1``."""
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def config(self) -> FakeConfig:
+        with self._lock:
+            return dataclasses.replace(self._config)
+
+    @property
+    def record(self) -> list[dict[str, Any]]:
+        """A copy of the request record (one dict per completion request)."""
+        with self._lock:
+            return [dict(e) for e in self._record]
+
+    def answered(self) -> Counter[str]:
+        """How many times each prompt got a full 200 response."""
+        with self._lock:
+            return Counter(self._answered)
+
+    def reset(self) -> None:
+        """Clear the record, the sequence counter, the rate-limit buckets; reseed the RNG."""
+        with self._lock:
+            self._reset_state()
+
+    def configure(self, **kw: Any) -> None:
+        """Change fault settings (``FakeConfig`` fields); unknown key -> TypeError."""
+        _check_config(kw)
+        with self._lock:
+            self._config = dataclasses.replace(self._config, **kw)
+            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds"}:
+                self._make_buckets()
+            if "seed" in kw:
+                self._rng = random.Random(self._config.seed)
+
+    # -- request handling -----------------------------------------------------------------------
+    def _admit(self, req: _Req, path: str, auth_ok: bool) -> _Admission:
+        """Number the request, draw its random values, apply the front-door checks (under the lock)."""
+        with self._lock:
+            c, now = self._config, time.monotonic()
+            self._seq += 1
+            seq = self._seq
+            draws = [self._rng.random() for _ in range(_N_DRAWS)]
+            entry: dict[str, Any] = {
+                "seq": seq,
+                "path": path,
+                "model": req.model,
+                "prompts": req.prompts,
+                "n": req.n,
+                "outcome": "",
+                "status": None,
+                "t": now,
+            }
+            headers: dict[str, str] = {}
+            front: tuple[int, str, bytes] | None = None
+            if not auth_ok:
+                body = _err("Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key")
+                front = (401, "error_401", body)
+            elif req.error is not None:
+                front = (400, "invalid", req.error)
+            elif c.outage_until is not None and now < c.outage_until:
+                body = _err("The engine is currently overloaded, please try again later.", "server_error")
+                front = (503, "error_5xx", body)
+            elif seq <= c.fail_first:
+                front = (500, "error_5xx", _SERVER_ERROR)
+            elif c.quota_exhausted:
+                body = _err(
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    None,
+                    "insufficient_quota",
+                )
+                front = (429, "error_429", body)
+            elif req.has("FAIL400"):
+                body = _err("Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt")
+                front = (400, "error_400", body)
+            else:
+                tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
+                wait_r = self._rpm.wait(1, now) if self._rpm else 0.0
+                wait_t = self._tpm.wait(tokens, now) if self._tpm else 0.0
+                wait = max(wait_r, wait_t)
+                if wait > 0:
+                    kind, limit, cost = ("requests", c.rpm_limit, 1) if wait_r > 0 else ("tokens", c.tpm_limit, tokens)
+                    unit = "RPM" if kind == "requests" else "TPM"
+                    too_large = " (Request too large)" if limit is not None and cost > limit else ""
+                    msg = (
+                        f"Rate limit reached for {kind} per min ({unit}) on {req.model}{too_large}: "
+                        f"Limit {limit}, Requested {cost}. Please try again in {format_duration(wait)}."
+                    )
+                    front = (429, "error_429", _err(msg, kind, None, "rate_limit_exceeded"))
+                else:
+                    if self._rpm:
+                        self._rpm.level -= 1
+                    if self._tpm:
+                        self._tpm.level -= tokens
+                    if draws[1] < c.rate_limit_rate:
+                        wait = c.rate_limit_retry_after
+                        msg = "Rate limit reached for requests (simulated). Try again in " + format_duration(wait) + "."
+                        front = (429, "error_429", _err(msg, "requests", None, "rate_limit_exceeded"))
+                if front is not None:
+                    headers = {
+                        "retry-after": str(math.ceil(wait)),
+                        "retry-after-ms": str(math.ceil(wait * 1000)),
+                    }
+            if self._rpm:
+                headers.update(self._rpm.headers("requests"))
+            if self._tpm:
+                headers.update(self._tpm.headers("tokens"))
+            latency = 0.0
+            if front is None:
+                latency = c.latency + draws[0] * c.latency_jitter
+                if req.has("HANG") or draws[4] < c.hang_rate:
+                    entry["outcome"] = "hang"  # recorded on arrival
+                    latency += c.hang_seconds
+                    self._record.append(entry)
+            return _Admission(entry, front, headers, latency, draws)
+
+    def _finish(self, entry: dict[str, Any], outcome: str, status: int | None) -> None:
+        """Set the outcome (before anything is written: the client may look at once) and record it."""
+        with self._lock:
+            if entry["outcome"] != "hang":
+                self._record.append(entry)
+            entry.update(outcome=outcome, status=status)
+            if status == 200 and outcome in ("ok", "hang"):
+                self._answered.update(entry["prompts"])
+
+    def _unanswer(self, entry: dict[str, Any]) -> None:
+        """The response could not be written after all: the client went away."""
+        with self._lock:
+            if entry["status"] != 200:
+                return
+            if entry["outcome"] in ("ok", "hang"):
+                self._answered.subtract(entry["prompts"])
+                self._answered = +self._answered  # drop zero counts
+            entry.update(outcome="hang" if entry["outcome"] == "hang" else "client_closed", status=None)
+
+    async def _completion(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        req = _Req(request.path.endswith("/chat/completions"), raw)
+        key = self._config.api_key
+        auth_ok = key is None or request.headers.get("Authorization") == f"Bearer {key}"
+        adm = self._admit(req, request.path, auth_ok)
+        entry, c = adm.entry, self._config
+        recorded = entry["outcome"] == "hang"
+        try:
+            if adm.front is not None:
+                status, outcome, body = adm.front
+            else:
+                if adm.latency > 0:
+                    await asyncio.sleep(adm.latency)
+                draws, status, delta, body = adm.draws, 200, 0, b""
+                if recorded:
+                    outcome = "hang"
+                elif req.has("FAIL500") or draws[2] < c.error_rate:
+                    status, outcome, body = 500, "error_5xx", _SERVER_ERROR
+                elif draws[3] < c.drop_rate:
+                    self._finish(entry, "dropped", None)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return web.Response()  # never written: the transport is closed
+                elif draws[5] < c.malformed_rate:
+                    outcome = "malformed"
+                elif draws[6] < c.wrong_choices_rate:
+                    outcome, delta = "wrong_choices", (-1 if draws[7] < 0.5 else 1)
+                else:
+                    outcome = "ok"
+                if status == 200:
+                    body = req.response(entry["seq"], delta)
+                    if outcome == "malformed":
+                        body = body[: len(body) // 2]
+            self._finish(entry, outcome, status)
+            recorded = True
+            resp = web.Response(body=body, status=status, headers=adm.headers, content_type="application/json")
+            try:
+                await resp.prepare(request)
+                await resp.write_eof()
+            except ConnectionError:
+                self._unanswer(entry)
+            return resp
+        except asyncio.CancelledError:  # the client went away (handler_cancellation=True)
+            if recorded:
+                self._unanswer(entry)
+            else:
+                self._finish(entry, "client_closed", None)
+            raise
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        key = self._config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            body = _err("Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key")
+            return web.Response(body=body, status=401, content_type="application/json")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "batch-prompt"} for m in MODELS]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
+        body = _err(
+            f"Unknown request URL: {request.method} {request.path}.",
+            "invalid_request_error",
+            None,
+            "unknown_url",
+        )
+        return web.Response(body=body, status=404, content_type="application/json")
+
+    # -- control endpoints ----------------------------------------------------------------------
+    async def _ctl_record(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.record)
+
+    async def _ctl_answered(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(dict(self.answered()))
+
+    async def _ctl_config(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            try:
+                kw = await request.json()
+                if not isinstance(kw, dict):
+                    raise TypeError("config must be a JSON object")
+                self.configure(**kw)
+            except (ValueError, TypeError) as exc:
+                return web.Response(
+                    body=_err(str(exc), "invalid_request_error"), status=400, content_type="application/json"
+                )
+        return web.json_response(dataclasses.asdict(self.config))
+
+    async def _ctl_reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset()
+        return web.json_response({"ok": True})
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._completion)
+        app.router.add_post("/v1/completions", self._completion)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_fake/record", self._ctl_record)
+        app.router.add_get("/_fake/answered", self._ctl_answered)
+        app.router.add_route("*", "/_fake/config", self._ctl_config)
+        app.router.add_post("/_fake/reset", self._ctl_reset)
+        app.router.add_route("*", "/v1/{tail:.*}", self._not_found)
+        return app
+
+    async def astart(self) -> FakeServer:
+        """Start serving on the running event loop (the CLI uses this; tests use ``start``)."""
+        runner = web.AppRunner(self._app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.25)
+        await runner.setup()
+        await web.TCPSite(runner, HOST, self.port, backlog=2048).start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self
+
+    async def astop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def start(self) -> FakeServer:
+        """Serve from a background thread with its own event loop; returns once listening."""
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.astart())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            self._loop = loop
+            ready.set()
+            try:
+                loop.run_forever()
+                loop.run_until_complete(self.astop())
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._thread = self._loop = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> FakeServer:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.astop()
+
+
+def _parse_args(argv: list[str] | None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m batch_prompt.fake_server", description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0)
+    floats = "latency latency-jitter error-rate drop-rate malformed-rate hang-rate hang-seconds"
+    for name in (floats + " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds").split():
+        p.add_argument(f"--{name}", type=float, default=None)
+    for name in ("rpm-limit", "tpm-limit", "fail-first", "seed"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--quota-exhausted", action="store_true", default=None)
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+async def _serve(server: FakeServer) -> None:
+    await server.astart()
+    print(f"FAKE_SERVER_URL={server.url}", flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        await server.astop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: run in the foreground until SIGINT/SIGTERM."""
+    kw = _parse_args(argv)
+    server = FakeServer(**kw)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(server))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real fake server on loopback for the whole session, a clean environment, helpers
+to run the command line in a subprocess exactly as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_prompt.fake_server import FakeServer
+
+API_KEY = "sk-test-SECRET-a1b2c3d4e5f6"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real key or endpoint leaks in; the default cache lives in the test's own folder."""
+    for name in list(os.environ):
+        if name.startswith("OPENAI_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture(scope="session")
+def fake_session() -> Iterator[FakeServer]:
+    server = FakeServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake(fake_session: FakeServer) -> Iterator[FakeServer]:
+    """The session's fake server, reset to a clean record and no faults for each test."""
+    fake_session.configure(**DEFAULT_FAKE_CONFIG)
+    fake_session.reset()
+    yield fake_session
+    fake_session.configure(**DEFAULT_FAKE_CONFIG)
+    fake_session.reset()
+
+
+DEFAULT_FAKE_CONFIG: dict[str, Any] = dict(
+    latency=0.0, latency_jitter=0.0, error_rate=0.0, drop_rate=0.0, malformed_rate=0.0, hang_rate=0.0,
+    wrong_choices_rate=0.0, rate_limit_rate=0.0, quota_exhausted=False, rpm_limit=None, tpm_limit=None,
+    api_key=None, seed=0, fail_first=0,
+)
+
+
+def cli_env(fake: FakeServer | None = None, tmp_path: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["OPENAI_API_KEY"] = API_KEY
+    if fake is not None:
+        env["OPENAI_BASE_URL"] = fake.url
+    if tmp_path is not None:
+        env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            module: str = "batch_prompt", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m batch_prompt ARGS` in a subprocess (cwd outside the repo, so the installed package runs)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )

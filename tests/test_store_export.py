@@ -1,0 +1,291 @@
+"""The job database (schema, migrations, create, claims) and the results export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+import batch_prompt as bp
+from batch_prompt import schema
+from batch_prompt.store import Outcome, Store
+
+from .conftest import run_cli
+
+SPEC = {
+    "name": "likes", "api": "chat", "model": "gpt-4o-mini",
+    "templates": ["I like {food}", "I hate {food}"],
+    "keywords": [{"food": "pizza"}, {"food": "apples"}],
+    "model_args": {"n": 2, "max_tokens": 5, "temperature": 1.0},
+}
+
+INTENDED_SCHEMA = {
+    "jobs": ["id", "name", "spec_hash", "spec", "api", "prompts_per_request", "base_url", "state", "n_prompts",
+             "prompt_tokens", "completion_tokens", "created_at"],
+    "prompts": ["id", "job_id", "hash", "template_index", "keywords_index", "model_index", "sample_index", "model",
+                "template", "keywords", "request", "status", "attempts", "last_error", "response", "cached",
+                "prompt_tokens", "completion_tokens", "lease_owner", "lease_expires", "created_at", "finished_at"],
+    "batch_prompt_migrations": ["version", "name", "applied_at"],
+}
+
+
+def write_spec(tmp_path: Path, spec: dict[str, Any] | str, name: str = "spec.json") -> Path:
+    path = tmp_path / name
+    path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """Content of a database as SQL text (stable across WAL checkpoints), or the bytes of any other file."""
+    try:
+        conn = sqlite3.connect(path)
+        dump = "\n".join(conn.iterdump())
+        conn.close()
+        return hashlib.sha256(dump.encode()).hexdigest()
+    except sqlite3.DatabaseError:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fill_done(db: Path) -> None:
+    """Mark every prompt done with a response shaped like the API's (what a run would have written)."""
+    with Store(db) as store:
+        for job in store.jobs():
+            rows = store.claim(job, "test:1:x", 10_000, 60)
+            outcomes = []
+            for row in rows:
+                request = json.loads(row.request)
+                n = request.get("n", 1)
+                text = request["messages"][-1]["content"] if "messages" in request else request["prompt"]
+                choices = [
+                    {"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
+                     "finish_reason": "stop", "logprobs": None} if "messages" in request else
+                    {"index": j, "text": f"echo {j}: {text}", "finish_reason": "stop", "logprobs": None}
+                    for j in reversed(range(n))
+                ]
+                response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
+                            "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+                                                          "total_tokens": 7}}
+                outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
+            store.record(outcomes)
+
+
+def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    Store(db).close()
+    database = sqlite_utils.Database(sqlite3.connect(db), execute_plugins=False)
+    tables = {t.name: [c.name for c in t.columns] for t in database.tables}
+    assert tables == INTENDED_SCHEMA
+    indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
+    assert indexes == {"prompts_unfinished": ["job_id", "status", "id"], "prompts_job_order": ["job_id", "id"]}
+    versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
+    assert versions == [v for v, _, _ in schema.available()] == [1]
+    assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_claims_and_counts_use_the_unfinished_index(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    conn = sqlite3.connect(db)
+    for sql in (
+        "SELECT id FROM prompts WHERE job_id = 1 AND status != 'done' AND status = 'pending' ORDER BY id LIMIT 5",
+        "SELECT status, count(*) FROM prompts WHERE job_id = 1 AND status != 'done' GROUP BY status",
+    ):
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "prompts_unfinished" in plan, plan
+
+
+def test_create_records_every_prompt_and_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    job = bp.create(db, **SPEC)
+    assert (job.name, job.n_prompts, job.created) == ("likes", 4, True)
+    again = bp.create(db, **SPEC)
+    assert again.created is False
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*), count(DISTINCT hash) FROM prompts").fetchone() == (4, 4)
+    assert conn.execute("SELECT status, attempts FROM prompts").fetchall() == [("pending", 0)] * 4
+    assert job.status()["pending"] == 4
+
+
+def test_name_is_derived_from_spec_when_absent(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    spec = {k: v for k, v in SPEC.items() if k != "name"}
+    first = bp.create(db, **spec)
+    assert first.name.startswith("job-") and bp.create(db, **spec).name == first.name
+    other = bp.create(db, **{**spec, "model": "other"})
+    assert other.name != first.name
+
+
+def test_cli_create_and_status(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SPEC)
+    db = tmp_path / "jobs.db"
+    out = run_cli("create", str(spec), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "4 prompts created" in out.stdout
+    assert run_cli("create", str(spec), "--db", str(db), cwd=tmp_path).returncode == 0
+    status = run_cli("status", str(db), "--json", cwd=tmp_path)
+    report = json.loads(status.stdout)
+    assert [(r["job"], r["total"], r["pending"], r["done"]) for r in report] == [("likes", 4, 4, 0)]
+
+
+def test_toml_spec(tmp_path: Path) -> None:
+    toml = """name = "t"\napi = "completions"\nmodel = ["a", "b"]\ntemplates = ["Say {x}"]\n
+[keywords]\nx = ["1", "2", "3"]\n"""
+    spec = write_spec(tmp_path, toml, "spec.toml")
+    out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "6 prompts created" in out.stdout
+
+
+BAD_SPECS = [
+    ({**SPEC, "templates": ["I like {drink}"]}, "needs field 'drink'"),
+    ({**SPEC, "templates": []}, "'templates' is empty"),
+    ({**SPEC, "api": "embeddings"}, "unknown api"),
+    ({**SPEC, "temprature": 1}, "unknown spec field 'temprature'"),
+    ("{not json", "is not valid JSON"),
+    ({**SPEC, "templates": ["ok {food}", "bad {food.nope}"]}, "cannot fill template"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD_SPECS)
+def test_bad_spec_exits_2_and_writes_nothing(tmp_path: Path, spec: dict[str, Any] | str, message: str) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **{**SPEC, "name": "existing"})
+    before = file_digest(db)
+    out = run_cli("create", str(write_spec(tmp_path, spec)), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("batch-prompt: error:")
+    assert file_digest(db) == before
+
+
+def test_bad_toml(tmp_path: Path) -> None:
+    out = run_cli("create", str(write_spec(tmp_path, "a = [", "s.toml")), "--db", str(tmp_path / "j.db"))
+    assert out.returncode == 2 and "is not valid TOML" in out.stderr
+    assert not (tmp_path / "j.db").exists() or file_digest(tmp_path / "j.db")
+
+
+def test_conflicting_spec_names_the_difference(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    changed = {**SPEC, "model_args": {"n": 1}, "templates": ["x {food}"]}
+    out = run_cli("create", str(write_spec(tmp_path, changed)), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "job 'likes' already exists" in out.stderr and "templates, model_args differ" in out.stderr
+    assert file_digest(db) == before
+
+
+@pytest.mark.parametrize("kind", ["text", "other-sqlite", "newer-schema", "directory", "missing"])
+def test_bad_database_paths(tmp_path: Path, kind: str) -> None:
+    db = tmp_path / "jobs.db"
+    expected = {
+        "text": "not a batch-prompt job database", "other-sqlite": "not a batch-prompt job database",
+        "newer-schema": "newer than this batch-prompt knows", "directory": "is a directory",
+        "missing": "no job database at",
+    }[kind]
+    if kind == "text":
+        db.write_text("hello, I am not a database\n" * 100)
+    elif kind == "other-sqlite":
+        sqlite3.connect(db).execute("CREATE TABLE users (id INTEGER)")
+    elif kind == "newer-schema":
+        bp.create(db, **SPEC)
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO batch_prompt_migrations VALUES (999, '0999_future.sql', 0)")
+        conn.commit()
+        conn.close()
+    elif kind == "directory":
+        db.mkdir()
+    before = file_digest(db) if db.is_file() else None
+    for args in (["status", str(db)], ["export", str(db), "-o", str(tmp_path / "r.pkl")]):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, out
+        assert expected in out.stderr and out.stderr.count("\n") == 1
+    if before is not None:
+        assert file_digest(db) == before
+    assert not (tmp_path / "r.pkl").exists()
+
+
+def test_failed_create_mid_stream_leaves_no_job(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    # a rendering error only found while expanding (attribute access): the partial job is removed
+    bad = {**SPEC, "name": "bad", "keywords": [{"food": "pizza"}] * 50_000 + [{"food": 3}],
+           "templates": ["{food.upper}"]}
+    with pytest.raises(bp.SpecError):
+        bp.create(db, **bad)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (0,)
+
+
+def test_export_round_trips_in_a_bare_python(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    bp.create(db, name="legacy", api="completions", model="davinci", templates=["Say {x}"],
+              keywords={"x": ["a", "b", "c"]}, model_args={"n": 3})
+    fill_done(db)
+    out = run_cli("export", str(db), "-o", str(tmp_path / "results.pkl"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "17 results" in out.stdout  # 4 chat prompts x n=2 + 3 completions prompts x n=3
+    code = "import pickle,sys,json; r=pickle.load(open(sys.argv[1],'rb')); print(json.dumps(r))"
+    bare = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path / "results.pkl")],
+                          capture_output=True, text=True, check=True)
+    results = json.loads(bare.stdout)
+    assert results == bp.export(db)
+    assert len(results) == 17
+    first = results[0]
+    assert set(first) == {"messages", "messages_raw", "messages_args", "choice", "completion", "model_args",
+                          "model", "prompt_hash", "job"}
+    assert first["messages"] == [{"role": "user", "content": "I like pizza"}]
+    assert first["messages_raw"] == [{"role": "user", "content": "I like {food}"}]
+    assert first["messages_args"] == {"food": "pizza"}
+    assert first["choice"] == {"index": 0, "message": {"role": "assistant", "content": "echo 0: I like pizza"},
+                               "finish_reason": "stop", "logprobs": None}
+    assert "choices" not in first["completion"] and first["completion"]["usage"]["total_tokens"] == 7
+    assert first["model_args"] == {"n": 2, "max_tokens": 5, "temperature": 1.0}
+    assert (first["model"], first["job"]) == ("gpt-4o-mini", "likes")
+    order = [(r["job"], r["messages"][0]["content"] if "messages" in r else r["prompt"], r["choice"]["index"])
+             for r in results]
+    assert order[:4] == [("likes", "I like pizza", 0), ("likes", "I like pizza", 1),
+                         ("likes", "I like apples", 0), ("likes", "I like apples", 1)]
+    legacy = [r for r in results if r["job"] == "legacy"]
+    assert [(r["prompt"], r["prompt_raw"], r["prompt_args"], r["choice"]["index"]) for r in legacy[:4]] == [
+        ("Say a", "Say {x}", {"x": "a"}, 0), ("Say a", "Say {x}", {"x": "a"}, 1), ("Say a", "Say {x}", {"x": "a"}, 2),
+        ("Say b", "Say {x}", {"x": "b"}, 0)]
+    assert all(r["choice"]["text"] == f"echo {r['choice']['index']}: {r['prompt']}" for r in legacy)
+
+
+def test_export_jsonl_and_load_results(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    assert bp.export(db, tmp_path / "r.jsonl") == 8
+    assert bp.export(db, tmp_path / "r.pkl") == 8
+    assert bp.load_results(tmp_path / "r.jsonl") == bp.load_results(tmp_path / "r.pkl") == bp.export(db)
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and json.loads(lines[0])["prompt_hash"]
+    assert type(pickle.loads((tmp_path / "r.pkl").read_bytes())) is list
+
+
+def test_export_only_done_rows_and_bad_destination(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    assert bp.export(db) == []
+    out = run_cli("export", str(db), "-o", str(tmp_path / "nope" / "r.pkl"), cwd=tmp_path)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(bp.__all__) == sorted([
+        "BatchPromptError", "ConfigError", "ExportError", "FatalAPIError", "Job", "JobConflictError",
+        "MissingFieldError", "NotADatabaseError", "RunOptions", "RunSummary", "SchemaTooNewError", "Spec",
+        "SpecError", "StoreError", "__version__", "aresume", "create", "export", "iter_results", "load_results",
+        "load_spec", "resume", "retry_failed", "to_dataframe",
+    ])
