@@ -1,0 +1,339 @@
+"""The runner over real HTTP against the fake server: results, retries, failures, cache, stop, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batch_prompt as bp
+from batch_prompt.fake_server import FakeServer
+from batch_prompt.retry import RetryPolicy
+
+from .conftest import API_KEY, cli_env, run_cli
+
+
+def chat_spec(count: int, name: str = "chat", n: int = 3, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "api": "chat", "model": "gpt-4o-mini", "templates": ["Q{i} {word}"],
+            "keywords": {"i": list(range(count)), "word": ["x"]}, "model_args": {"n": n, "max_tokens": 8}, **extra}
+
+
+def run(db: Path, fake: FakeServer, tmp_path: Path, name: str | None = None, **options: Any) -> bp.RunSummary:
+    options.setdefault("retry", RetryPolicy.no_wait(options.get("max_attempts", 8)))
+    options.setdefault("quiet", True)
+    options.setdefault("cache_dir", str(tmp_path / "cache"))
+    options.setdefault("api_key", API_KEY)
+    options.setdefault("base_url", fake.url)
+    if name is None:
+        return bp.resume(db, **options)
+    return bp.Job(str(db), name, 0).run(**options)
+
+
+def statuses(db: Path) -> Counter[str]:
+    return Counter(row[0] for row in sqlite3.connect(db).execute("SELECT status FROM prompts"))
+
+
+def assert_chat_results(results: list[dict[str, Any]], prompts: int, n: int) -> None:
+    assert len(results) == prompts * n
+    for item in results:
+        prompt = item["messages"][-1]["content"]
+        assert item["choice"]["message"]["content"] == f"echo {item['choice']['index']}: {prompt}"
+    per_prompt = Counter(item["prompt_hash"] for item in results)
+    assert set(per_prompt.values()) == {n} and len(per_prompt) == prompts
+
+
+def test_chat_job_returns_prompts_times_n(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(40))
+    summary = run(db, fake, tmp_path, "chat")
+    assert (summary.done, summary.failed, summary.cached, summary.exit_code) == (40, 0, 0, 0)
+    assert len(fake.record) == 40 and set(fake.answered().values()) == {1}
+    results = bp.export(db)
+    assert isinstance(results, list)
+    assert_chat_results(results, 40, 3)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM prompts WHERE status='done' AND attempts=1").fetchone() == (40,)
+    assert conn.execute("SELECT prompt_tokens > 0, completion_tokens > 0 FROM jobs").fetchone() == (1, 1)
+
+
+def test_completions_are_packed_and_mapped_back_by_index(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, name="legacy", api="completions", model="davinci-002", templates=["Say {w}"],
+              keywords={"w": [f"w{i}" for i in range(10)]}, model_args={"n": 3, "max_tokens": 4},
+              prompts_per_request=4)
+    summary = run(db, fake, tmp_path, "legacy")
+    assert (summary.done, summary.requests) == (10, 3)
+    assert sorted(len(entry["prompts"]) for entry in fake.record) == [2, 4, 4]
+    results = bp.export(db)
+    assert isinstance(results, list) and len(results) == 30
+    for item in results:
+        assert item["choice"]["text"] == f"echo {item['choice']['index']}: {item['prompt']}"
+        assert 0 <= item["choice"]["index"] < 3
+    assert [r["prompt"] for r in results[:6]] == ["Say w0"] * 3 + ["Say w1"] * 3
+
+
+def test_packed_request_with_a_bad_prompt_fails_only_that_prompt(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    words = [f"w{i}" for i in range(8)]
+    words[5] = "FAIL400"
+    bp.create(db, name="legacy", api="completions", model="m", templates=["Say {w}"], keywords={"w": words},
+              prompts_per_request=8)
+    summary = run(db, fake, tmp_path, "legacy")
+    assert (summary.done, summary.failed, summary.exit_code) == (7, 1, 1)
+    row = sqlite3.connect(db).execute("SELECT keywords, last_error FROM prompts WHERE status='failed'").fetchall()
+    assert len(row) == 1 and json.loads(row[0][0]) == {"w": "FAIL400"} and "400" in row[0][1]
+    assert set(fake.answered()) == {f"Say {w}" for w in words if w != "FAIL400"}
+    assert max(fake.answered().values()) == 1
+
+
+def test_permanent_400_fails_only_those_prompts(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, name="mixed", model="m", templates=["{w}"], keywords={"w": ["a", "FAIL400 b", "c", "FAIL400 d"]})
+    summary = run(db, fake, tmp_path, "mixed")
+    assert (summary.done, summary.failed, summary.exit_code) == (2, 2, 1)
+    assert summary.errors == Counter({"BadRequestError 400": 2})
+    outcomes = Counter(entry["outcome"] for entry in fake.record)
+    assert outcomes == Counter({"ok": 2, "error_400": 2})  # a 400 is never retried
+    assert statuses(db) == Counter({"done": 2, "failed": 2})
+
+
+def test_transient_faults_are_retried_and_nothing_is_answered_twice(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(error_rate=0.05, drop_rate=0.02, malformed_rate=0.01, wrong_choices_rate=0.01, seed=7)
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(400, n=2))
+    summary = run(db, fake, tmp_path, "chat", concurrency=32)
+    assert (summary.done, summary.failed, summary.exit_code) == (400, 0, 0)
+    outcomes = Counter(entry["outcome"] for entry in fake.record)
+    assert outcomes["ok"] == 400 and outcomes["error_5xx"] > 0 and outcomes["dropped"] > 0
+    assert outcomes["malformed"] > 0
+    assert len(fake.answered()) == 400 and max(fake.answered().values()) == 1
+    results = bp.export(db)
+    assert isinstance(results, list)
+    assert_chat_results(results, 400, 2)
+
+
+def test_hung_request_times_out_and_is_retried(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    fake.configure(hang_seconds=30)
+    bp.create(db, name="hang", model="m", templates=["{w}"], keywords={"w": ["HANG now", "fine"]})
+    summary = run(db, fake, tmp_path, "hang", timeout=0.5, max_attempts=2)
+    assert (summary.done, summary.failed) == (1, 1)
+    error = sqlite3.connect(db).execute("SELECT last_error, attempts FROM prompts WHERE status='failed'").fetchone()
+    assert "Timeout" in error[0] and error[1] == 2
+    assert [e["outcome"] for e in fake.record if e["prompts"] == ["HANG now"]] == ["hang", "hang"]
+
+
+def test_401_stops_the_run_with_rows_left_pending(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(api_key="sk-the-right-one")
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(50))
+    with pytest.raises(bp.FatalAPIError) as info:
+        run(db, fake, tmp_path, "chat", concurrency=4)
+    assert "401" in str(info.value) and API_KEY not in str(info.value)
+    assert statuses(db) == Counter({"pending": 50})
+    assert len(fake.record) <= 4  # stopped at once: no retries, no further requests
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(chat_spec(50)))
+    out = run_cli("run", str(spec), "--db", str(db), "--cache-dir", str(tmp_path / "c"), "--quiet",
+                  env=cli_env(fake, tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "the API refused the run" in out.stderr and API_KEY not in out.stderr
+    assert statuses(db) == Counter({"pending": 50})
+
+
+def test_exhausted_quota_stops_the_run(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(quota_exhausted=True)
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(20))
+    with pytest.raises(bp.FatalAPIError, match="insufficient_quota"):
+        run(db, fake, tmp_path, "chat", concurrency=2)
+    assert statuses(db) == Counter({"pending": 20})
+    assert len(fake.record) <= 2
+
+
+def test_missing_key_is_a_config_error_before_any_work(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(5))
+    with pytest.raises(bp.ConfigError, match="no API key"):
+        bp.Job(str(db), "chat", 5).run(base_url=fake.url, quiet=True)
+    assert fake.record == [] and statuses(db) == Counter({"pending": 5})
+
+
+def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(30))
+    run(db, fake, tmp_path, "chat")
+    assert len(fake.record) == 30
+    fake.reset()
+    other_db = tmp_path / "other.db"
+    bp.create(other_db, **chat_spec(30, name="again"))
+    summary = run(other_db, fake, tmp_path, "again")
+    assert (summary.done, summary.cached, summary.requests) == (30, 30, 0)
+    assert fake.record == []
+    results = bp.export(other_db)
+    assert isinstance(results, list)
+    assert_chat_results(results, 30, 3)
+    # --no-cache asks again; the endpoint is part of the cache key, so another server shares nothing
+    fresh = run(other_db, fake, tmp_path, None, cache=False)
+    assert fresh.done == 0  # nothing left to do in this file...
+    bp.create(tmp_path / "third.db", **chat_spec(30, name="third"))
+    third = run(tmp_path / "third.db", fake, tmp_path, "third", cache=False)
+    assert (third.done, third.cached, len(fake.record)) == (30, 0, 30)
+    with FakeServer() as second_server:
+        bp.create(tmp_path / "fourth.db", **chat_spec(30, name="fourth"))
+        fourth = run(tmp_path / "fourth.db", second_server, tmp_path, "fourth")
+        assert (fourth.done, fourth.cached, len(second_server.record)) == (30, 0, 30)
+
+
+def test_duplicate_requests_in_one_job_are_sent_once(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, name="dup", model="m", templates=["same {w}", "same {w}"], keywords={"w": ["a", "b"]})
+    summary = run(db, fake, tmp_path, "dup")
+    assert summary.done == 4 and len(fake.record) == 2
+
+
+def test_retry_failed_then_resume(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(10, n=1))
+    fake.configure(error_rate=1.0)
+    first = run(db, fake, tmp_path, "chat", max_attempts=2, limiter=bp_limiter_without_breaker())
+    assert (first.done, first.failed) == (0, 10)
+    fake.configure(error_rate=0.0)
+    fake.reset()
+    assert run(db, fake, tmp_path, None).done == 0  # resume does not retry failed prompts
+    assert fake.record == []
+    out = run_cli("retry-failed", str(db), cwd=tmp_path)
+    assert out.returncode == 0 and "10 failed prompts are pending again" in out.stdout
+    assert run(db, fake, tmp_path, None).done == 10 and len(fake.record) == 10
+
+
+def bp_limiter_without_breaker() -> Any:
+    from batch_prompt.limiter import Limiter
+
+    return Limiter(breaker_threshold=10**9)
+
+
+def test_corrupt_cache_entry_is_refetched(fake: FakeServer, tmp_path: Path) -> None:
+    import diskcache
+
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(5, n=1))
+    run(db, fake, tmp_path, "chat")
+    with diskcache.Cache(str(tmp_path / "cache")) as cache:
+        key = sorted(cache.iterkeys())[2]
+        cache.set(key, cache.get(key).replace("echo", "ECHO"))
+    fake.reset()
+    bp.create(tmp_path / "b.db", **chat_spec(5, n=1, name="b"))
+    summary = run(tmp_path / "b.db", fake, tmp_path, "b")
+    assert (summary.done, summary.cached, len(fake.record)) == (5, 4, 1)
+    results = bp.export(tmp_path / "b.db")
+    assert isinstance(results, list)
+    assert_chat_results(results, 5, 1)
+
+
+def test_run_inside_a_running_loop_says_use_arun(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    job = bp.create(db, **chat_spec(5, n=1))
+
+    async def notebook_cell() -> bp.RunSummary:
+        with pytest.raises(bp.ConfigError, match="arun"):
+            job.run(api_key=API_KEY, base_url=fake.url)
+        return await job.arun(api_key=API_KEY, base_url=fake.url, quiet=True, cache_dir=str(tmp_path / "c"))
+
+    summary = asyncio.run(notebook_cell())
+    assert summary.done == 5 and len(fake.record) == 5
+
+
+def test_sigint_stops_commits_and_resume_finishes(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(latency=0.2)
+    db = tmp_path / "jobs.db"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(chat_spec(300, n=1)))
+    env = cli_env(fake, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batch_prompt", "run", str(spec), "--db", str(db), "--concurrency", "10",
+         "--cache-dir", str(tmp_path / "cache")], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(fake.answered()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"python -m batch_prompt.resume {db}" in err
+    counts = statuses(db)
+    assert counts["running"] == 0 and counts["done"] >= 30 and counts["done"] + counts["pending"] == 300
+    assert counts["done"] == len(fake.answered())  # every answer that arrived was committed
+    out = run_cli("resume", str(db), "--cache-dir", str(tmp_path / "cache"), "--quiet", module="batch_prompt",
+                  env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert statuses(db) == Counter({"done": 300})
+    assert len(fake.answered()) == 300 and max(fake.answered().values()) == 1
+
+
+def test_resume_module_and_progress_lines(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(20, n=1))
+    out = run_cli(str(db), "--cache-dir", str(tmp_path / "cache"), module="batch_prompt.resume",
+                  env=cli_env(fake, tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "chat: 20/20 done, 0 failed" in out.stderr  # a plain log line when not on a terminal
+    assert "done 20 (0 from cache), failed 0, requests 20" in out.stderr
+    assert json.loads(run_cli("status", str(db), "--json", cwd=tmp_path).stdout)[0]["done"] == 20
+
+
+def test_bad_run_options_exit_2(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(3, n=1))
+    env = cli_env(fake, tmp_path)
+    for args, message in [
+        (["--concurrency", "0"], "concurrency must be a positive integer"),
+        (["--timeout", "-1"], "timeout must be positive"),
+        (["--rpm", "0"], "rpm must be positive"),
+        (["--concurrency", "many"], "invalid int value"),
+        (["--base-url", "ftp://x"], "base URL must start with http"),
+        (["--cache-dir", "/proc/nope/cache"], "cannot use cache folder"),
+    ]:
+        out = run_cli("resume", str(db), *args, env=env, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    env.pop("OPENAI_API_KEY")
+    out = run_cli("resume", str(db), env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "no API key" in out.stderr
+    assert statuses(db) == Counter({"pending": 3}) and fake.record == []
+
+
+def test_api_key_never_lands_on_disk(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(error_rate=0.1, seed=3)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(chat_spec(50, n=1, templates=["Q{i} {word}", "FAIL400 {i}{word}"])))
+    env = cli_env(fake, tmp_path)
+    out = run_cli("run", str(spec), "--db", str(tmp_path / "jobs.db"), "--cache-dir", str(tmp_path / "cache"),
+                  env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    fake.configure(api_key="sk-other")
+    bp.create(tmp_path / "jobs.db", **chat_spec(5, n=1, name="denied", templates=["Z{i} {word}"]))
+    denied = run_cli("resume", str(tmp_path / "jobs.db"), "--cache-dir", str(tmp_path / "cache"), env=env,
+                     cwd=tmp_path)
+    assert denied.returncode == 2
+    run_cli("export", str(tmp_path / "jobs.db"), "-o", str(tmp_path / "r.pkl"), cwd=tmp_path)
+    run_cli("export", str(tmp_path / "jobs.db"), "-o", str(tmp_path / "r.jsonl"), cwd=tmp_path)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        assert API_KEY.encode() not in path.read_bytes(), path
+    for text in (out.stdout, out.stderr, denied.stdout, denied.stderr):
+        assert API_KEY not in text
