@@ -151,7 +151,8 @@ def describe(exc: BaseException) -> str:
         message = exc.message
         if isinstance(exc.body, dict) and isinstance(exc.body.get("message"), str):
             message = exc.body["message"]
-        return redact(f"{type(exc).__name__} {exc.status_code}: {message}")[:500]
+        code = f" ({exc.code})" if exc.code else ""
+        return redact(f"{type(exc).__name__} {exc.status_code}{code}: {message}")[:500]
     return redact(f"{type(exc).__name__}: {exc}")[:500]
 
 
