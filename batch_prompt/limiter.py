@@ -52,8 +52,9 @@ class Bucket:
         return max(1.0, self.rate * self.burst_seconds)
 
     def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.last) * self.rate)
-        self.last = now
+        if now > self.last:
+            self.level = min(self.capacity, self.level + (now - self.last) * self.rate)
+            self.last = now
 
     def reserve(self, cost: float, now: float) -> float:
         """Take `cost` now; returns how long to wait until it is covered (0 when it already is)."""
@@ -62,10 +63,10 @@ class Bucket:
         self.level -= cost
         return 0.0 if self.level >= 0 else -self.level / self.rate
 
-    def drain(self, now: float) -> None:
-        """Empty the bucket (after a 429): it refills from zero, a ramp back up."""
-        self.refill(now)
+    def drain(self, until: float) -> None:
+        """Empty the bucket until `until` (a 429's pause): then it refills from zero, a ramp back up."""
         self.level = min(self.level, 0.0)
+        self.last = max(self.last, until)
 
 
 class Limiter:
@@ -157,7 +158,7 @@ class Limiter:
         self.pauses += 1
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
-                bucket.drain(now)
+                bucket.drain(self.pause_until)
         self._release_probe()
 
     def succeeded(self) -> None:

@@ -1,0 +1,142 @@
+"""The limiter's logic with a fake clock: bucket refill, learning from headers, global pause, breaker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from batch_prompt.limiter import Bucket, Limiter, parse_duration
+from batch_prompt.retry import RetryPolicy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def limiter(clock: FakeClock, **kw: object) -> Limiter:
+    return Limiter(clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+
+
+def test_bucket_refills_at_its_rate_up_to_capacity() -> None:
+    bucket = Bucket(per_minute=600, burst_seconds=1.0, now=0.0)  # 10/s, capacity 10
+    assert [bucket.reserve(1, 0.0) for _ in range(10)] == [0.0] * 10
+    assert bucket.reserve(1, 0.0) == pytest.approx(0.1)
+    assert bucket.reserve(1, 0.0) == pytest.approx(0.2)
+    bucket.refill(100.0)
+    assert bucket.level == 10  # never above capacity
+
+
+def test_rpm_spaces_requests_evenly_after_the_burst() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, rpm=60, burst_seconds=1.0)  # 1/s, capacity 1
+
+    async def go() -> list[float]:
+        sent = []
+        for _ in range(5):
+            await lim.acquire(1)
+            sent.append(clock.now - 1000.0)
+        return sent
+
+    assert asyncio.run(go()) == pytest.approx([0, 1, 2, 3, 4])
+
+
+def test_tpm_waits_for_token_cost() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, tpm=6000, burst_seconds=1.0)  # 100 tokens/s, capacity 100
+
+    async def go() -> None:
+        await lim.acquire(100)
+        await lim.acquire(50)
+
+    asyncio.run(go())
+    assert clock.sleeps == [0.5]
+
+
+def test_learns_limits_and_remaining_from_headers() -> None:
+    clock = FakeClock()
+    lim = limiter(clock)
+    assert lim.requests is None
+    lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "3",
+                 "x-ratelimit-reset-requests": "10ms", "x-ratelimit-limit-tokens": "60000"})
+    assert lim.requests is not None and lim.requests.per_minute == 6000
+    assert lim.requests.level == 3  # what the server says is left, not our own idea
+    assert lim.tokens is not None and lim.tokens.per_minute == 60000
+
+    async def go() -> None:
+        for _ in range(4):
+            await lim.acquire(1)
+
+    asyncio.run(go())
+    assert clock.sleeps == [pytest.approx(0.01)]  # the 4th waits one interval of 100/s
+
+
+def test_told_limits_are_not_overridden_by_headers() -> None:
+    lim = limiter(FakeClock(), rpm=100)
+    lim.observe({"x-ratelimit-limit-requests": "6000"})
+    assert lim.requests is not None and lim.requests.per_minute == 100
+
+
+def test_429_pauses_the_whole_pool_then_ramps_up() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, rpm=600, burst_seconds=1.0)
+
+    async def go() -> list[float]:
+        lim.rate_limited(2.0)
+        starts = []
+        for _ in range(3):
+            await lim.acquire(1)
+            starts.append(clock.now - 1000.0)
+        return starts
+
+    # nobody goes before the pause ends, and the bucket refills from empty: a ramp at 10/s, not a burst
+    assert asyncio.run(go()) == pytest.approx([2.1, 2.2, 2.3])
+    assert lim.pauses == 1
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, breaker_threshold=3)
+    for _ in range(3):
+        lim.failed()
+    assert lim.breaker_open and lim.pause_until == 1001.0
+
+    async def go() -> list[bool]:
+        probe = await lim.acquire(1)
+        assert clock.now == 1001.0
+        waiter = asyncio.ensure_future(lim.acquire(1))
+        await asyncio.sleep(0)
+        assert not waiter.done()  # the rest wait for the probe's outcome
+        lim.failed()  # probe failed: pause doubles
+        assert lim.pause_until == pytest.approx(1003.0)
+        second_probe = await waiter
+        lim.succeeded()
+        third = await lim.acquire(1)
+        return [probe, second_probe, third]
+
+    assert asyncio.run(go()) == [True, True, False]
+    assert not lim.breaker_open
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("6m0s") == 360
+    assert parse_duration("1s") == 1
+    assert parse_duration("120ms") == pytest.approx(0.12)
+    assert parse_duration("1h2m3.5s") == pytest.approx(3723.5)
+    assert parse_duration("soon") is None
+
+
+def test_retry_policy_waits() -> None:
+    policy = RetryPolicy(initial=0.5, maximum=4.0, jitter=0.0)
+    assert [policy.wait(a, None) for a in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert RetryPolicy.no_wait().wait(5, None) == 0.0
