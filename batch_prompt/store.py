@@ -129,21 +129,37 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, taken at once (`BEGIN IMMEDIATE`), rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """A write transaction, taken at once (`BEGIN IMMEDIATE`), rolled back on any exception.
+
+        SQLite failures (disk full, I/O error, a lock held past the busy timeout) become `StoreError`;
+        the rollback keeps everything committed before intact.
+        """
+        with self.errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn SQLite's exceptions into `StoreError` naming the file."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            yield
+        except sqlite3.DatabaseError as exc:
+            kind = NotADatabaseError if "malformed" in str(exc) or "not a database" in str(exc) else StoreError
+            raise kind(f"{self.path}: {exc}", path=self.path) from None
 
     # --- jobs -------------------------------------------------------------------------------------
 
     def jobs(self) -> list[JobRow]:
-        rows = self.conn.execute(
-            "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts FROM jobs ORDER BY id"
-        ).fetchall()
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts FROM jobs ORDER BY id"
+            ).fetchall()
         return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def job(self, name: str) -> JobRow | None:
@@ -217,11 +233,12 @@ class Store:
     def counts(self, job: JobRow) -> dict[str, int]:
         """Prompts by status, and tokens used. Reads only unfinished rows (done = total - the rest)."""
         counts = {"pending": 0, "running": 0, "failed": 0}
-        for status, count in self.conn.execute(
-            "SELECT status, count(*) FROM prompts WHERE job_id = ? AND status != 'done' GROUP BY status",
-            (job.id,),
-        ):
-            counts[status] = count
+        with self.errors():
+            for status, count in self.conn.execute(
+                "SELECT status, count(*) FROM prompts WHERE job_id = ? AND status != 'done' GROUP BY status",
+                (job.id,),
+            ):
+                counts[status] = count
         counts["done"] = job.n_prompts - sum(counts.values()) if job.state == "ready" else 0
         counts["total"] = job.n_prompts
         tokens = self.conn.execute(
@@ -343,11 +360,12 @@ class Store:
         """(id, hash, model, template, keywords, request, response) of done rows in order, streamed."""
         last = 0
         while True:
-            rows = self.conn.execute(
-                "SELECT id, hash, model, template, keywords, request, response FROM prompts"
-                " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
-                (job.id, last, chunk),
-            ).fetchall()
+            with self.errors():
+                rows = self.conn.execute(
+                    "SELECT id, hash, model, template, keywords, request, response FROM prompts"
+                    " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
+                    (job.id, last, chunk),
+                ).fetchall()
             if not rows:
                 return
             yield from rows

@@ -289,3 +289,44 @@ def test_public_api_is_pinned() -> None:
         "SpecError", "StoreError", "__version__", "aresume", "create", "export", "iter_results", "load_results",
         "load_spec", "resume", "retry_failed", "to_dataframe",
     ])
+
+
+def test_truncated_database_is_refused_cleanly(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **{**SPEC, "keywords": {"food": [f"f{i}" for i in range(3000)]}})
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+    for wal in tmp_path.glob("jobs.db-*"):
+        wal.unlink()
+    for args in (["status", str(db)], ["export", str(db), "-o", str(tmp_path / "r.pkl")]):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("batch-prompt: error:") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_full_disk_during_create_keeps_earlier_jobs(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    before = bp.export(db), sqlite3.connect(db).execute("SELECT count(*) FROM prompts").fetchone()
+    with Store(db) as store:
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages + 20}")  # a disk that fills up mid-create
+        big = bp.Spec.from_dict({**SPEC, "name": "big", "keywords": {"food": [f"f{i}" * 20 for i in range(50_000)]}})
+        with pytest.raises(bp.StoreError, match="full"):
+            store.create_job(big)
+    conn = sqlite3.connect(db)
+    assert (bp.export(db), conn.execute("SELECT count(*) FROM prompts").fetchone()) == before
+    assert [r[0] for r in conn.execute("SELECT name FROM jobs WHERE state = 'ready'")] == ["likes"]
+    # with room again, the same create finishes
+    assert bp.create(db, **{**SPEC, "name": "big", "keywords": {"food": [f"f{i}" * 20 for i in range(50_000)]}}).created
+
+
+def test_export_to_unwritable_place(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    (tmp_path / "results.pkl").write_bytes(b"old export")
+    for target in ("/proc/version", str(tmp_path / "missing" / "r.pkl"), str(tmp_path)):
+        out = run_cli("export", str(db), "-o", target, cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (target, out.stderr)
+    assert (tmp_path / "results.pkl").read_bytes() == b"old export"
