@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from . import job as jobs
 from .errors import BatchPromptError
+from .expand import expand
 from .export import export
 from .runner import RunOptions, RunSummary
 from .spec import load_spec
@@ -156,17 +157,24 @@ def _cmd_retry_failed(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from .expand import expand
-    from .tokens import estimate
+    from .tokens import estimate_parts, price
 
     spec = load_spec(args.spec)
-    prompts = input_tokens = 0
+    per_model: dict[str, list[int]] = {model: [0, 0, 0] for model in spec.models}
     for record in expand(spec):
-        prompts += 1
-        input_tokens += estimate(json.loads(record.request_json))
+        prompt, completion = estimate_parts(json.loads(record.request_json))
+        sums = per_model[record.model]
+        sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + prompt, sums[2] + completion
     per_request = spec.prompts_per_request if spec.api == "completions" else 1
-    requests = -(-prompts // per_request)
-    print(json.dumps({"prompts": prompts, "requests": requests, "tokens_estimated": input_tokens}))
+    costs = [price(model, p, c) for model, (_, p, c) in per_model.items()]
+    report = {
+        "prompts": sum(s[0] for s in per_model.values()),
+        "requests": sum(-(-s[0] // per_request) for s in per_model.values()),
+        "prompt_tokens": sum(s[1] for s in per_model.values()),
+        "max_completion_tokens": sum(s[2] for s in per_model.values()),
+        "max_cost_usd": None if None in costs else round(sum(c or 0.0 for c in costs), 6),
+    }
+    print(json.dumps(report))
     return 0
 
 

@@ -36,8 +36,8 @@ def count_text(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def estimate(body: dict[str, Any]) -> int:
-    """Estimated TPM cost of one request body (chat or completions, one prompt or a packed list)."""
+def estimate_parts(body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt tokens, most completion tokens) of one request body, chat or completions, packed or not."""
     n = int(body.get("n") or 1)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
     if "messages" in body:
@@ -47,4 +47,32 @@ def estimate(body: dict[str, Any]) -> int:
         texts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         prompt = sum(count_text(str(t)) for t in texts)
         prompts = len(texts)
-    return int(prompt + int(max_tokens) * n * prompts)
+    return int(prompt), int(max_tokens) * n * prompts
+
+
+def estimate(body: dict[str, Any]) -> int:
+    """Estimated TPM cost of one request body: prompt tokens + max_tokens x n per prompt."""
+    prompt, completion = estimate_parts(body)
+    return prompt + completion
+
+
+# USD per million (input, output) tokens, list prices when this was written; a guide, not a bill.
+PRICES = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "gpt-3.5-turbo-instruct": (1.50, 2.00),
+    "davinci-002": (2.00, 2.00),
+    "babbage-002": (0.40, 0.40),
+}
+
+
+def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Estimated USD for the tokens at the model's list price; None for a model not in `PRICES`."""
+    if model not in PRICES:
+        return None
+    per_input, per_output = PRICES[model]
+    return (prompt_tokens * per_input + completion_tokens * per_output) / 1e6

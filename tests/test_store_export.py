@@ -330,3 +330,18 @@ def test_export_to_unwritable_place(tmp_path: Path) -> None:
         out = run_cli("export", str(db), "-o", target, cwd=tmp_path)
         assert out.returncode == 2 and out.stderr.count("\n") == 1, (target, out.stderr)
     assert (tmp_path / "results.pkl").read_bytes() == b"old export"
+
+
+def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, {**SPEC, "model": ["gpt-4o-mini", "unknown-model"]})
+    out = run_cli("estimate", str(spec), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["prompts"], report["requests"]) == (8, 8)
+    assert report["max_completion_tokens"] == 8 * 5 * 2  # max_tokens x n per prompt
+    # heuristic: ceil(chars / 4) per message ("I like pizza" 3, "I like apples" 4) + 4 per message, 2 models
+    assert report["prompt_tokens"] == 2 * (3 + 3 + 4 + 4 + 4 * 4)
+    assert report["max_cost_usd"] is None  # one model has no known price
+    assert not list(tmp_path.rglob("*.db"))
+    packed = write_spec(tmp_path, {**SPEC, "api": "completions", "prompts_per_request": 3}, "p.json")
+    assert json.loads(run_cli("estimate", str(packed), cwd=tmp_path).stdout)["requests"] == 2
