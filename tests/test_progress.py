@@ -1,0 +1,49 @@
+"""Progress reporters render what the runner tells them."""
+
+from __future__ import annotations
+
+import io
+
+from batch_prompt.progress import BarProgress, LogProgress, Progress, auto_progress
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def feed(progress: Progress) -> None:
+    progress.start("likes", total=10, already_done=2)
+    progress.sent(3)
+    progress.finished("done", cached=False, prompt_tokens=5, completion_tokens=7)
+    progress.finished("done", cached=True)
+    progress.finished("failed")
+    progress.answered(1)
+
+
+def test_bar_redraws_one_line_with_counts() -> None:
+    stream = Tty()
+    bar = BarProgress(stream, width=10)
+    feed(bar)
+    bar.render()
+    bar.render(final=True)
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "[#####.....]" in text  # 2 already + 3 finished of 10
+    assert "likes: 4/10 done, 1 failed, 1 cached, 2 in flight" in text and "tokens 5+7" in text
+
+
+def test_log_lines_are_periodic() -> None:
+    stream = io.StringIO()
+    log = LogProgress(stream, interval=3600)
+    feed(log)
+    log.render()
+    log.render()  # within the interval: nothing new
+    log.render(final=True)
+    assert stream.getvalue().count("\n") == 2 and "likes: 4/10 done" in stream.getvalue()
+
+
+def test_auto_progress_picks_by_terminal() -> None:
+    assert type(auto_progress(False, Tty())) is BarProgress
+    assert type(auto_progress(False, io.StringIO())) is LogProgress
+    assert type(auto_progress(True, Tty())) is Progress
