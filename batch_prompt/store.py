@@ -69,14 +69,24 @@ class Outcome:
 
 
 def lease_owner() -> str:
-    """An identity for this process's leases: host, pid and a per-process token."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    """An identity for this process's leases: host, pid, process start time and a per-run token."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}:{os.urandom(4).hex()}"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it;
+    "-" when unknown, "Z" for a zombie (killed, not yet reaped: as dead as it gets)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[-1].split()
+    except OSError:
+        return "-"
+    return "Z" if fields[0] == b"Z" else fields[19].decode()
 
 
 def owner_is_dead(owner: str) -> bool:
     """True when a lease owner is a process on this host that no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    host, pid_text, start, _ = [*owner.split(":"), "", "", ""][:4]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
@@ -87,8 +97,8 @@ def owner_is_dead(owner: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return False
+        pass
+    return start not in ("-", "") and _start_time(pid) not in ("-", start)
 
 
 class Store:

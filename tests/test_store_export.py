@@ -345,3 +345,23 @@ def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.db"))
     packed = write_spec(tmp_path, {**SPEC, "api": "completions", "prompts_per_request": 3}, "p.json")
     assert json.loads(run_cli("estimate", str(packed), cwd=tmp_path).stdout)["requests"] == 2
+
+
+def test_lease_owner_liveness() -> None:
+    import signal as sig
+    import socket
+
+    from batch_prompt.store import _start_time, lease_owner, owner_is_dead
+
+    assert not owner_is_dead(lease_owner())  # ourselves
+    assert not owner_is_dead("another-host:1:1:x")  # another machine: only its lease can expire
+    proc = subprocess.Popen(["sleep", "30"])
+    owner = f"{socket.gethostname()}:{proc.pid}:{_start_time(proc.pid)}:tok"
+    try:
+        assert not owner_is_dead(owner)
+        assert owner_is_dead(f"{socket.gethostname()}:{proc.pid}:12345:tok")  # same pid, other process
+        proc.send_signal(sig.SIGKILL)
+        proc.wait()
+        assert owner_is_dead(owner)
+    finally:
+        proc.kill()
