@@ -357,9 +357,10 @@ class _JobRun:
             return
         self.summary.requests += calls
         for i, row in enumerate(rows):
-            text = _response_for(data, choices[i * n : (i + 1) * n], len(rows), i)
+            response = _response_for(data, choices[i * n : (i + 1) * n], len(rows), i)
+            text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
             self.cache.set(row.hash, text)
-            self._done(row, text, cached=False, attempts=calls if i == 0 else 0)
+            self._done(row, text, cached=False, attempts=calls if i == 0 else 0, usage=response.get("usage"))
 
     def _observe_failure(self, exc: Exception) -> None:
         kind = classify(exc)
@@ -379,8 +380,10 @@ class _JobRun:
 
     # --- outcomes ---------------------------------------------------------------------------------
 
-    def _done(self, row: Claimed, text: str, cached: bool, attempts: int = 0) -> None:
-        usage = json.loads(text).get("usage") or {}
+    def _done(self, row: Claimed, text: str, cached: bool, attempts: int = 0, usage: Any = None) -> None:
+        if usage is None:
+            usage = json.loads(text).get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         self._add(Outcome(row.id, row.job_id, "done", text, cached, prompt_tokens, completion_tokens, attempts))
@@ -423,7 +426,9 @@ class _JobRun:
             self.progress.render()
 
 
-def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int) -> str:
+def _response_for(
+    data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int
+) -> dict[str, Any]:
     """One prompt's own response: the completion with only its choices, indexed 0..n-1.
 
     For a packed request the usage is split evenly among its prompts (the API reports only the total).
@@ -436,4 +441,4 @@ def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: i
             if isinstance(total, int):
                 usage[key] = total // packed + (1 if position < total % packed else 0)
         response["usage"] = usage
-    return json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+    return response
