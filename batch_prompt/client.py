@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2  # the openai SDK's HTTP layer (its aiohttp transport plugs in below it)
 import openai
 
 from .errors import ConfigError
@@ -59,8 +60,6 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int) -> openai.AsyncOpenAI:
     """One client per run: aiohttp transport, pool sized to the concurrency, SDK retries off."""
-    import httpx2
-
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     return openai.AsyncOpenAI(
         api_key=endpoint.api_key,
@@ -74,25 +73,18 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int) -> openai.
 async def send(
     client: openai.AsyncOpenAI, api: str, body: dict[str, Any], request_timeout: float
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers)."""
-    args = dict(body)
-    model = args.pop("model")
-    if api == "chat":
-        messages = args.pop("messages")
-        raw: Any = await client.chat.completions.with_raw_response.create(
-            model=model, messages=messages, extra_body=args, timeout=request_timeout
-        )
-    else:
-        prompt = args.pop("prompt")
-        raw = await client.completions.with_raw_response.create(
-            model=model, prompt=prompt, extra_body=args, timeout=request_timeout
-        )
-    headers = raw.headers
+    """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
+
+    The body goes out as it is (the SDK's per-field request transform is skipped: the request was
+    rendered and validated at create time), and the response is parsed here, not into SDK models.
+    """
+    path = "/chat/completions" if api == "chat" else "/completions"
+    raw = await client.post(path, body=body, cast_to=httpx2.Response, options={"timeout": request_timeout})
     try:
         data = json.loads(raw.content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedResponse(f"response body is not valid JSON: {exc}") from None
-    return data, headers
+    return data, raw.headers
 
 
 def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 - Two token buckets, requests and tokens per minute (`--rpm`, `--tpm`). A request reserves its cost
   up front (levels may go negative) and sleeps once for the deficit: no polling.
 - It learns from the server: `x-ratelimit-limit-*` sets a limit it was not told, and
-  `x-ratelimit-remaining-*` lowers the bucket to what the server says is left.
+  `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left.
 - A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
 - A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
   with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
@@ -99,6 +99,7 @@ class Limiter:
         self.breaker_pause = 0.0
         self.half_open = False
         self._probe: asyncio.Future[None] | None = None
+        self.in_flight = [0, 0.0]  # requests and tokens acquired and not yet released
 
     async def acquire(self, tokens: float) -> bool:
         """Wait until a request costing `tokens` may go. Returns True when it is the breaker's probe."""
@@ -113,6 +114,7 @@ class Limiter:
                 continue
             if self.half_open:
                 self._probe = asyncio.get_running_loop().create_future()
+                self._count_in(tokens)
                 return True
             break
         wait = 0.0
@@ -125,7 +127,17 @@ class Limiter:
         now = self.clock()
         if now < self.pause_until:  # a 429 arrived while we waited: honour it, reservation kept
             await self.sleep(self.pause_until - now)
+        self._count_in(tokens)
         return False
+
+    def _count_in(self, tokens: float) -> None:
+        self.in_flight[0] += 1
+        self.in_flight[1] += tokens
+
+    def release(self, tokens: float) -> None:
+        """The request `acquire` let through has its answer (whatever it was): no longer in flight."""
+        self.in_flight[0] -= 1
+        self.in_flight[1] -= tokens
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn limits and remaining capacity from a response's `x-ratelimit-*` headers."""
@@ -139,7 +151,7 @@ class Limiter:
             if limit and not told and (bucket is None or bucket.per_minute != limit):
                 if bucket is None:
                     bucket = Bucket(limit, self.burst_seconds, now)
-                    bucket.level = min(bucket.capacity, remaining if remaining is not None else limit)
+                    bucket.level = bucket.capacity
                     if kind == "requests":
                         self.requests = bucket
                     else:
@@ -148,8 +160,10 @@ class Limiter:
                     bucket.refill(now)
                     bucket.per_minute = limit
             if bucket is not None and remaining is not None:
+                # The server counted what it had received when it answered; what we sent since is
+                # still in flight (an over-estimate of it: some of it had arrived). Call after `release`.
                 bucket.refill(now)
-                bucket.level = min(bucket.level, remaining)
+                bucket.level = min(bucket.level, remaining - self.in_flight[0 if kind == "requests" else 1])
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: pause the whole pool for `retry_after` (1 s when unsaid), then ramp up from empty."""

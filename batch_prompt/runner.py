@@ -177,6 +177,7 @@ class _Resources:
         self.clients: dict[str, openai.AsyncOpenAI] = {}
         self.caches: dict[str, ResponseCache] = {}
         self.limiters: dict[str, Limiter] = {}
+        self.estimator = tokens.TokenEstimator()
 
     def client(self, endpoint: Endpoint) -> openai.AsyncOpenAI:
         if endpoint.identity not in self.clients:
@@ -213,6 +214,7 @@ class _JobRun:
         self.client = resources.client(endpoint)
         self.cache = resources.cache(endpoint)
         self.limiter = resources.limiter(endpoint)
+        self.estimator = resources.estimator
         self.policy = opts.retry or RetryPolicy(max_attempts=opts.max_attempts)
         self.owner = lease_owner()
         self.pack = job.prompts_per_request if job.api == "completions" else 1
@@ -319,25 +321,31 @@ class _JobRun:
     async def _process(self, rows: Item) -> None:
         body = self._body(rows)
         n = int(body.get("n") or 1)
-        cost = tokens.estimate(body)
+        cost, our_prompt_tokens = self.estimator.cost(body)
 
         async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             await self.limiter.acquire(cost)
             self.progress.sent(len(rows))
             try:
                 data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
-                choices = check_choices(data, n * len(rows))
-            except Exception as exc:
-                self._observe_failure(exc)
-                raise
             finally:
+                self.limiter.release(cost)
                 self.progress.answered(len(rows))
             self.limiter.observe(headers)
+            choices = check_choices(data, n * len(rows))
+            self.estimator.observe(our_prompt_tokens, data.get("usage"))
             self.limiter.succeeded()
             return data, choices
 
+        async def observed_attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            try:
+                return await attempt()
+            except Exception as exc:
+                self._observe_failure(exc)
+                raise
+
         try:
-            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep)
+            (data, choices), calls = await self.policy.call(observed_attempt, self.limiter.sleep)
         except (FatalAPIError, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -56,6 +56,40 @@ def estimate(body: dict[str, Any]) -> int:
     return prompt + completion
 
 
+class TokenEstimator:
+    """`estimate`, calibrated during a run by the prompt tokens the server reports in `usage`.
+
+    The scale (server count / our count, clamped to [0.25, 4]) applies once `WARMUP` responses are in,
+    so a heuristic that is off by 20% does not leave 20% of a token limit unused for the whole run.
+    """
+
+    WARMUP = 10
+
+    def __init__(self) -> None:
+        self.ours = 0
+        self.theirs = 0
+        self.responses = 0
+
+    @property
+    def scale(self) -> float:
+        if self.responses < self.WARMUP or self.ours <= 0:
+            return 1.0
+        return min(4.0, max(0.25, self.theirs / self.ours))
+
+    def cost(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(TPM cost to reserve, our uncalibrated prompt estimate to hand back to `observe`)."""
+        prompt, completion = estimate_parts(body)
+        return int(prompt * self.scale + completion), prompt
+
+    def observe(self, our_prompt: int, usage: Any) -> None:
+        """Learn from a response's `usage` (ignored when it has no integer `prompt_tokens`)."""
+        theirs = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if isinstance(theirs, int) and theirs >= 0:
+            self.ours += our_prompt
+            self.theirs += theirs
+            self.responses += 1
+
+
 # USD per million (input, output) tokens, list prices when this was written; a guide, not a bill.
 PRICES = {
     "gpt-4o-mini": (0.15, 0.60),

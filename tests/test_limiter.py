@@ -140,3 +140,33 @@ def test_retry_policy_waits() -> None:
     policy = RetryPolicy(initial=0.5, maximum=4.0, jitter=0.0)
     assert [policy.wait(a, None) for a in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
     assert RetryPolicy.no_wait().wait(5, None) == 0.0
+
+
+def test_remaining_counts_what_is_still_in_flight() -> None:
+    clock = FakeClock()
+    lim = limiter(clock)
+
+    async def go() -> None:
+        for _ in range(100):  # a burst before any limit is known
+            await lim.acquire(10)
+        lim.release(10)  # the first answer arrives: the server had room for 99 more *when it answered*
+        lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "99"})
+
+    asyncio.run(go())
+    assert lim.in_flight == [99, 990]
+    assert lim.requests is not None and lim.requests.level == 0  # 99 left minus 99 already on their way
+
+
+def test_token_estimator_calibrates_to_the_servers_count() -> None:
+    from batch_prompt.tokens import TokenEstimator
+
+    estimator = TokenEstimator()
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 10}
+    cost, ours = estimator.cost(body)
+    assert (cost, ours) == (14 + 10, 14)  # 40 chars / 4 + 4 per message, + max_tokens
+    for _ in range(TokenEstimator.WARMUP):
+        estimator.observe(ours, {"prompt_tokens": 7})
+    assert estimator.scale == 0.5
+    assert estimator.cost(body) == (7 + 10, 14)
+    estimator.observe(ours, {"no": "usage"})  # ignored
+    assert estimator.responses == TokenEstimator.WARMUP
