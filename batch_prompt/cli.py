@@ -117,6 +117,8 @@ def _report(summary: RunSummary, db: str) -> int:
     print(line, file=sys.stderr)
     for kind, count in summary.errors.most_common():
         print(f"  {count} x {kind}", file=sys.stderr)
+    if summary.running_elsewhere:
+        print(f"{summary.running_elsewhere} prompts are being answered by another process", file=sys.stderr)
     if summary.interrupted or summary.unfinished:
         print(f"interrupted: resume with: python -m batch_prompt.resume {db}", file=sys.stderr)
     elif summary.failed_total:

@@ -96,7 +96,8 @@ class RunSummary:
     completion_tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
-    unfinished: int = 0  # pending or running in the file after the run
+    unfinished: int = 0  # pending in the file after the run
+    running_elsewhere: int = 0  # claimed by another process that is still working on them
     failed_total: int = 0  # failed in the file after the run
 
     @property
@@ -153,7 +154,8 @@ async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> R
         summary.interrupted = summary.interrupted or stop.requested
         for job in (job for job in jobs if job.id in endpoints):
             counts = store.counts(job)
-            summary.unfinished += counts["pending"] + counts["running"]
+            summary.unfinished += counts["pending"]  # rows `running` here are another live resumer's
+            summary.running_elsewhere += counts["running"]
             summary.failed_total += counts["failed"]
     return summary
 
