@@ -93,8 +93,9 @@ def write_results(items: Iterator[dict[str, Any]], path: Path, fmt: str) -> int:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ExportError(f"cannot write {path}: folder {folder} does not exist")
+    _remove_stale_temp_files(folder, path.name)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -120,6 +121,14 @@ def write_results(items: Iterator[dict[str, Any]], path: Path, fmt: str) -> int:
         _unlink(tmp_name)
         raise
     return count
+
+
+def _remove_stale_temp_files(folder: Path, name: str) -> None:
+    """Temp files of exports killed before their rename: those whose process is gone."""
+    for stale in folder.glob(f".{name}.*.tmp"):
+        pid = stale.name[len(name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            _unlink(str(stale))
 
 
 def _unlink(name: str) -> None:

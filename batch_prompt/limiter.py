@@ -182,15 +182,20 @@ class Limiter:
         self.half_open = False
         self._release_probe()
 
-    def failed(self) -> None:
-        """A transient failure (5xx, timeout, dropped connection, malformed body)."""
+    def failed(self, probe: bool = False) -> None:
+        """A transient failure (5xx, timeout, dropped connection, malformed body).
+
+        Opens the breaker after `breaker_threshold` in a row; once open, only the probe's failure
+        doubles the pause (requests already in flight when it opened are still failing: not news).
+        """
         self.failures_in_a_row += 1
-        if self.half_open or self.failures_in_a_row >= self.breaker_threshold:
+        if probe or (not self.half_open and self.failures_in_a_row >= self.breaker_threshold):
             self.breaker_pause = min(self.breaker_max_pause, max(1.0, self.breaker_pause * 2))
             self.pause_until = max(self.pause_until, self.clock() + self.breaker_pause)
             self.half_open = True
             self.pauses += 1
-        self._release_probe()
+        if probe:
+            self._release_probe()
 
     def _release_probe(self) -> None:
         if self._probe is not None:

@@ -326,28 +326,25 @@ class _JobRun:
         cost, our_prompt_tokens = self.estimator.cost(body)
 
         async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            await self.limiter.acquire(cost)
+            probe = await self.limiter.acquire(cost)
             self.progress.sent(len(rows))
             try:
-                data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
-            finally:
-                self.limiter.release(cost)
-                self.progress.answered(len(rows))
-            self.limiter.observe(headers)
-            choices = check_choices(data, n * len(rows))
+                try:
+                    data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
+                finally:
+                    self.limiter.release(cost)
+                    self.progress.answered(len(rows))
+                self.limiter.observe(headers)
+                choices = check_choices(data, n * len(rows))
+            except Exception as exc:
+                self._observe_failure(exc, probe)
+                raise
             self.estimator.observe(our_prompt_tokens, data.get("usage"))
             self.limiter.succeeded()
             return data, choices
 
-        async def observed_attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            try:
-                return await attempt()
-            except Exception as exc:
-                self._observe_failure(exc)
-                raise
-
         try:
-            (data, choices), calls = await self.policy.call(observed_attempt, self.limiter.sleep)
+            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep)
         except (FatalAPIError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -372,13 +369,13 @@ class _JobRun:
             self.cache.set(row.hash, text)
             self._done(row, text, cached=False, attempts=calls if i == 0 else 0, usage=response.get("usage"))
 
-    def _observe_failure(self, exc: Exception) -> None:
+    def _observe_failure(self, exc: Exception, probe: bool) -> None:
         kind = classify(exc)
         if kind == RETRY and isinstance(exc, openai.RateLimitError):
             self.limiter.observe(exc.response.headers)
             self.limiter.rate_limited(retry_after(exc))
         elif kind == RETRY:
-            self.limiter.failed()
+            self.limiter.failed(probe)
         else:  # the server answered: not an outage
             self.limiter.succeeded()
 

@@ -179,13 +179,13 @@ class Store:
         """Record a spec's job and all its prompts. Returns (job, created).
 
         The same spec again is a no-op; the same name with another spec raises `JobConflictError`.
-        Rows are inserted in batches of committed transactions under a job in state `creating`, flipped
-        to `ready` at the end: a create that fails or is killed leaves no usable partial job, and the
-        next create of the same spec starts that job's rows over.
+        The whole create is one transaction (rows stream in by `executemany` batches, never all in
+        memory): a create that fails or is killed leaves nothing, and a second process creating the
+        same spec at the same time waits for the first (busy timeout) and then finds the job there.
+        Jobs are written in state `ready`; a row in any other state is not a finished job and is redone.
         """
         identity = spec.identity()
-        spec_json = canonical_json(identity)
-        spec_hash = hash_text(spec_json)
+        spec_hash = hash_text(canonical_json(identity))
         name = spec.name or f"job-{spec_hash[:12]}"
         stored = {"name": name, **identity, "base_url": spec.base_url}
         with self.transaction() as conn:
@@ -196,31 +196,23 @@ class Store:
                 job = self.job(name)
                 assert job is not None
                 return job, False
-            if row is None:
-                job_id = conn.execute(
-                    "INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, base_url, n_prompts,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, spec_hash, canonical_json(stored), spec.api, spec.prompts_per_request,
-                     spec.base_url, spec.count_prompts(), _now_iso()),
-                ).lastrowid
-            else:
-                job_id = row[0]
-                conn.execute("DELETE FROM prompts WHERE job_id = ?", (job_id,))
-        assert job_id is not None
-        try:
-            self._insert_prompts(job_id, expand(spec))
-        except BaseException:
-            with self.transaction() as conn:
-                conn.execute("DELETE FROM prompts WHERE job_id = ?", (job_id,))
-                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            raise
-        with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET state = 'ready' WHERE id = ?", (job_id,))
+            if row is not None:
+                conn.execute("DELETE FROM prompts WHERE job_id = ?", (row[0],))
+                conn.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
+            job_id = conn.execute(
+                "INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, base_url, n_prompts,"
+                " created_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready')",
+                (name, spec_hash, canonical_json(stored), spec.api, spec.prompts_per_request,
+                 spec.base_url, spec.count_prompts(), _now_iso()),
+            ).lastrowid
+            assert job_id is not None
+            self._insert_prompts(conn, job_id, expand(spec))
         job = self.job(name)
         assert job is not None
         return job, True
 
-    def _insert_prompts(self, job_id: int, records: Iterable[PromptRecord]) -> None:
+    @staticmethod
+    def _insert_prompts(conn: sqlite3.Connection, job_id: int, records: Iterable[PromptRecord]) -> None:
         now = time.time()
         sql = (
             "INSERT INTO prompts (job_id, hash, template_index, keywords_index, model_index, sample_index,"
@@ -231,12 +223,9 @@ class Store:
             batch.append((job_id, r.hash, r.template_index, r.keywords_index, r.model_index, r.sample_index,
                           r.model, r.template_json, r.keywords_json, r.request_json, now))
             if len(batch) >= INSERT_BATCH:
-                with self.transaction() as conn:
-                    conn.executemany(sql, batch)
-                batch.clear()
-        if batch:
-            with self.transaction() as conn:
                 conn.executemany(sql, batch)
+                batch.clear()
+        conn.executemany(sql, batch)
 
     # --- status -----------------------------------------------------------------------------------
 

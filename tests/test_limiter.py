@@ -110,6 +110,9 @@ def test_breaker_opens_after_consecutive_failures_and_probes() -> None:
     for _ in range(3):
         lim.failed()
     assert lim.breaker_open and lim.pause_until == 1001.0
+    for _ in range(20):  # the rest of the requests in flight when it opened fail too: no escalation
+        lim.failed()
+    assert lim.pause_until == 1001.0
 
     async def go() -> list[bool]:
         probe = await lim.acquire(1)
@@ -117,7 +120,7 @@ def test_breaker_opens_after_consecutive_failures_and_probes() -> None:
         waiter = asyncio.ensure_future(lim.acquire(1))
         await asyncio.sleep(0)
         assert not waiter.done()  # the rest wait for the probe's outcome
-        lim.failed()  # probe failed: pause doubles
+        lim.failed(probe=True)  # probe failed: pause doubles
         assert lim.pause_until == pytest.approx(1003.0)
         second_probe = await waiter
         lim.succeeded()

@@ -365,3 +365,15 @@ def test_lease_owner_liveness() -> None:
         assert owner_is_dead(owner)
     finally:
         proc.kill()
+
+
+def test_export_removes_temp_files_of_killed_exports(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    stale = tmp_path / ".r.pkl.999999999.abcd.tmp"  # no such pid
+    stale.write_bytes(b"half an export")
+    live = tmp_path / f".r.pkl.{__import__('os').getpid()}.efgh.tmp"  # a live export's file is left alone
+    live.write_bytes(b"in progress")
+    assert bp.export(db, tmp_path / "r.pkl") == 8
+    assert not stale.exists() and live.exists()
