@@ -253,7 +253,8 @@ def test_run_inside_a_running_loop_says_use_arun(fake: FakeServer, tmp_path: Pat
     assert summary.done == 5 and len(fake.record) == 5
 
 
-def test_sigint_stops_commits_and_resume_finishes(fake: FakeServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_commits_and_resume_finishes(fake: FakeServer, tmp_path: Path, sig: signal.Signals) -> None:
     fake.configure(latency=0.2)
     db = tmp_path / "jobs.db"
     spec = tmp_path / "spec.json"
@@ -268,7 +269,7 @@ def test_sigint_stops_commits_and_resume_finishes(fake: FakeServer, tmp_path: Pa
         deadline = time.monotonic() + 30
         while len(fake.answered()) < 30 and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()

@@ -377,3 +377,37 @@ def test_export_removes_temp_files_of_killed_exports(tmp_path: Path) -> None:
     live.write_bytes(b"in progress")
     assert bp.export(db, tmp_path / "r.pkl") == 8
     assert not stale.exists() and live.exists()
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Any:
+    """Make a file read-only even for root (chattr +i); skip where the filesystem cannot."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_read_only_database(tmp_path: Path, immutable: Any) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = file_digest(db)
+    immutable(db)
+    assert run_cli("status", str(db), cwd=tmp_path).returncode == 0  # reading needs no write access
+    out = run_cli("export", str(db), "-o", str(tmp_path / "r.pkl"), cwd=tmp_path)
+    assert out.returncode == 0 and len(bp.load_results(tmp_path / "r.pkl")) == 8
+    other = write_spec(tmp_path, {**SPEC, "name": "second"})
+    for args in (["create", str(other), "--db", str(db)], ["retry-failed", str(db)]):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "readonly database" in out.stderr and out.stderr.count("\n") == 1
+    assert file_digest(db) == before
