@@ -191,10 +191,16 @@ class _Resources:
             self.caches[endpoint.identity] = ResponseCache(self.opts.cache_dir, endpoint.identity)
         return self.caches[endpoint.identity]
 
-    def limiter(self, endpoint: Endpoint) -> Limiter:
-        if endpoint.identity not in self.limiters:
-            self.limiters[endpoint.identity] = self.opts.limiter or Limiter(self.opts.rpm, self.opts.tpm)
-        return self.limiters[endpoint.identity]
+    def limiter(self, endpoint: Endpoint, job: JobRow) -> Limiter:
+        """One per endpoint and limits: options first, then the job's spec (`rpm`, `tpm`)."""
+        if self.opts.limiter is not None:
+            return self.opts.limiter
+        rpm = self.opts.rpm or job.spec.get("rpm")
+        tpm = self.opts.tpm or job.spec.get("tpm")
+        key = f"{endpoint.identity} {rpm} {tpm}"
+        if key not in self.limiters:
+            self.limiters[key] = Limiter(rpm, tpm)
+        return self.limiters[key]
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -215,7 +221,7 @@ class _JobRun:
         self.progress, self.summary = progress, summary
         self.client = resources.client(endpoint)
         self.cache = resources.cache(endpoint)
-        self.limiter = resources.limiter(endpoint)
+        self.limiter = resources.limiter(endpoint, job)
         self.estimator = resources.estimator
         self.policy = opts.retry or RetryPolicy(max_attempts=opts.max_attempts)
         self.owner = lease_owner()

@@ -21,6 +21,7 @@ from .errors import MissingFieldError, SpecError
 APIS = ("chat", "completions")
 FIELDS = (
     "name", "api", "model", "templates", "keywords", "model_args", "repeats", "prompts_per_request", "base_url",
+    "rpm", "tpm",
 )
 # Request keys the spec itself controls: a model arg may not override them.
 RESERVED_ARGS = ("model", "messages", "prompt", "stream")
@@ -48,6 +49,8 @@ class Spec:
     prompts_per_request: int = DEFAULT_PROMPTS_PER_REQUEST
     name: str | None = None
     base_url: str | None = None
+    rpm: float | None = None  # rate limits to run at (run options, not part of the job's identity)
+    tpm: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Spec:
@@ -75,6 +78,8 @@ class Spec:
             ),
             name=_optional_str(data.get("name"), "name"),
             base_url=_optional_str(data.get("base_url"), "base_url"),
+            rpm=_optional_positive(data.get("rpm"), "rpm"),
+            tpm=_optional_positive(data.get("tpm"), "tpm"),
         )
         spec.check_fields()
         return spec
@@ -262,6 +267,14 @@ def _positive_int(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise SpecError(f"spec field {name!r} must be a positive integer, not {value!r}")
     return value
+
+
+def _optional_positive(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise SpecError(f"spec field {name!r} must be a positive number, not {value!r}")
+    return float(value)
 
 
 def _optional_str(value: Any, name: str) -> str | None:

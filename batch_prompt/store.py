@@ -27,6 +27,7 @@ from .spec import Spec, canonical_json
 INSERT_BATCH = 20_000
 BUSY_TIMEOUT_MS = 60_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
+RUN_FIELDS = ("name", "base_url", "rpm", "tpm")  # stored with a job's spec, not part of its identity
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class Store:
         identity = spec.identity()
         spec_hash = hash_text(canonical_json(identity))
         name = spec.name or f"job-{spec_hash[:12]}"
-        stored = {"name": name, **identity, "base_url": spec.base_url}
+        stored = {"name": name, **identity, "base_url": spec.base_url, "rpm": spec.rpm, "tpm": spec.tpm}
         with self.transaction() as conn:
             row = conn.execute("SELECT id, spec_hash, spec, state FROM jobs WHERE name = ?", (name,)).fetchone()
             if row is not None and row[1] != spec_hash:
@@ -395,7 +396,7 @@ def _now_iso() -> str:
 
 
 def _conflict_message(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    differ = [key for key in new if key not in ("name", "base_url") and old.get(key) != new.get(key)]
+    differ = [key for key in new if key not in RUN_FIELDS and old.get(key) != new.get(key)]
     return (
         f"job {name!r} already exists in this database with a different spec ({', '.join(differ)} differ): "
         "give the new spec another name"

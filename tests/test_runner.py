@@ -338,3 +338,20 @@ def test_api_key_never_lands_on_disk(fake: FakeServer, tmp_path: Path) -> None:
         assert API_KEY.encode() not in path.read_bytes(), path
     for text in (out.stdout, out.stderr, denied.stdout, denied.stderr):
         assert API_KEY not in text
+
+
+def test_spec_rate_limit_paces_requests(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(6, n=1, rpm=120))  # 2/s, a bucket of 1 s: 2 at once, then one per 0.5 s
+    summary = run(db, fake, tmp_path, "chat")
+    assert summary.done == 6
+    times = sorted(entry["t"] for entry in fake.record)
+    assert 1.9 <= times[-1] - times[0] <= 3.0
+    with pytest.raises(bp.SpecError, match="'tpm' must be a positive number"):
+        bp.create(db, **chat_spec(6, n=1, name="bad", tpm=0))
+    # a run option overrides the spec's limit
+    bp.create(tmp_path / "fast.db", **chat_spec(6, n=1, name="fast", rpm=120, templates=["F{i} {word}"]))
+    fake.reset()
+    run(tmp_path / "fast.db", fake, tmp_path, "fast", rpm=60_000)
+    times = sorted(entry["t"] for entry in fake.record)
+    assert times[-1] - times[0] < 1.0
