@@ -152,7 +152,7 @@ async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> R
                     loop.remove_signal_handler(sig)
             await resources.close()
         summary.interrupted = summary.interrupted or stop.requested
-        for job in (job for job in jobs if job.id in endpoints):
+        for job in jobs:
             counts = store.counts(job)
             summary.unfinished += counts["pending"]  # rows `running` here are another live resumer's
             summary.running_elsewhere += counts["running"]

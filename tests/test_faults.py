@@ -98,27 +98,19 @@ def test_hung_requests_time_out_and_are_retried(hostile: FakeServer, procs: Proc
     assert_all_done_once(proc, hostile, tmp_path, spec)
 
 
-def test_dropped_connections_are_retried(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.01, drop_rate=0.2, seed=12)
-    spec = chat_spec(150, "drop")
+@pytest.mark.parametrize(
+    ("fault", "outcome", "n", "seed"),
+    [("drop_rate", "dropped", 1, 12), ("malformed_rate", "malformed", 1, 13),
+     ("wrong_choices_rate", "wrong_choices", 3, 14)],
+    ids=["dropped-connections", "truncated-json", "wrong-number-of-choices"],
+)
+def test_broken_answers_are_retried(
+    hostile: FakeServer, procs: Procs, tmp_path: Path, fault: str, outcome: str, n: int, seed: int
+) -> None:
+    hostile.configure(latency=0.01, seed=seed, **{fault: 0.2})
+    spec = chat_spec(150, outcome, n=n)
     proc = run_job(procs, tmp_path, spec)
-    assert outcomes(hostile)["dropped"] >= 10
-    assert_all_done_once(proc, hostile, tmp_path, spec)
-
-
-def test_truncated_json_bodies_are_retried(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.01, malformed_rate=0.2, seed=13)
-    spec = chat_spec(150, "malformed")
-    proc = run_job(procs, tmp_path, spec)
-    assert outcomes(hostile)["malformed"] >= 10
-    assert_all_done_once(proc, hostile, tmp_path, spec)
-
-
-def test_wrong_number_of_choices_is_retried(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.01, wrong_choices_rate=0.2, seed=14)
-    spec = chat_spec(150, "choices", n=3)
-    proc = run_job(procs, tmp_path, spec)
-    assert outcomes(hostile)["wrong_choices"] >= 10
+    assert outcomes(hostile)[outcome] >= 10
     assert_all_done_once(proc, hostile, tmp_path, spec)
 
 
