@@ -6,6 +6,7 @@ Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` 
 
 from .errors import (
     BatchPromptError,
+    CacheError,
     ConfigError,
     ExportError,
     FatalAPIError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchPromptError",
+    "CacheError",
     "ConfigError",
     "ExportError",
     "FatalAPIError",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
-from .errors import ConfigError
+from .errors import CacheError, ConfigError
 
 
 def default_cache_dir() -> Path:
@@ -39,8 +40,8 @@ class ResponseCache:
             self._cache = diskcache.Cache(
                 str(self.directory), eviction_policy="none", size_limit=2**62, cull_limit=0
             )
-        except OSError as exc:
-            raise ConfigError(f"cannot use cache folder {self.directory}: {exc.strerror or exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot use cache folder {self.directory}: {exc}") from None
         self.hits = 0
         self.corrupt = 0
 
@@ -63,12 +64,16 @@ class ResponseCache:
         return None
 
     def set(self, request_hash: str, text: str) -> None:
-        """Store a response and read it back; raises `OSError` when the write did not take."""
+        """Store a response and read it back; raises `CacheError` when the write did not take."""
         key = self._key(request_hash)
         value = f"{_checksum(text)} {text}"
-        self._cache.set(key, value)
-        if self._cache.get(key) != value:
-            raise OSError(f"cache write for {request_hash} did not persist")
+        try:
+            self._cache.set(key, value)
+            stored = self._cache.get(key)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write the response cache in {self.directory}: {exc}") from None
+        if stored != value:
+            raise CacheError(f"a response written to the cache in {self.directory} did not read back")
 
     def close(self) -> None:
         self._cache.close()

@@ -8,6 +8,7 @@
     │   ├── NotADatabaseError        the path is not a batch-prompt database
     │   └── SchemaTooNewError        written by a newer batch-prompt
     ├── ConfigError                  run options: no API key, bad base URL, ...
+    ├── CacheError                   the response cache cannot be written (disk full, ...)
     ├── FatalAPIError                the API refused the run (401/403, quota); rows left unfinished
     └── ExportError                  the export destination cannot be written
 
@@ -65,6 +66,10 @@ class SchemaTooNewError(StoreError):
 
 class ConfigError(BatchPromptError):
     """The run configuration is invalid."""
+
+
+class CacheError(BatchPromptError):
+    """The response cache cannot be written; the run stops before paying for answers it cannot keep."""
 
 
 class FatalAPIError(BatchPromptError):

@@ -355,3 +355,31 @@ def test_spec_rate_limit_paces_requests(fake: FakeServer, tmp_path: Path) -> Non
     run(tmp_path / "fast.db", fake, tmp_path, "fast", rpm=60_000)
     times = sorted(entry["t"] for entry in fake.record)
     assert times[-1] - times[0] < 1.0
+
+
+def test_unwritable_cache_stops_the_run_with_rows_pending(fake: FakeServer, tmp_path: Path, immutable: Any) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(10, n=1))
+    cache_dir = tmp_path / "cache"
+    from batch_prompt.cache import ResponseCache
+
+    ResponseCache(cache_dir, "x").close()
+    immutable(cache_dir / "cache.db")
+    out = run_cli("resume", str(db), "--cache-dir", str(cache_dir), "--concurrency", "2", "--quiet",
+                  env=cli_env(fake, tmp_path), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "cannot use cache folder" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert statuses(db) == Counter({"pending": 10}) and fake.record == []  # refused before any call
+
+
+def test_cache_write_failure_is_a_typed_error(tmp_path: Path) -> None:
+    from batch_prompt.cache import ResponseCache
+
+    with ResponseCache(tmp_path / "cache", "http://x") as cache:
+        cache.set("a" * 64, '{"ok": 1}')
+        connection = cache._cache._con  # diskcache's own SQLite connection: make its disk "full"
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(bp.CacheError, match="cannot write the response cache"):
+            cache.set("b" * 64, '{"text": "' + "x" * 20_000 + '"}')
+        assert cache.get("a" * 64) == '{"ok": 1}'

@@ -284,7 +284,7 @@ def test_export_only_done_rows_and_bad_destination(tmp_path: Path) -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(bp.__all__) == sorted([
-        "BatchPromptError", "ConfigError", "ExportError", "FatalAPIError", "Job", "JobConflictError",
+        "BatchPromptError", "CacheError", "ConfigError", "ExportError", "FatalAPIError", "Job", "JobConflictError",
         "MissingFieldError", "NotADatabaseError", "RunOptions", "RunSummary", "SchemaTooNewError", "Spec",
         "SpecError", "StoreError", "__version__", "aresume", "create", "export", "iter_results", "load_results",
         "load_spec", "resume", "retry_failed", "to_dataframe",
@@ -377,21 +377,6 @@ def test_export_removes_temp_files_of_killed_exports(tmp_path: Path) -> None:
     live.write_bytes(b"in progress")
     assert bp.export(db, tmp_path / "r.pkl") == 8
     assert not stale.exists() and live.exists()
-
-
-@pytest.fixture
-def immutable(tmp_path: Path) -> Any:
-    """Make a file read-only even for root (chattr +i); skip where the filesystem cannot."""
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available here")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 def test_read_only_database(tmp_path: Path, immutable: Any) -> None:
