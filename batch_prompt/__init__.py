@@ -4,6 +4,8 @@ Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` 
 `runner` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `export`. `cli` is the command line.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BatchPromptError,
     CacheError,
@@ -19,8 +21,19 @@ from .errors import (
 )
 from .export import export, iter_results, load_results, to_dataframe
 from .job import Job, aresume, create, resume, retry_failed
-from .runner import RunOptions, RunSummary
 from .spec import Spec, load_spec
+
+if TYPE_CHECKING:
+    from .runner import RunOptions, RunSummary
+
+
+def __getattr__(name: str) -> Any:
+    """`RunOptions` and `RunSummary` load the runner (and the openai SDK) only when asked for."""
+    if name in ("RunOptions", "RunSummary"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'batch_prompt' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -11,15 +11,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import job as jobs
 from .errors import BatchPromptError
 from .expand import expand
 from .export import export
-from .runner import RunOptions, RunSummary
 from .spec import load_spec
 from .store import Store
+
+if TYPE_CHECKING:
+    from .runner import RunOptions, RunSummary
 
 PROG = "batch-prompt"
 
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
+    from .runner import RunOptions
+
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout,
         max_attempts=args.max_attempts, cache=not args.no_cache, cache_dir=args.cache_dir,

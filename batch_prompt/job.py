@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .runner import RunOptions, RunSummary, run_jobs
 from .spec import Spec, load_spec
 from .store import Store
+
+if TYPE_CHECKING:
+    from .runner import RunSummary
+
+# The runner (and with it the openai SDK, ~0.4 s to import) loads on the first run, so that create,
+# status and export start at once.
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Job:
 
     async def arun(self, **options: Any) -> RunSummary:
         """`run` for code already inside an event loop."""
+        from .runner import RunOptions, run_jobs
+
         opts = RunOptions(**options)
         if opts.base_url is None:
             opts.base_url = self.base_url
@@ -69,6 +76,8 @@ def resume(db_path: str | Path, **options: Any) -> RunSummary:
 
 
 async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
+    from .runner import RunOptions, run_jobs
+
     return await run_jobs(str(db_path), None, RunOptions(**options))
 
 
