@@ -6,7 +6,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
 
 * rates (seeded ``random.Random``; each request draws the same fixed number of values at
   arrival, so request ``seq`` k meets the same fate for a given seed): ``error_rate`` (500),
-  ``drop_rate`` (connection closed, no response), ``malformed_rate`` (200 with truncated
+  ``drop_rate`` (connection closed, no response), ``reset_rate`` (a 200 whose connection is
+  cut mid-body, after its headers and half its bytes), ``malformed_rate`` (200 with truncated
   JSON), ``hang_rate`` (sleep ``hang_seconds`` first), ``wrong_choices_rate`` (one choice
   fewer or one more than ``n``), ``rate_limit_rate`` (a 429 saying retry after
   ``rate_limit_retry_after`` seconds);
@@ -21,7 +22,7 @@ Checks run in this order: auth (401), body validation (400 "invalid"), outage (5
 fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
 answer at once.  Otherwise the request counts against the buckets; HANG / hang_rate is decided
 (and recorded) on arrival; ``latency`` (+ uniform ``latency_jitter``) is slept; then FAIL500,
-error, drop, malformed and wrong_choices apply in that order; otherwise the answer is ok.
+error, drop, reset, malformed and wrong_choices apply in that order; otherwise the answer is ok.
 
 Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
 with its outcome and arrival time ``t``; outcome ``"client_closed"`` means the client went away
@@ -71,6 +72,7 @@ class FakeConfig:
     latency_jitter: float = 0.0
     error_rate: float = 0.0
     drop_rate: float = 0.0
+    reset_rate: float = 0.0
     malformed_rate: float = 0.0
     hang_rate: float = 0.0
     hang_seconds: float = 3600.0
@@ -461,6 +463,9 @@ class FakeServer:
                     if request.transport is not None:
                         request.transport.close()
                     return web.Response()  # never written: the transport is closed
+                elif draws[3] < c.drop_rate + c.reset_rate:  # one draw: drop and reset exclude each other
+                    self._finish(entry, "reset", 200)
+                    return await self._reset_mid_body(request, req.response(entry["seq"]), adm.headers)
                 elif draws[5] < c.malformed_rate:
                     outcome = "malformed"
                 elif draws[6] < c.wrong_choices_rate:
@@ -486,6 +491,17 @@ class FakeServer:
             else:
                 self._finish(entry, "client_closed", None)
             raise
+
+    @staticmethod
+    async def _reset_mid_body(request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.StreamResponse:
+        """Send the headers of a full 200 and half its body, then cut the connection."""
+        resp = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return resp
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         key = self._config.api_key
@@ -612,7 +628,7 @@ class FakeServer:
 def _parse_args(argv: list[str] | None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m batch_prompt.fake_server", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0)
-    floats = "latency latency-jitter error-rate drop-rate malformed-rate hang-rate hang-seconds"
+    floats = "latency latency-jitter error-rate drop-rate reset-rate malformed-rate hang-rate hang-seconds"
     for name in (floats + " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds").split():
         p.add_argument(f"--{name}", type=float, default=None)
     for name in ("rpm-limit", "tpm-limit", "fail-first", "seed"):

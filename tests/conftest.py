@@ -46,7 +46,7 @@ def fake(fake_session: FakeServer) -> Iterator[FakeServer]:
 
 
 DEFAULT_FAKE_CONFIG: dict[str, Any] = dict(
-    latency=0.0, latency_jitter=0.0, error_rate=0.0, drop_rate=0.0, malformed_rate=0.0, hang_rate=0.0,
+    latency=0.0, latency_jitter=0.0, error_rate=0.0, drop_rate=0.0, reset_rate=0.0, malformed_rate=0.0, hang_rate=0.0,
     wrong_choices_rate=0.0, rate_limit_rate=0.0, quota_exhausted=False, rpm_limit=None, tpm_limit=None,
     api_key=None, seed=0, fail_first=0, outage_until=None, hang_seconds=3600.0, rate_limit_retry_after=0.2,
 )

@@ -100,9 +100,9 @@ def test_hung_requests_time_out_and_are_retried(hostile: FakeServer, procs: Proc
 
 @pytest.mark.parametrize(
     ("fault", "outcome", "n", "seed"),
-    [("drop_rate", "dropped", 1, 12), ("malformed_rate", "malformed", 1, 13),
+    [("drop_rate", "dropped", 1, 12), ("reset_rate", "reset", 1, 15), ("malformed_rate", "malformed", 1, 13),
      ("wrong_choices_rate", "wrong_choices", 3, 14)],
-    ids=["dropped-connections", "truncated-json", "wrong-number-of-choices"],
+    ids=["dropped-connections", "reset-mid-body", "truncated-json", "wrong-number-of-choices"],
 )
 def test_broken_answers_are_retried(
     hostile: FakeServer, procs: Procs, tmp_path: Path, fault: str, outcome: str, n: int, seed: int
