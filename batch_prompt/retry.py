@@ -2,7 +2,8 @@
 
 Plain parameters; exponential backoff with jitter; a server-directed wait (`retry-after-ms`,
 `retry-after`) is used instead when given, capped at `max_server_wait`. Rate-limit retries (429) do not
-use up a prompt's attempts: the limiter has already paused the pool for them. `RetryPolicy.no_wait()`
+use up a prompt's attempts: the limiter has already paused the pool for them; nor do failures the caller
+calls free (the runner: an outage probe's failure is the outage's, not the prompt's). `RetryPolicy.no_wait()`
 is the test mode: every wait is zero, so tests never sleep through backoff.
 """
 
@@ -43,21 +44,25 @@ class RetryPolicy:
         return backoff * (1 - self.jitter * random.random())
 
     async def call(
-        self, fn: Callable[[], Awaitable[T]], sleep: Callable[[float], Awaitable[None]]
+        self,
+        fn: Callable[[], Awaitable[T]],
+        sleep: Callable[[float], Awaitable[None]],
+        free: Callable[[BaseException], bool] = lambda exc: False,
     ) -> tuple[T, int]:
         """Call `fn` until it succeeds, fails permanently or runs out of attempts; (result, calls made).
 
+        A failure for which `free(exc)` is true, or a retryable 429, does not use up an attempt.
         The last exception is re-raised as it is; its `attempts` attribute says how many calls were made.
         """
         calls = 0
-        rate_limited = 0
+        free_calls = 0
 
         def stop(state: tenacity.RetryCallState) -> bool:
-            return state.attempt_number - rate_limited >= self.max_attempts
+            return state.attempt_number - free_calls >= self.max_attempts
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            return self.wait(state.attempt_number - rate_limited, exc)
+            return self.wait(max(1, state.attempt_number - free_calls), exc)
 
         retrying = tenacity.AsyncRetrying(
             stop=stop,
@@ -72,9 +77,9 @@ class RetryPolicy:
                     calls += 1
                     try:
                         result = await fn()
-                    except openai.RateLimitError as exc:
-                        if classify(exc) == RETRY:
-                            rate_limited += 1
+                    except Exception as exc:
+                        if classify(exc) == RETRY and (isinstance(exc, openai.RateLimitError) or free(exc)):
+                            free_calls += 1
                         raise
         except BaseException as exc:
             _set_attempts(exc, calls)

@@ -331,8 +331,11 @@ class _JobRun:
         n = int(body.get("n") or 1)
         cost, our_prompt_tokens = self.estimator.cost(body)
 
+        probe_failed = False  # the last attempt was the breaker's probe, and failed: the outage's fault
+
         async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            probe = await self.limiter.acquire(cost)
+            nonlocal probe_failed
+            probe = probe_failed = await self.limiter.acquire(cost)
             self.progress.sent(len(rows))
             try:
                 try:
@@ -345,12 +348,13 @@ class _JobRun:
             except Exception as exc:
                 self._observe_failure(exc, probe)
                 raise
+            probe_failed = False
             self.estimator.observe(our_prompt_tokens, data.get("usage"))
             self.limiter.succeeded()
             return data, choices
 
         try:
-            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep)
+            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep, free=lambda exc: probe_failed)
         except (FatalAPIError, asyncio.CancelledError):
             raise
         except Exception as exc:

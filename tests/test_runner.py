@@ -383,3 +383,18 @@ def test_cache_write_failure_is_a_typed_error(tmp_path: Path) -> None:
         with pytest.raises(bp.CacheError, match="cannot write the response cache"):
             cache.set("b" * 64, '{"text": "' + "x" * 20_000 + '"}')
         assert cache.get("a" * 64) == '{"ok": 1}'
+
+
+def test_an_outage_longer_than_the_attempt_budget_fails_no_prompt(fake: FakeServer, tmp_path: Path) -> None:
+    from batch_prompt.limiter import Limiter
+
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(20, n=1))
+    fake.configure(outage_until=time.monotonic() + 2.0)  # every request 503 for 2 s
+    limiter = Limiter(breaker_threshold=3, breaker_max_pause=0.1)  # probe every 0.1 s once it is open
+    retry = RetryPolicy(max_attempts=2, initial=0.05, maximum=0.05, jitter=0)  # a short real backoff
+    summary = run(db, fake, tmp_path, "chat", concurrency=4, retry=retry, limiter=limiter)
+    assert (summary.done, summary.failed) == (20, 0)
+    failed_calls = [e for e in fake.record if e["outcome"] == "error_5xx"]
+    assert 10 <= len(failed_calls) <= 4 + 2 * 20 + 5  # the first wave, then about one probe per pause
+    assert len(fake.answered()) == 20 and max(fake.answered().values()) == 1
