@@ -1,7 +1,8 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
 Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
-`runner` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `export`. `cli` is the command line.
+`runner` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `results` (export). `cli` is the
+command line.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,8 @@ from .errors import (
     SpecError,
     StoreError,
 )
-from .export import export, iter_results, load_results, to_dataframe
 from .job import Job, aresume, create, resume, retry_failed
+from .results import export, iter_results, load_results, to_dataframe
 from .spec import Spec, load_spec
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import job as jobs
 from .errors import BatchPromptError
 from .expand import expand
-from .export import export
+from .results import export
 from .spec import load_spec
 from .store import Store
 

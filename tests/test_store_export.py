@@ -396,3 +396,13 @@ def test_read_only_database(tmp_path: Path, immutable: Any) -> None:
         out = run_cli(*args, cwd=tmp_path)
         assert out.returncode == 2 and "readonly database" in out.stderr and out.stderr.count("\n") == 1
     assert file_digest(db) == before
+
+
+def test_export_module_entry_point(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    out = run_cli(str(db), "-o", str(tmp_path / "r.jsonl"), module="batch_prompt.export", cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no noise
+    assert out.stdout == f"8 results written to {tmp_path / 'r.jsonl'}\n"
+    assert callable(bp.export)
