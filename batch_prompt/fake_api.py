@@ -1,0 +1,218 @@
+"""The fake server's API model: its settings, OpenAI-shaped request parsing, answers and error bodies,
+and the rate-limit buckets it enforces. The HTTP side (routes, faults, the record) is `fake_server.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+MODELS = ("fake-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
+
+
+@dataclasses.dataclass
+class FakeConfig:
+    """Fault settings; all faults are off by default."""
+
+    api_key: str | None = None
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    reset_rate: float = 0.0
+    malformed_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 3600.0
+    wrong_choices_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    rate_limit_retry_after: float = 0.2
+    quota_exhausted: bool = False
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    burst_seconds: float = 60.0
+    fail_first: int = 0
+    outage_until: float | None = None
+    seed: int = 0
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "api_key": (str, type(None)),
+    "quota_exhausted": (bool,),
+    "rpm_limit": (int, type(None)),
+    "tpm_limit": (int, type(None)),
+    "fail_first": (int,),
+    "seed": (int,),
+    "outage_until": (int, float, type(None)),
+}
+
+
+def check_config(kw: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(FakeConfig)}
+    for key, value in kw.items():
+        if key not in names:
+            raise TypeError(f"unknown fake server setting: {key!r}")
+        allowed = _FIELD_TYPES.get(key, (int, float))
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise TypeError(f"bad type for {key}: {type(value).__name__}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{key} must be >= 0")
+    if kw.get("burst_seconds") == 0:
+        raise ValueError("burst_seconds must be > 0")
+
+
+def format_duration(seconds: float) -> str:
+    """Format a duration like OpenAI's reset headers: ``120ms``, ``1s``, ``8.64s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 0.9995:
+        return f"{max(1, round(seconds * 1000))}ms"
+    minutes, secs = divmod(round(seconds, 3), 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if minutes >= 60:
+        return f"{int(minutes // 60)}h{int(minutes % 60)}m{text}"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+class Bucket:
+    """Continuously refilling token bucket; a request may overdraw a full bucket (debt)."""
+
+    __slots__ = ("capacity", "level", "limit", "rate", "stamp")
+
+    def __init__(self, limit: int, burst_seconds: float, now: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = limit * burst_seconds / 60.0
+        self.level = self.capacity
+        self.stamp = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Refill to ``now``; seconds until ``cost`` can be taken (0 = now)."""
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need or self.rate <= 0 else (need - self.level) / self.rate
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": format_duration((self.capacity - self.level) / self.rate)
+            if self.rate > 0
+            else "0s",
+        }
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"Invalid value for '{key}': must be an integer in [{lo}, {hi}].")
+    return value
+
+
+class FakeRequest:
+    """A parsed completion request (or as much as could be parsed)."""
+
+    __slots__ = ("chat", "error", "max_tokens", "model", "n", "prompts", "texts")
+
+    def __init__(self, chat: bool, raw: bytes) -> None:
+        self.chat = chat
+        self.model, self.n, self.max_tokens = "", 1, None
+        self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
+        self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
+        self.error: bytes | None = None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
+            return
+        if not isinstance(body, dict):
+            self.error = error_body("The request body must be a JSON object.", "invalid_request_error")
+            return
+        model = body.get("model")
+        self.model = model if isinstance(model, str) else ""
+        try:
+            self.n = _int_field(body, "n", 1, 1, 128) or 1
+            self.max_tokens = _int_field(body, "max_tokens", None, 1, 10**7)
+            if self.max_tokens is None:
+                self.max_tokens = _int_field(body, "max_completion_tokens", None, 1, 10**7)
+            field = "messages" if chat else "prompt"
+            value = body.get(field)
+            if chat and isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+                self.texts = [_text(m.get("content")) for m in value]
+                self.prompts = [self.texts[-1]]
+            elif not chat and isinstance(value, str):
+                self.prompts = self.texts = [value]
+            elif not chat and isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+                self.prompts = self.texts = list(value)
+            else:
+                raise ValueError(f"You must provide a valid '{field}' parameter.")
+            if not self.model:
+                raise ValueError("You must provide a model parameter.")
+        except ValueError as exc:
+            self.error = error_body(str(exc), "invalid_request_error", "model" if "model" in str(exc) else None)
+
+    def has(self, marker: str) -> bool:
+        return any(marker in t for t in self.texts)
+
+    def prompt_tokens(self) -> int:
+        if self.chat:
+            return max(1, sum(len(t) for t in self.texts) // 4)
+        return sum(max(1, len(p) // 4) for p in self.prompts)
+
+    def response(self, seq: int, choices_delta: int = 0) -> bytes:
+        """The JSON body of a successful answer (with ``choices_delta`` choices too many)."""
+        n, cap = self.n, self.max_tokens
+        texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
+        if choices_delta < 0:
+            texts = texts[:choices_delta]
+        elif choices_delta > 0:
+            texts.append((len(texts), f"echo {n}: {self.prompts[-1]}"))
+        completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in texts)
+        prompt = self.prompt_tokens()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        base: dict[str, Any] = {
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+        }
+        if self.chat:
+            choices: list[dict[str, Any]] = [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": t},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+                for k, t in texts
+            ]
+            out = {"id": f"chatcmpl-{seq}", "object": "chat.completion", **base, "choices": choices}
+        else:
+            choices = [{"index": k, "text": t, "finish_reason": "stop", "logprobs": None} for k, t in texts]
+            out = {"id": f"cmpl-{seq}", "object": "text_completion", **base, "choices": choices}
+        out["usage"] = usage
+        return json.dumps(out).encode()
+
+
+SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")
