@@ -48,11 +48,12 @@ class ResponseCache:
     def _key(self, request_hash: str) -> str:
         return f"{self.endpoint} {request_hash}"
 
-    def get(self, request_hash: str) -> str | None:
-        """The cached response text, or None (missing or corrupt; a corrupt entry is deleted)."""
+    def get(self, request_hash: str, tag: str | None = None) -> str | None:
+        """The cached response text, or None (missing or corrupt; a corrupt entry is deleted).
+        With `tag`, only an entry written with that same tag counts (see `set`)."""
         key = self._key(request_hash)
-        value = self._cache.get(key)
-        if value is None:
+        value, stored_tag = self._cache.get(key, tag=True)
+        if value is None or (tag is not None and stored_tag != tag):
             return None
         if isinstance(value, str) and len(value) > 17 and value[16] == " ":
             text = value[17:]
@@ -63,12 +64,13 @@ class ResponseCache:
         self._cache.delete(key)
         return None
 
-    def set(self, request_hash: str, text: str) -> None:
-        """Store a response and read it back; raises `CacheError` when the write did not take."""
+    def set(self, request_hash: str, text: str, tag: str | None = None) -> None:
+        """Store a response (with `tag`: whose row it was bought for) and read it back; raises
+        `CacheError` when the write did not take."""
         key = self._key(request_hash)
         value = f"{_checksum(text)} {text}"
         try:
-            self._cache.set(key, value)
+            self._cache.set(key, value, tag=tag)
             stored = self._cache.get(key)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write the response cache in {self.directory}: {exc}") from None

@@ -8,9 +8,11 @@ Retry decisions match exception types and status codes, never message strings.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +27,17 @@ RETRIED_STATUS = frozenset({408, 409, 429})
 # A 429 whose error code or type says this: retrying cannot help, stop the run.
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
 
-RETRY, FAIL, FATAL = "retry", "fail", "fatal"
+RETRY, FAIL, FATAL, LOCAL = "retry", "fail", "fatal", "local"
 # Servers echo (partly masked) keys in auth errors; nothing key-like is ever stored or printed.
 _KEY_LIKE = re.compile(r"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.IGNORECASE)
 
 
 class MalformedResponse(Exception):
     """A 200 response whose body is not valid JSON or does not answer the request (retried)."""
+
+
+class RequestTimeout(Exception):
+    """The whole request (connect, send, every read) took longer than its timeout (retried)."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,17 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
     url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"base URL must start with http:// or https://, got {url!r}")
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError as exc:
+        raise ConfigError(f"base URL {url!r} is not a valid URL: {exc}") from None
+    if not host:
+        raise ConfigError(f"base URL {url!r} has no host")
     key = api_key or os.environ.get("OPENAI_API_KEY")
     if not key:
         raise ConfigError("no API key: set OPENAI_API_KEY (or pass api_key=...)")
+    if not key.isascii() or not key.isprintable() or key != key.strip() or " " in key:
+        raise ConfigError("the API key has a space, newline or non-ASCII character: check OPENAI_API_KEY")
     return Endpoint(url, key)
 
 
@@ -79,7 +93,13 @@ async def send(
     rendered and validated at create time), and the response is parsed here, not into SDK models.
     """
     path = "/chat/completions" if api == "chat" else "/completions"
-    raw = await client.post(path, body=body, cast_to=httpx2.Response, options={"timeout": request_timeout})
+    try:
+        # The SDK's timeout bounds each read; this bounds the whole request (a body trickling in
+        # one byte at a time must not hold a worker forever).
+        async with asyncio.timeout(request_timeout):
+            raw = await client.post(path, body=body, cast_to=httpx2.Response, options={"timeout": request_timeout})
+    except TimeoutError:
+        raise RequestTimeout(f"no complete response within {request_timeout:g} s") from None
     try:
         data = json.loads(raw.content)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -101,8 +121,11 @@ def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:
 
 
 def classify(exc: BaseException) -> str:
-    """RETRY (transient), FAIL (this prompt is bad) or FATAL (stop the whole run)."""
-    if isinstance(exc, MalformedResponse | openai.APIConnectionError | openai.APIResponseValidationError):
+    """RETRY (transient), FAIL (the server refused this prompt), FATAL (the server refused the run), or
+    LOCAL (not the server's answer at all: something on our side is broken, so the run stops)."""
+    if isinstance(
+        exc, MalformedResponse | RequestTimeout | openai.APIConnectionError | openai.APIResponseValidationError
+    ):
         return RETRY  # APITimeoutError is an APIConnectionError
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -113,7 +136,7 @@ def classify(exc: BaseException) -> str:
         if status in RETRIED_STATUS or status >= 500:
             return RETRY
         return FAIL
-    return FAIL
+    return LOCAL
 
 
 def retry_after(exc: BaseException) -> float | None:

@@ -15,6 +15,7 @@ Clock and sleep are injected so tests drive it with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -57,11 +58,15 @@ class Bucket:
             self.last = now
 
     def reserve(self, cost: float, now: float) -> float:
-        """Take `cost` now; returns how long to wait until it is covered (0 when it already is)."""
+        """Take `cost` now; returns how long to wait until it may go (0 when at once).
+
+        A request may go once the bucket holds its cost, or is full for a request bigger than the
+        bucket; either way its whole cost is taken (a big one leaves a debt the next ones wait out).
+        """
         self.refill(now)
-        cost = min(cost, self.capacity)  # a request bigger than the bucket still goes, at a full bucket
+        wait = max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
         self.level -= cost
-        return 0.0 if self.level >= 0 else -self.level / self.rate
+        return wait
 
     def drain(self, until: float) -> None:
         """Empty the bucket until `until` (a 429's pause): then it refills from zero, a ramp back up."""
@@ -81,6 +86,7 @@ class Limiter:
         burst_seconds: float = 1.0,
         breaker_threshold: int = 8,
         breaker_max_pause: float = 60.0,
+        max_pause: float = 120.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -95,6 +101,7 @@ class Limiter:
         self.pauses = 0
         self.breaker_threshold = breaker_threshold
         self.breaker_max_pause = breaker_max_pause
+        self.max_pause = max_pause
         self.failures_in_a_row = 0
         self.breaker_pause = 0.0
         self.half_open = False
@@ -166,9 +173,12 @@ class Limiter:
                 bucket.level = min(bucket.level, remaining - self.in_flight[0 if kind == "requests" else 1])
 
     def rate_limited(self, retry_after: float | None) -> None:
-        """A 429: pause the whole pool for `retry_after` (1 s when unsaid), then ramp up from empty."""
+        """A 429: pause the whole pool for `retry_after` (1 s when unsaid or unreadable, at most
+        `max_pause`), then ramp up from empty."""
         now = self.clock()
-        self.pause_until = max(self.pause_until, now + (retry_after if retry_after is not None else 1.0))
+        if retry_after is None or not math.isfinite(retry_after) or retry_after < 0:
+            retry_after = 1.0
+        self.pause_until = max(self.pause_until, now + min(retry_after, self.max_pause))
         self.pauses += 1
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
@@ -196,6 +206,10 @@ class Limiter:
             self.pauses += 1
         if probe:
             self._release_probe()
+
+    def abandon_probe(self) -> None:
+        """The probe was cancelled before its answer: the next request becomes the probe."""
+        self._release_probe()
 
     def _release_probe(self) -> None:
         if self._probe is not None:

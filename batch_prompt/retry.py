@@ -30,6 +30,7 @@ class RetryPolicy:
     maximum: float = 60.0
     jitter: float = 0.5  # each wait is scaled by a random factor in [1 - jitter, 1]
     max_server_wait: float = 120.0
+    free_rate_limits: int = 4  # 429 retries per prompt that cost no attempt, per attempt allowed
 
     @classmethod
     def no_wait(cls, max_attempts: int = 8) -> RetryPolicy:
@@ -51,11 +52,13 @@ class RetryPolicy:
     ) -> tuple[T, int]:
         """Call `fn` until it succeeds, fails permanently or runs out of attempts; (result, calls made).
 
-        A failure for which `free(exc)` is true, or a retryable 429, does not use up an attempt.
+        A failure for which `free(exc)` is true, or a retryable 429 (up to `free_rate_limits` x
+        `max_attempts` of them), does not use up an attempt.
         The last exception is re-raised as it is; its `attempts` attribute says how many calls were made.
         """
         calls = 0
         free_calls = 0
+        rate_limited = 0
 
         def stop(state: tenacity.RetryCallState) -> bool:
             return state.attempt_number - free_calls >= self.max_attempts
@@ -78,8 +81,13 @@ class RetryPolicy:
                     try:
                         result = await fn()
                     except Exception as exc:
-                        if classify(exc) == RETRY and (isinstance(exc, openai.RateLimitError) or free(exc)):
+                        if classify(exc) == RETRY and free(exc):
                             free_calls += 1
+                        elif isinstance(exc, openai.RateLimitError) and classify(exc) == RETRY:
+                            # free, up to a bound: a prompt the server *always* rate-limits (a request
+                            # too large for the limit) must fail some day
+                            rate_limited += 1
+                            free_calls += int(rate_limited <= self.free_rate_limits * self.max_attempts)
                         raise
         except BaseException as exc:
             _set_attempts(exc, calls)

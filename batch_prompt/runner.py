@@ -209,6 +209,7 @@ class _Resources:
             cache.close()
 
 
+UNREACHABLE_AFTER = 12  # connection failures with no answer yet after which the endpoint is called wrong
 Item = list[Claimed]  # the prompts of one request (one for chat; up to prompts_per_request packed)
 
 
@@ -223,6 +224,8 @@ class _JobRun:
         self.cache = resources.cache(endpoint)
         self.limiter = resources.limiter(endpoint, job)
         self.estimator = resources.estimator
+        self.reached = False  # some request of this run got an answer: the endpoint exists
+        self.unreached = 0  # connection failures before any answer
         self.policy = opts.retry or RetryPolicy(max_attempts=opts.max_attempts)
         self.owner = lease_owner()
         self.pack = job.prompts_per_request if job.api == "completions" else 1
@@ -233,6 +236,8 @@ class _JobRun:
         self.stopping = False
         self.feeder: asyncio.Task[None] | None = None
         self.deadline: asyncio.Timeout | None = None
+        self.failure: BatchPromptError | None = None  # the store failed under the ticker: the run stops
+        self.cache_tag = f"{job.name}@{job.created_at}"  # cache entries bought for this job's rows
 
     async def run(self) -> None:
         self.store.reclaim(self.job)
@@ -246,7 +251,7 @@ class _JobRun:
                         self.feeder = group.create_task(self._feed(), name="feeder")
                         for i in range(self.opts.concurrency):
                             group.create_task(self._work(), name=f"worker-{i}")
-                except* BatchPromptError as errors:  # a fatal API error, or the store failing
+                except* BatchPromptError as errors:  # a fatal API error, the store or the cache failing
                     raise errors.exceptions[0] from None
         except TimeoutError:
             self.summary.interrupted = True
@@ -254,15 +259,23 @@ class _JobRun:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            self._flush()
-            if self.claimed:
-                self.store.release(list(self.claimed))
+            self._finish()
             self.progress.render(final=True)
+        if self.failure is not None:
+            raise self.failure
         if self.stopping:
             self.summary.interrupted = True
 
-    def request_stop(self) -> None:
-        """Stop claiming; in-flight requests get `grace` seconds, then are cancelled."""
+    def _finish(self) -> None:
+        """Commit what arrived, then hand back what is still claimed; a failing store is reported once."""
+        for step in (self._flush, lambda: self.store.release(list(self.claimed), self.owner)):
+            try:
+                step()
+            except BatchPromptError as exc:
+                self.failure = self.failure or exc
+
+    def request_stop(self, grace: float | None = None) -> None:
+        """Stop claiming; in-flight requests get `grace` seconds (default `opts.grace`), then are cancelled."""
         if self.stopping:
             return
         self.stopping = True
@@ -272,8 +285,9 @@ class _JobRun:
             self.queue.get_nowait()
         for _ in range(self.opts.concurrency):
             self.queue.put_nowait(None)
-        if self.deadline is not None:
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.opts.grace)
+        if self.deadline is not None and not self.deadline.expired():
+            wait = self.opts.grace if grace is None else grace
+            self.deadline.reschedule(asyncio.get_running_loop().time() + wait)
 
     # --- feeding ----------------------------------------------------------------------------------
 
@@ -296,7 +310,9 @@ class _JobRun:
         """Answer rows from the cache; return the rest, one per hash (duplicates ride along)."""
         todo = []
         for row in rows:
-            text = self.cache.get(row.hash) if self.opts.cache else None
+            # --no-cache asks for fresh samples, but an answer bought for this very row (by a run that
+            # died before committing it) is this row's own sample: never pay for it twice.
+            text = self.cache.get(row.hash, None if self.opts.cache else self._tag(row))
             if text is not None:
                 self._done(row, text, cached=True)
             elif row.hash in self.followers:
@@ -305,6 +321,9 @@ class _JobRun:
                 self.followers[row.hash] = []
                 todo.append(row)
         return todo
+
+    def _tag(self, row: Claimed) -> str:
+        return f"{self.cache_tag}#{row.id}"
 
     def _items(self, rows: list[Claimed]) -> Iterator[Item]:
         if self.pack == 1:
@@ -335,9 +354,11 @@ class _JobRun:
 
         async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             nonlocal probe_failed
+            if self.stopping:
+                raise _Stopped
             probe = probe_failed = await self.limiter.acquire(cost)
-            self.progress.sent(len(rows))
             try:
+                self.progress.sent(len(rows))
                 try:
                     data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
                 finally:
@@ -348,21 +369,33 @@ class _JobRun:
             except Exception as exc:
                 self._observe_failure(exc, probe)
                 raise
+            except BaseException:  # cancelled: let another request be the probe
+                if probe:
+                    self.limiter.abandon_probe()
+                raise
             probe_failed = False
+            self.reached = True
             self.estimator.observe(our_prompt_tokens, data.get("usage"))
             self.limiter.succeeded()
             return data, choices
 
         try:
-            (data, choices), calls = await self.policy.call(attempt, self.limiter.sleep, free=lambda exc: probe_failed)
-        except (FatalAPIError, asyncio.CancelledError):
+            (data, choices), calls = await self.policy.call(
+                attempt, self.limiter.sleep, free=lambda exc: probe_failed
+            )
+        except _Stopped:
+            return  # the rows stay claimed and are handed back when the run ends
+        except (BatchPromptError, asyncio.CancelledError):
             raise
         except Exception as exc:
             kind = classify(exc)
+            error = redact(describe(exc), self.endpoint.api_key)
             if kind == FATAL:
                 raise FatalAPIError(
-                    f"the API refused the run: {describe(exc)}", status_code=getattr(exc, "status_code", None)
+                    f"the API refused the run: {error}", status_code=getattr(exc, "status_code", None)
                 ) from None
+            if kind not in (FAIL, RETRY):  # not an answer from the server: our side is broken
+                raise BatchPromptError(f"the run stopped on an unexpected error: {error}") from None
             if kind == FAIL and len(rows) > 1:  # find the bad prompt(s) without failing the neighbours
                 half = len(rows) // 2
                 await self._process(rows[:half])
@@ -370,17 +403,22 @@ class _JobRun:
                 return
             self.summary.errors[error_kind(exc)] += len(rows)
             for row in rows:
-                self._failed(row, redact(describe(exc), self.endpoint.api_key), attempts_of(exc))
+                self._failed(row, error, attempts_of(exc))
             return
         self.summary.requests += calls
         for i, row in enumerate(rows):
             response = _response_for(data, choices[i * n : (i + 1) * n], len(rows), i)
             text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
-            self.cache.set(row.hash, text)
+            self.cache.set(row.hash, text, self._tag(row))
             self._done(row, text, cached=False, attempts=calls if i == 0 else 0, usage=response.get("usage"))
 
     def _observe_failure(self, exc: Exception, probe: bool) -> None:
         kind = classify(exc)
+        if isinstance(exc, openai.APIConnectionError) and not self.reached:
+            self.unreached += 1
+            if self.unreached >= UNREACHABLE_AFTER:  # never answered: a wrong URL, not an outage
+                error = redact(describe(exc), self.endpoint.api_key)
+                raise ConfigError(f"cannot reach {self.endpoint.base_url} (nothing answered yet): {error}")
         if kind == RETRY and isinstance(exc, openai.RateLimitError):
             self.limiter.observe(exc.response.headers)
             self.limiter.rate_limited(retry_after(exc))
@@ -401,8 +439,7 @@ class _JobRun:
         if usage is None:
             usage = json.loads(text).get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
+        prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         self._add(Outcome(row.id, row.job_id, "done", text, cached, prompt_tokens, completion_tokens, attempts))
         self.progress.finished("done", cached, 0 if cached else prompt_tokens, 0 if cached else completion_tokens)
         self.summary.done += 1
@@ -428,19 +465,39 @@ class _JobRun:
 
     def _flush(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
-        self.store.record(outcomes)
+        try:
+            self.store.record(outcomes, self.owner)
+        except BaseException:
+            self.outcomes = outcomes + self.outcomes  # kept for the next try; they are in the cache too
+            raise
 
     async def _tick(self) -> None:
-        """Commit outcomes, renew leases and redraw progress, on a timer."""
+        """Commit outcomes, renew leases and redraw progress, on a timer. If the store fails, the run
+        stops at once (rows it cannot commit would otherwise be paid for, lose their lease and be paid
+        for again by another resumer)."""
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
             await asyncio.sleep(self.opts.flush_interval)
-            self._flush()
-            if loop.time() - renewed > self.opts.lease_seconds / 3:
-                self.store.renew(self.owner, self.opts.lease_seconds)
-                renewed = loop.time()
+            try:
+                self._flush()
+                if loop.time() - renewed > self.opts.lease_seconds / 3:
+                    self.store.renew(self.owner, self.opts.lease_seconds)
+                    renewed = loop.time()
+            except BatchPromptError as exc:
+                self.failure = exc
+                self.request_stop(grace=0)
+                return
             self.progress.render()
+
+
+class _Stopped(Exception):
+    """Raised instead of a new attempt once the run is stopping."""
+
+
+def _count(value: Any) -> int:
+    """A token count from a response's usage; anything but a non-negative int counts 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _response_for(

@@ -40,6 +40,7 @@ class JobRow:
     base_url: str | None
     state: str
     n_prompts: int
+    created_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +71,19 @@ class Outcome:
 
 
 def lease_owner() -> str:
-    """An identity for this process's leases: host, pid, process start time and a per-run token."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}:{os.urandom(4).hex()}"
+    """An identity for this process's leases: machine scope, pid, process start time, a per-run token."""
+    return f"{_scope()}:{os.getpid()}:{_start_time(os.getpid())}:{os.urandom(4).hex()}"
+
+
+def _scope() -> str:
+    """Where a pid means this process: host name, boot and pid namespace (two containers sharing a
+    volume and a host name are different scopes; so is the same machine after a reboot)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        pidns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        boot = pidns = "-"
+    return f"{socket.gethostname()}/{boot}/{pidns}"
 
 
 def _start_time(pid: int) -> str:
@@ -86,10 +98,10 @@ def _start_time(pid: int) -> str:
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True when a lease owner is a process on this host that no longer exists."""
-    host, pid_text, start, _ = [*owner.split(":"), "", "", ""][:4]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
+    """True when a lease owner is a process in this machine scope that no longer exists."""
+    scope, pid_text, start, _ = [*owner.split(":"), "", "", ""][:4]
+    if scope != _scope() or "-" in scope.split("/")[1:] or not pid_text.isdigit():
+        return False  # another machine, boot or container (or unknown): only the lease's expiry tells
     pid = int(pid_text)
     if pid == os.getpid():
         return False
@@ -149,11 +161,11 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -169,9 +181,10 @@ class Store:
     def jobs(self) -> list[JobRow]:
         with self.errors():
             rows = self.conn.execute(
-                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts FROM jobs ORDER BY id"
+                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at"
+                " FROM jobs ORDER BY id"
             ).fetchall()
-        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+        return [JobRow(r[0], r[1], json.loads(r[2]), *r[3:]) for r in rows]
 
     def job(self, name: str) -> JobRow | None:
         return next((job for job in self.jobs() if job.name == name), None)
@@ -194,6 +207,10 @@ class Store:
             if row is not None and row[1] != spec_hash:
                 raise JobConflictError(_conflict_message(name, json.loads(row[2]), stored), name=name)
             if row is not None and row[3] == "ready":
+                old = json.loads(row[2])
+                if any(old.get(key) != stored[key] for key in RUN_FIELDS):  # where and how fast to run
+                    conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
+                                 (canonical_json(stored), spec.base_url, row[0]))
                 job = self.job(name)
                 assert job is not None
                 return job, False
@@ -298,8 +315,11 @@ class Store:
                 (time.time() + lease_seconds, owner),
             )
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Commit a batch of outcomes in one transaction; a row already done is left as it is."""
+    def record(self, outcomes: list[Outcome], owner: str) -> None:
+        """Commit a batch of outcomes in one transaction; a row already done is left as it is.
+
+        A valid answer is recorded whoever holds the row's lease now (an answer is an answer); a failure
+        only while this owner still holds it (another process may since be answering it)."""
         if not outcomes:
             return
         now = time.time()
@@ -320,8 +340,8 @@ class Store:
             )
             conn.executemany(
                 "UPDATE prompts SET status = 'failed', last_error = ?, attempts = attempts + ?,"
-                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                [(o.error, o.attempts, now, o.id) for o in outcomes if o.status == "failed"],
+                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
+                [(o.error, o.attempts, now, o.id, owner) for o in outcomes if o.status == "failed"],
             )
             tokens: dict[int, list[int]] = {}
             for o in outcomes:
@@ -335,14 +355,14 @@ class Store:
                 [(p, c, job_id) for job_id, (p, c) in tokens.items()],
             )
 
-    def release(self, ids: list[int], attempts: dict[int, int] | None = None) -> None:
-        """Hand claimed rows back to `pending` (interrupted, or the API refused the run)."""
-        attempts = attempts or {}
+    def release(self, ids: list[int], owner: str) -> None:
+        """Hand rows this owner claimed back to `pending` (interrupted, or the API refused the run).
+        A row whose lease another process has taken over since is left alone."""
         with self.transaction() as conn:
             conn.executemany(
-                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL,"
-                " attempts = attempts + ? WHERE id = ? AND status = 'running'",
-                [(attempts.get(i, 0), i) for i in ids],
+                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL"
+                " WHERE id = ? AND status = 'running' AND lease_owner = ?",
+                [(i, owner) for i in ids],
             )
 
     def retry_failed(self, job: JobRow) -> int:
@@ -387,6 +407,8 @@ def _check_file(path: str, create: bool) -> None:
             head = f.read(len(SQLITE_MAGIC))
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}", path=path) from None
+    if not head and not create:
+        raise NotADatabaseError(f"{path} is not a batch-prompt job database (an empty file)", path=path)
     if head and head != SQLITE_MAGIC:
         raise NotADatabaseError(f"{path} is not a batch-prompt job database (not an SQLite file)", path=path)
 

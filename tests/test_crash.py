@@ -244,7 +244,7 @@ def fill_done(db: Path, limit: int) -> None:
             response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
                         "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
             outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-        store.record(outcomes)
+        store.record(outcomes, "test:1:x")
 
 
 def test_sigkill_during_export_never_leaves_a_half_written_file(procs: Procs, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def fill_done(db: Path) -> None:
                             "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
                                                           "total_tokens": 7}}
                 outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-            store.record(outcomes)
+            store.record(outcomes, "test:1:x")
 
 
 def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
@@ -349,17 +349,18 @@ def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
 
 def test_lease_owner_liveness() -> None:
     import signal as sig
-    import socket
 
-    from batch_prompt.store import _start_time, lease_owner, owner_is_dead
+    from batch_prompt.store import _scope, _start_time, lease_owner, owner_is_dead
 
     assert not owner_is_dead(lease_owner())  # ourselves
-    assert not owner_is_dead("another-host:1:1:x")  # another machine: only its lease can expire
+    assert not owner_is_dead("another-host/b00t/4026531836:1:1:x")  # elsewhere: only its lease can expire
     proc = subprocess.Popen(["sleep", "30"])
-    owner = f"{socket.gethostname()}:{proc.pid}:{_start_time(proc.pid)}:tok"
+    owner = f"{_scope()}:{proc.pid}:{_start_time(proc.pid)}:tok"
     try:
         assert not owner_is_dead(owner)
-        assert owner_is_dead(f"{socket.gethostname()}:{proc.pid}:12345:tok")  # same pid, other process
+        assert owner_is_dead(f"{_scope()}:{proc.pid}:12345:tok")  # same pid, another process
+        other_namespace = _scope().rsplit("/", 1)[0] + "/1"  # the same pid in another container means nothing
+        assert not owner_is_dead(f"{other_namespace}:{proc.pid}:12345:tok")
         proc.send_signal(sig.SIGKILL)
         proc.wait()
         assert owner_is_dead(owner)
