@@ -274,8 +274,8 @@ class _JobRun:
             except BatchPromptError as exc:
                 self.failure = self.failure or exc
 
-    def request_stop(self, grace: float | None = None) -> None:
-        """Stop claiming; in-flight requests get `grace` seconds (default `opts.grace`), then are cancelled."""
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight requests get `grace` seconds, then are cancelled."""
         if self.stopping:
             return
         self.stopping = True
@@ -286,8 +286,7 @@ class _JobRun:
         for _ in range(self.opts.concurrency):
             self.queue.put_nowait(None)
         if self.deadline is not None and not self.deadline.expired():
-            wait = self.opts.grace if grace is None else grace
-            self.deadline.reschedule(asyncio.get_running_loop().time() + wait)
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.opts.grace)
 
     # --- feeding ----------------------------------------------------------------------------------
 
@@ -486,7 +485,7 @@ class _JobRun:
                     renewed = loop.time()
             except BatchPromptError as exc:
                 self.failure = exc
-                self.request_stop(grace=0)
+                self.request_stop()  # in-flight answers still reach the cache
                 return
             self.progress.render()
 

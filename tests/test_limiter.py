@@ -173,3 +173,55 @@ def test_token_estimator_calibrates_to_the_servers_count() -> None:
     assert estimator.cost(body) == (7 + 10, 14)
     estimator.observe(ours, {"no": "usage"})  # ignored
     assert estimator.responses == TokenEstimator.WARMUP
+
+
+def test_a_cancelled_probe_hands_the_probe_on() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, breaker_threshold=1)
+    lim.failed()
+
+    async def go() -> list[bool]:
+        first = await lim.acquire(1)
+        lim.release(1)
+        lim.abandon_probe()  # the probe's task was cancelled before its answer
+        second = await lim.acquire(1)  # without the hand-on this would wait forever
+        return [first, second]
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == [True, True]
+
+
+def test_pool_pause_is_capped_and_rejects_nonsense() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, max_pause=120)
+    lim.rate_limited(float("inf"))
+    assert lim.pause_until == 1001.0  # unreadable: 1 s
+    lim.rate_limited(86_400)
+    assert lim.pause_until == 1120.0
+
+
+def test_a_request_bigger_than_the_bucket_is_charged_in_full() -> None:
+    bucket = Bucket(per_minute=600, burst_seconds=1.0, now=0.0)  # 10 tokens/s, capacity 10
+    assert bucket.reserve(50, 0.0) == 0.0  # a full bucket lets it go...
+    assert bucket.reserve(1, 0.0) == pytest.approx(4.1)  # ...and the next waits out its whole cost
+
+
+def test_a_prompt_the_server_always_rate_limits_fails_in_the_end() -> None:
+    import httpx2
+    import openai
+
+    calls = 0
+
+    async def always_429() -> None:
+        nonlocal calls
+        calls += 1
+        request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+        response = httpx2.Response(429, request=request, json={"error": {"code": "rate_limit_exceeded"}})
+        raise openai.RateLimitError("Request too large", response=response, body={"code": "rate_limit_exceeded"})
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    policy = RetryPolicy.no_wait(max_attempts=2)
+    with pytest.raises(openai.RateLimitError):
+        asyncio.run(policy.call(always_429, no_sleep))
+    assert calls == policy.free_rate_limits * 2 + 2  # the free 429 retries, then the attempts proper

@@ -398,3 +398,103 @@ def test_an_outage_longer_than_the_attempt_budget_fails_no_prompt(fake: FakeServ
     failed_calls = [e for e in fake.record if e["outcome"] == "error_5xx"]
     assert 10 <= len(failed_calls) <= 4 + 2 * 20 + 5  # the first wave, then about one probe per pause
     assert len(fake.answered()) == 20 and max(fake.answered().values()) == 1
+
+
+def test_a_store_that_fails_mid_run_stops_it(fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import batch_prompt.store
+
+    monkeypatch.setattr(batch_prompt.store, "BUSY_TIMEOUT_MS", 200)  # stands in for a lock held past 60 s
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(200, n=1))
+    fake.configure(latency=0.05)
+    locked = threading.Event()
+
+    def hold_lock() -> None:
+        while not fake.answered():
+            time.sleep(0.01)
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(1.5)
+        conn.execute("COMMIT")
+
+    holder = threading.Thread(target=hold_lock, daemon=True)
+    holder.start()
+    with pytest.raises(bp.StoreError, match="locked"):
+        run(db, fake, tmp_path, "chat", concurrency=4, lease_seconds=1.0)
+    assert locked.is_set()
+    holder.join()
+    time.sleep(1.0)  # rows it could not hand back are reclaimed when their lease expires
+    assert len(fake.record) < 100  # it stopped paying at once instead of running on without commits
+    done = statuses(db)["done"]
+    assert done <= len(fake.answered())  # nothing is marked done that was not answered
+    # the answers that could not be committed are in the cache: a resume pays for none of them again
+    answered_before = Counter(fake.answered())
+    assert run(db, fake, tmp_path, None).exit_code == 0
+    assert statuses(db) == Counter({"done": 200})
+    twice = [p for p, count in fake.answered().items() if count > 1]
+    assert not twice, twice
+    assert sum(answered_before.values()) < 200
+
+
+def test_unreachable_endpoint_is_a_config_error(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(30, n=1))
+    env = cli_env(None, tmp_path)
+    out = run_cli("resume", str(db), "--base-url", "http://127.0.0.1:9/v1", "--concurrency", "20",
+                  "--cache-dir", str(tmp_path / "c"), "--quiet", env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "cannot reach http://127.0.0.1:9/v1" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert statuses(db) == Counter({"pending": 30})
+    for key, url, message in [("sk-ok", "http://[::1", "not a valid URL"), ("sk-bad\n", None, "API key has a")]:
+        env["OPENAI_API_KEY"] = key
+        args = ["resume", str(db), "--quiet", *(["--base-url", url] if url else [])]
+        out = run_cli(*args, env=env, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from batch_prompt.client import RequestTimeout, make_client, resolve_endpoint, send
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(request)
+        for _ in range(100):  # one byte every 0.1 s: no single read ever times out
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+        return response
+
+    async def go() -> float:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", trickle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        client = make_client(resolve_endpoint(f"http://127.0.0.1:{port}/v1", "sk-x"), 0.5, 4)
+        started = time.monotonic()
+        try:
+            with pytest.raises(RequestTimeout):
+                await send(client, "chat", {"model": "m", "messages": []}, 0.5)
+            return time.monotonic() - started
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    assert asyncio.run(go()) < 2.0
+
+
+def test_changed_run_fields_update_the_job(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(4, n=1, rpm=60_000))
+    again = bp.create(db, **chat_spec(4, n=1, rpm=120))
+    assert not again.created
+    conn = sqlite3.connect(db)
+    assert json.loads(conn.execute("SELECT spec FROM jobs").fetchone()[0])["rpm"] == 120
+    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (4,)

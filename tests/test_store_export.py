@@ -407,3 +407,39 @@ def test_export_module_entry_point(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no noise
     assert out.stdout == f"8 results written to {tmp_path / 'r.jsonl'}\n"
     assert callable(bp.export)
+
+
+def test_empty_file_is_not_a_database_for_reading(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    db.write_bytes(b"")
+    out = run_cli("status", str(db), cwd=tmp_path)
+    assert out.returncode == 2 and "an empty file" in out.stderr
+    assert db.read_bytes() == b""  # nothing written into it
+
+
+def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    with Store(db) as a, Store(db) as b:
+        job = a.jobs()[0]
+        rows = a.claim(job, "host/a/1:1:1:a", 10, lease_seconds=-1)  # claimed, lease already expired
+        assert a.reclaim(job) == 4  # ...so it is reclaimed
+        taken = b.claim(job, "host/b/1:2:2:b", 10, 60)
+        assert [r.id for r in taken] == [r.id for r in rows]
+        a.release([r.id for r in rows], "host/a/1:1:1:a")  # A wakes up late: B's rows are not A's to hand back
+        a.record([Outcome(rows[0].id, job.id, "failed", error="late", attempts=1)], "host/a/1:1:1:a")
+        statuses = [r[0] for r in sqlite3.connect(db).execute("SELECT status FROM prompts ORDER BY id")]
+        assert statuses == ["running"] * 4
+        a.record([Outcome(rows[1].id, job.id, "done", '{"choices": []}', False, 1, 1, 1)], "host/a/1:1:1:a")
+        assert sqlite3.connect(db).execute("SELECT status FROM prompts WHERE id = ?", (rows[1].id,)).fetchone() == (
+            "done",)  # an answer is an answer, whoever holds the lease
+
+
+def test_redaction_and_tolerant_usage() -> None:
+    from batch_prompt.client import redact
+    from batch_prompt.runner import _count
+
+    key = "0123456789abcdef0123456789abcdef"  # an Azure-style key: no sk- prefix to recognize
+    assert key not in redact(f"Access denied: invalid subscription key {key}.", key)
+    assert "sk-proj-abc123" not in redact("Incorrect API key provided: sk-proj-abc123***xyz")
+    assert [_count(v) for v in (5, "n/a", None, -1, True, 2.5)] == [5, 0, 0, 0, 0, 0]
