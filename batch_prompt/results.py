@@ -3,6 +3,8 @@
 Export reads only the job database: no cache, no network, no key. Rows stream from SQLite and items
 stream to the file (the pickle is a plain list written through `__reduce__`'s list-items iterator with
 the memo off), then the file is renamed into place, so an export never leaves a half-written file.
+A symlink is written through (its target replaced, the link kept); a device or FIFO (`-o /dev/stdout`)
+is written directly. An export never overwrites the database it reads, nor any other SQLite file.
 
     python -m batch_prompt export jobs.db -o results.pkl [--format pickle|jsonl]
     python -m batch_prompt.export jobs.db -o results.pkl      (the same; see export.py)
@@ -14,14 +16,15 @@ import contextlib
 import json
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ExportError, SpecError
 from .expand import raw_messages
-from .store import Store
+from .store import SQLITE_MAGIC, Store
 
 FORMATS = ("pickle", "jsonl")
 
@@ -64,14 +67,15 @@ def export(
 
     Without `path`, returns the results list. With `path`, writes it (format from `format`, else from
     the suffix: `.jsonl` is JSONL, anything else a pickle) atomically and returns the number of items.
-    Raises `StoreError` for a bad database, `ExportError` when the file cannot be written.
+    Raises `StoreError` for a bad database, `ExportError` when the file cannot be written or is a
+    database (`db_path` itself, or any SQLite file).
     """
     if path is None:
         return list(iter_results(db_path))
     fmt = format or ("jsonl" if str(path).endswith(".jsonl") else "pickle")
     if fmt not in FORMATS:
         raise SpecError(f"unknown export format {fmt!r}: use 'pickle' or 'jsonl'")
-    return write_results(iter_results(db_path), Path(path), fmt)
+    return write_results(iter_results(db_path), Path(path), fmt, db_path=db_path)
 
 
 class _StreamedList:
@@ -90,17 +94,45 @@ class _StreamedList:
         return (list, (), None, self._counted())
 
 
-def write_results(items: Iterator[dict[str, Any]], path: Path, fmt: str) -> int:
-    folder = path.parent if str(path.parent) else Path(".")
+def write_results(
+    items: Iterator[dict[str, Any]], path: Path, fmt: str, db_path: str | Path | None = None
+) -> int:
+    """Write `items` to `path` (through a symlink), replacing a regular file atomically.
+
+    Raises `ExportError` when `path` cannot be written, or is `db_path` or any other SQLite database.
+    """
+    try:
+        mode: int | None = os.stat(path).st_mode  # through symlinks
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if mode is not None and not stat.S_ISREG(mode):  # a device, a FIFO (or a folder: open fails)
+        return _write_to(path, items, fmt, path)
+    target = Path(os.path.realpath(path))
+    _refuse_database(path, target, db_path)
+    folder = target.parent
     if not folder.is_dir():
         raise ExportError(f"cannot write {path}: folder {folder} does not exist")
-    _remove_stale_temp_files(folder, path.name)
+    _remove_stale_temp_files(folder, target.name)
+    tmp_name = str(folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        count = _write_to(Path(tmp_name), items, fmt, path, new=True)
+        os.replace(tmp_name, target)
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror}") from None
+        _unlink(tmp_name)
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _unlink(tmp_name)
+        raise
+    return count
+
+
+def _write_to(file: Path, items: Iterator[dict[str, Any]], fmt: str, path: Path, new: bool = False) -> int:
+    """Stream `items` into `file` (a new file: created with 0o666 less the umask, then synced)."""
+    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if new else os.O_TRUNC)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(file, flags, 0o666), "wb") as f:
             if fmt == "pickle":
                 streamed = _StreamedList(items)
                 pickler = pickle.Pickler(f, protocol=4)
@@ -113,15 +145,32 @@ def write_results(items: Iterator[dict[str, Any]], path: Path, fmt: str) -> int:
                     f.write(json.dumps(item, ensure_ascii=False).encode() + b"\n")
                     count += 1
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
+            if new:
+                os.fsync(f.fileno())
     except OSError as exc:
-        _unlink(tmp_name)
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink(tmp_name)
-        raise
     return count
+
+
+def _refuse_database(path: Path, target: Path, db_path: str | Path | None) -> None:
+    """`target` (the resolved `path`) must not be the database exported, its journal, or any SQLite file."""
+    if db_path is not None:
+        db = os.path.realpath(db_path)
+        same = str(target) == db
+        if not same and target.exists() and os.path.exists(db_path):
+            same = os.path.samefile(target, db_path)  # a hard link too
+        if same or str(target) in (db + "-wal", db + "-shm", db + "-journal"):
+            raise ExportError(
+                f"cannot write {path}: it is the job database being exported (or its journal); "
+                "refusing to overwrite a database"
+            )
+    try:
+        with open(target, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError:  # missing or unreadable: nothing to protect that we could recognise
+        return
+    if head == SQLITE_MAGIC:
+        raise ExportError(f"cannot write {path}: it is an SQLite database; refusing to overwrite a database")
 
 
 def _remove_stale_temp_files(folder: Path, name: str) -> None:

@@ -7,8 +7,10 @@ message naming the field (and the template or keyword dict) at fault.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import math
 import string
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -26,6 +28,11 @@ FIELDS = (
 # Request keys the spec itself controls: a model arg may not override them.
 RESERVED_ARGS = ("model", "messages", "prompt", "stream")
 DEFAULT_PROMPTS_PER_REQUEST = 20
+MAX_PROMPTS_PER_REQUEST = 2048  # OpenAI's limit for a list of prompts in one completions request
+MAX_REPEATS = 100_000
+MAX_PROMPTS = 100_000_000  # templates x keyword dicts x models x repeats, one database row each
+# Model args the token estimate reads: when set, a count of tokens.
+TOKEN_LIMIT_ARGS = ("max_tokens", "max_completion_tokens")
 
 Template = str | list[dict[str, str]]
 Keywords = dict[str, Any]
@@ -72,15 +79,23 @@ class Spec:
             templates=_templates(data["templates"], api),
             keywords=_keywords(data.get("keywords", [{}])),
             model_args=_model_args(data.get("model_args", {})),
-            repeats=_positive_int(data.get("repeats", 1), "repeats"),
+            repeats=_positive_int(data.get("repeats", 1), "repeats", MAX_REPEATS),
             prompts_per_request=_positive_int(
-                data.get("prompts_per_request", DEFAULT_PROMPTS_PER_REQUEST), "prompts_per_request"
+                data.get("prompts_per_request", DEFAULT_PROMPTS_PER_REQUEST), "prompts_per_request",
+                MAX_PROMPTS_PER_REQUEST,
             ),
             name=_optional_str(data.get("name"), "name"),
             base_url=_optional_str(data.get("base_url"), "base_url"),
             rpm=_optional_positive(data.get("rpm"), "rpm"),
             tpm=_optional_positive(data.get("tpm"), "tpm"),
         )
+        count = spec.count_prompts()
+        if count > MAX_PROMPTS:
+            raise SpecError(
+                f"the spec makes {_short(count)} prompts (templates x keyword dicts x models x repeats): "
+                f"at most {MAX_PROMPTS:,} are allowed in one job"
+            )
+        spec.check_text()
         spec.check_fields()
         return spec
 
@@ -115,6 +130,24 @@ class Spec:
 
     def count_prompts(self) -> int:
         return len(self.templates) * self.count_keyword_dicts() * len(self.models) * self.repeats
+
+    def check_text(self) -> None:
+        """Every string is valid Unicode; raises `SpecError` naming the field.
+
+        JSON can spell a lone surrogate (`"\\ud800"`), which no UTF-8 file, hash or database can hold.
+        """
+        fields = {
+            "name": self.name, "model": self.models, "templates": self.templates, "keywords": self.keywords,
+            "model_args": self.model_args, "base_url": self.base_url,
+        }
+        for name, value in fields.items():
+            try:
+                canonical_json(value).encode()
+            except UnicodeEncodeError as exc:
+                bad = exc.object[exc.start : exc.end]
+                raise SpecError(
+                    f"spec field {name!r} holds text that is not valid Unicode: {bad!r} (a lone surrogate)"
+                ) from None
 
     def check_fields(self) -> None:
         """Every template's fields exist in every keyword dict; raises `MissingFieldError` naming both."""
@@ -151,20 +184,28 @@ def load_spec(path: str | Path, **overrides: Any) -> Spec:
 
 
 def parse_spec_text(text: str, suffix: str, where: str) -> Any:
+    # Besides syntax errors (both are ValueErrors), both parsers raise ValueError for an integer past
+    # Python's 4300-digit limit and RecursionError for nesting too deep.
     if suffix == ".toml":
         try:
             return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{where} is not valid TOML: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise SpecError(f"{where} is not valid TOML: {_reason(exc)}") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        if suffix == ".json":
-            raise SpecError(f"{where} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        if suffix == ".json" or not isinstance(exc, json.JSONDecodeError):
+            raise SpecError(f"{where} is not valid JSON: {_reason(exc)}") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):
         raise SpecError(f"{where} is neither valid JSON nor valid TOML") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split("; use sys.set_int_max_str_digits()", 1)[0]  # advice for Python code, not a user
 
 
 def template_fields(template: Template) -> frozenset[str]:
@@ -187,7 +228,10 @@ def template_fields(template: Template) -> frozenset[str]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str(), or a value that contains itself
+        text = f"a {type(value).__name__} too large to show"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -230,6 +274,8 @@ def _keywords(value: Any) -> Any:
         for key, values in value.items():
             if not isinstance(values, list):
                 raise SpecError(f"keywords[{key!r}] must be a list (a dict of lists means their full grid)")
+            if not values:
+                raise SpecError(f"keywords[{key!r}] is empty: a grid needs at least one value per key")
             _check_json(values, f"keywords[{key!r}]")
         return value
     if not isinstance(value, list):
@@ -252,6 +298,10 @@ def _model_args(value: Any) -> dict[str, Any]:
     n = value.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise SpecError(f"model_args 'n' must be a positive integer, not {n!r}")
+    for key in TOKEN_LIMIT_ARGS:
+        limit = value.get(key)  # null is the API's "not set"
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise SpecError(f"model_args {key!r} must be a non-negative integer, not {_short(limit)}")
     _check_json(value, "model_args")
     return dict(value)
 
@@ -263,18 +313,23 @@ def _check_json(value: Any, where: str) -> None:
         raise SpecError(f"{where} holds a value that is not plain JSON data: {exc}") from None
 
 
-def _positive_int(value: Any, name: str) -> int:
+def _positive_int(value: Any, name: str, most: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SpecError(f"spec field {name!r} must be a positive integer, not {value!r}")
+        raise SpecError(f"spec field {name!r} must be a positive integer, not {_short(value)}")
+    if value > most:
+        raise SpecError(f"spec field {name!r} is {_short(value)}: at most {most:,} is allowed")
     return value
 
 
 def _optional_positive(value: Any, name: str) -> float | None:
+    """A finite positive number (JSON's `1e999` and TOML's `inf` parse to infinity), as a float."""
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise SpecError(f"spec field {name!r} must be a positive number, not {value!r}")
-    return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        with contextlib.suppress(OverflowError):  # an int too large for a float
+            if math.isfinite(float(value)):
+                return float(value)
+    raise SpecError(f"spec field {name!r} must be a positive number (finite), not {_short(value)}")
 
 
 def _optional_str(value: Any, name: str) -> str | None:

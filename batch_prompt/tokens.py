@@ -37,17 +37,31 @@ def count_text(text: str) -> int:
 
 
 def estimate_parts(body: dict[str, Any]) -> tuple[int, int]:
-    """(prompt tokens, most completion tokens) of one request body, chat or completions, packed or not."""
-    n = int(body.get("n") or 1)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-    if "messages" in body:
-        prompt = sum(count_text(str(m.get("content", ""))) + TOKENS_PER_MESSAGE for m in body["messages"])
+    """(prompt tokens, most completion tokens) of one request body, chat or completions, packed or not.
+
+    Never raises on odd values: an `n` or token limit that is not a positive integer counts as its default.
+    """
+    n = _positive_int(body.get("n"), 1)
+    max_tokens = _positive_int(
+        body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), DEFAULT_MAX_TOKENS)
+    )
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        prompt = sum(
+            count_text(str(m.get("content", "") if isinstance(m, dict) else m)) + TOKENS_PER_MESSAGE
+            for m in messages
+        )
         prompts = 1
     else:
-        texts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        raw = body.get("prompt", "")
+        texts = raw if isinstance(raw, list) else [raw]
         prompt = sum(count_text(str(t)) for t in texts)
         prompts = len(texts)
-    return int(prompt), int(max_tokens) * n * prompts
+    return prompt, max_tokens * n * prompts
+
+
+def _positive_int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
 def estimate(body: dict[str, Any]) -> int:

@@ -1,0 +1,201 @@
+"""Bad input through the command line: exit 2, one line naming the problem, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batch_prompt as bp
+from batch_prompt.spec import Spec
+from batch_prompt.tokens import DEFAULT_MAX_TOKENS, estimate_parts
+
+from .conftest import cli_env, run_cli
+from .test_store_export import SPEC, file_digest, fill_done
+
+OK = '{"model": "m", "templates": ["hi {x}"], "keywords": {"x": [1, 2]}'  # a spec without its closing brace
+BIG = "1" + "0" * 5000  # past Python's 4300-digit limit for int <-> str
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], message: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert out.stderr.startswith("batch-prompt: error:") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+BAD_SPECS = [
+    # rate limits: finite and positive
+    ("rpm_inf.json", OK + ', "rpm": 1e999}', "'rpm' must be a positive number (finite), not Infinity"),
+    ("rpm_inf.toml", 'model = "m"\ntemplates = ["hi"]\nrpm = inf\n', "'rpm' must be a positive number (finite)"),
+    ("tpm_nan.toml", 'model = "m"\ntemplates = ["hi"]\ntpm = nan\n', "'tpm' must be a positive number (finite)"),
+    ("rpm_400_digits.json", OK + ', "rpm": 1' + "0" * 400 + "}", "'rpm' must be a positive number (finite)"),
+    # text that is not Unicode (JSON can spell a lone surrogate)
+    ("surrogate_template.json", OK.replace("hi {x}", "hi \\ud800 {x}") + "}",
+     "spec field 'templates' holds text that is not valid Unicode: '\\ud800'"),
+    ("surrogate_keyword.json", OK.replace("[1, 2]", '[1, "\\udfff"]') + "}", "spec field 'keywords' holds text"),
+    ("surrogate_model_arg.json", OK + ', "model_args": {"user": "a\\ud83d"}}', "spec field 'model_args' holds text"),
+    ("surrogate_model.json", OK.replace('"m"', '"m\\ud800"') + "}", "spec field 'model' holds text"),
+    ("surrogate_name.json", OK + ', "name": "\\ud800"}', "spec field 'name' holds text"),
+    # upper bounds
+    ("repeats_huge.json", OK + ', "repeats": 100000000000000000000}', "'repeats' is 100000000000000000000: at most"),
+    ("repeats_over.json", OK + ', "repeats": 100001}', "'repeats' is 100001: at most 100,000"),
+    ("ppr_huge.json", OK + ', "api": "completions", "prompts_per_request": 100000000000000000000}',
+     "'prompts_per_request' is 100000000000000000000: at most 2,048"),
+    ("ppr_over.json", OK + ', "api": "completions", "prompts_per_request": 2049}', "at most 2,048"),
+    ("count_over.json",
+     json.dumps({"model": ["a", "b"], "templates": ["{x}{y}"], "keywords": {"x": list(range(10_001)),
+                 "y": list(range(5_000))}}),
+     "the spec makes 100010000 prompts (templates x keyword dicts x models x repeats): at most 100,000,000"),
+    # integers past Python's digit limit in the file itself
+    ("big.json", OK + ', "model_args": {"seed": ' + BIG + "}}", "big.json is not valid JSON: Exceeds the limit"),
+    ("big.toml", f'model = "m"\ntemplates = ["hi"]\n[model_args]\nseed = {BIG}\n',
+     "big.toml is not valid TOML: Exceeds the limit"),
+    ("big_no_suffix", OK + ', "repeats": ' + BIG + "}", "is not valid JSON: Exceeds the limit"),
+    ("deep.json", "[" * 100_000, "deep.json is not valid JSON: nested too deeply"),
+    # token limits the estimate reads
+    ("max_tokens_lots.json", OK + ', "model_args": {"max_tokens": "lots"}}',
+     "model_args 'max_tokens' must be a non-negative integer, not 'lots'"),
+    ("max_tokens_negative.json", OK + ', "model_args": {"max_tokens": -5}}', "'max_tokens' must be a non-negative"),
+    ("max_tokens_float.json", OK + ', "model_args": {"max_tokens": 1e300}}', "'max_tokens' must be a non-negative"),
+    ("max_tokens_bool.json", OK + ', "model_args": {"max_completion_tokens": true}}',
+     "'max_completion_tokens' must be a non-negative integer, not true"),
+    # a grid with an empty list makes no prompts
+    ("empty_grid.json", OK.replace("[1, 2]", "[]") + "}", "keywords['x'] is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_SPECS, ids=[case[0] for case in BAD_SPECS])
+def test_bad_spec_is_one_line_and_creates_nothing(tmp_path: Path, name: str, text: str, message: str) -> None:
+    spec = tmp_path / name
+    spec.write_text(text, encoding="utf-8", errors="surrogatepass")
+    out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
+    assert_one_line_error(out, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal
+    # estimate reads the same spec: it used to crash on max_tokens and loop for ever on huge repeats
+    assert_one_line_error(run_cli("estimate", str(spec), cwd=tmp_path, timeout=30), message)
+
+
+@pytest.mark.parametrize("name", ["max_tokens_lots.json", "surrogate_template.json", "rpm_inf.json"])
+def test_bad_spec_leaves_an_existing_database_unchanged(tmp_path: Path, name: str) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    spec = tmp_path / name
+    _, text, message = next(case for case in BAD_SPECS if case[0] == name)
+    spec.write_text(text, encoding="utf-8", errors="surrogatepass")
+    for command in ("create", "run"):
+        out = run_cli(command, str(spec), "--db", str(db), env=cli_env(tmp_path=tmp_path), cwd=tmp_path)
+        assert_one_line_error(out, message)
+    assert file_digest(db) == before
+
+
+def test_limits_themselves_are_accepted() -> None:
+    base: dict[str, Any] = {"model": "m", "templates": ["hi"]}
+    assert Spec.from_dict({**base, "repeats": 100_000}).count_prompts() == 100_000
+    assert Spec.from_dict({**base, "api": "completions", "prompts_per_request": 2048}).prompts_per_request == 2048
+    assert Spec.from_dict({**base, "rpm": 10**300, "tpm": 0.5}).rpm == 1e300
+    args = {"max_tokens": 0, "max_completion_tokens": None}
+    assert Spec.from_dict({**base, "model_args": args}).model_args == args
+    grid = {"x": list(range(10_000)), "y": list(range(10_000))}
+    assert Spec.from_dict({**base, "templates": ["{x}{y}"], "keywords": grid}).count_prompts() == 100_000_000
+
+
+def test_token_estimate_never_raises_on_odd_values() -> None:
+    odd: list[Any] = ["lots", None, -3, 0, 1.5, True, [], {}, float("inf")]
+    for value in odd:
+        body = {"model": "m", "messages": [{"role": "user", "content": "abcd"}], "max_tokens": value, "n": value}
+        assert estimate_parts(body) == (1 + 4, DEFAULT_MAX_TOKENS)
+    assert estimate_parts({"model": "m", "prompt": ["ab", "cd"], "max_completion_tokens": 7, "n": 2}) == (2, 28)
+    assert estimate_parts({"model": "m", "messages": ["hi", {"content": None}]})[1] == DEFAULT_MAX_TOKENS
+    assert estimate_parts({"model": "m"}) == (0, DEFAULT_MAX_TOKENS)
+
+
+# ---- export destinations
+
+
+@pytest.fixture
+def done_db(tmp_path: Path) -> Path:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    return db
+
+
+@pytest.mark.parametrize("kind", ["itself", "symlink", "hard link", "wal", "relative"])
+def test_export_refuses_to_overwrite_the_job_database(done_db: Path, tmp_path: Path, kind: str) -> None:
+    before = file_digest(done_db)
+    output = {
+        "itself": str(done_db), "wal": f"{done_db}-wal", "relative": "./sub/../jobs.db",
+        "symlink": str(tmp_path / "link.pkl"), "hard link": str(tmp_path / "hard.pkl"),
+    }[kind]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pkl").symlink_to(done_db)
+    os.link(done_db, tmp_path / "hard.pkl")
+    out = run_cli("export", str(done_db), "-o", output, cwd=tmp_path)
+    assert_one_line_error(out, "is the job database being exported (or its journal); refusing to overwrite")
+    assert file_digest(done_db) == before
+    results = bp.export(done_db)
+    assert (tmp_path / "link.pkl").is_symlink() and isinstance(results, list) and len(results) == 8
+
+
+def test_export_refuses_to_overwrite_another_sqlite_file(done_db: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    bp.create(other, **{**SPEC, "name": "other"})
+    before = file_digest(other)
+    (tmp_path / "other_link.pkl").symlink_to(other)
+    for output in (other, tmp_path / "other_link.pkl"):
+        out = run_cli("export", str(done_db), "-o", str(output), cwd=tmp_path)
+        assert_one_line_error(out, "is an SQLite database; refusing to overwrite a database")
+    assert file_digest(other) == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_writes_through_a_symlink_and_keeps_it(done_db: Path, tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "target.pkl"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "out_link.pkl"
+    link.symlink_to(Path("shared") / "target.pkl")  # relative, as `ln -s` makes it
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "shared" / "new.jsonl")
+    for output in (link, tmp_path / "dangling.jsonl"):
+        out = run_cli("export", str(done_db), "-o", str(output), cwd=tmp_path)
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+        assert output.is_symlink()
+    assert len(bp.load_results(target)) == len(bp.load_results(tmp_path / "shared" / "new.jsonl")) == 8
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for written in (target, tmp_path / "shared" / "new.jsonl"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["new.jsonl", "target.pkl"]  # no temp files
+
+
+def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Path) -> None:
+    (tmp_path / "devnull.jsonl").symlink_to("/dev/null")
+    out = run_cli("export", str(done_db), "-o", str(tmp_path / "devnull.jsonl"), cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "devnull.jsonl").is_symlink(), out.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    # standard output (a pipe here); /proc/self/fd/1 rather than /dev/stdout: as root, a regression that
+    # renamed a temp file onto /dev/stdout would replace the device for the whole machine
+    out = run_cli("export", str(done_db), "-o", "/proc/self/fd/1", "--format", "jsonl", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [json.loads(line)["job"] for line in lines[:8]] == ["likes"] * 8
+    assert lines[8:] == ["8 results written to /proc/self/fd/1"]
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        out = run_cli("export", str(done_db), "-o", str(fifo), cwd=tmp_path, timeout=30)
+        assert out.returncode == 0, out.stderr
+        received, _ = reader.communicate(timeout=30)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert len(received.decode().splitlines()) == 8 and stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert not list(tmp_path.glob(".*.tmp"))
