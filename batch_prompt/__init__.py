@@ -1,7 +1,7 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
 Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
-`runner` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `results` (export). `cli` is the
+`runner` + `worker` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `results` (export). `cli` is the
 command line.
 """
 

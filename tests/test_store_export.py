@@ -437,7 +437,7 @@ def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
 
 def test_redaction_and_tolerant_usage() -> None:
     from batch_prompt.client import redact
-    from batch_prompt.runner import _count
+    from batch_prompt.worker import _count
 
     key = "0123456789abcdef0123456789abcdef"  # an Azure-style key: no sk- prefix to recognize
     assert key not in redact(f"Access denied: invalid subscription key {key}.", key)
