@@ -42,8 +42,6 @@ class ResponseCache:
             )
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot use cache folder {self.directory}: {exc}") from None
-        self.hits = 0
-        self.corrupt = 0
 
     def _key(self, request_hash: str) -> str:
         return f"{self.endpoint} {request_hash}"
@@ -58,9 +56,7 @@ class ResponseCache:
         if isinstance(value, str) and len(value) > 17 and value[16] == " ":
             text = value[17:]
             if value[:16] == _checksum(text):
-                self.hits += 1
                 return text
-        self.corrupt += 1
         self._cache.delete(key)
         return None
 

@@ -264,14 +264,6 @@ class Store:
         counts["prompt_tokens"], counts["completion_tokens"] = tokens
         return counts
 
-    def failed_errors(self, job: JobRow, limit: int = 1000) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT last_error FROM prompts WHERE job_id = ? AND status != 'done' AND status = 'failed'"
-            " LIMIT ?",
-            (job.id, limit),
-        )
-        return [row[0] or "" for row in rows]
-
     # --- running ----------------------------------------------------------------------------------
 
     def claim(self, job: JobRow, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
