@@ -134,6 +134,20 @@ def measure_resume(
     return result, watcher
 
 
+def measured_step(
+    report: Report, name: str, args: list[str], expect: str, n: int, env: dict[str, str], cwd: Path
+) -> Measured:
+    """Run `python -m batch_prompt ARGS`, check its output names `expect`, report wall, rows/s, CPU, RSS."""
+    result = run_measured([PYTHON, "-m", "batch_prompt", *args], env, cwd, timeout=1800).check()
+    if expect not in result.stdout:
+        raise RuntimeError(f"{name} did not report {expect}: {result.stdout!r}")
+    report.figure(f"{name}_wall_s", result.wall)
+    report.figure(f"{name}_rows_per_s", round(n / result.wall))
+    report.figure(f"{name}_cpu_s", result.cpu)
+    report.figure(f"{name}_maxrss_mb", result.maxrss_mb, 1)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="20,000 prompts for CI; targets not enforced")
@@ -158,14 +172,7 @@ def main() -> int:
         spec = write_json(tmp / "spec.json", make_spec(n_templates, n_keywords))
 
         # (a) create
-        create = run_measured([PYTHON, "-m", "batch_prompt", "create", str(spec), "--db", str(db)], env, tmp,
-                              timeout=1800).check()
-        if f"{n} prompts" not in create.stdout:
-            raise RuntimeError(f"create did not report {n} prompts: {create.stdout!r}")
-        report.figure("create_wall_s", create.wall)
-        report.figure("create_rows_per_s", round(n / create.wall))
-        report.figure("create_cpu_s", create.cpu)
-        report.figure("create_maxrss_mb", create.maxrss_mb, 1)
+        create = measured_step(report, "create", ["create", str(spec), "--db", str(db)], f"{n} prompts", n, env, tmp)
         report.figure("db_size_mb_after_create", db.stat().st_size / 2**20, 1)
 
         with FakeServerProcess(["--latency", str(LATENCY)], env, tmp, tmp / "server.log") as server:
@@ -209,14 +216,7 @@ def main() -> int:
 
         # (b) export of n done rows
         out = tmp / "out.pkl"
-        export = run_measured([PYTHON, "-m", "batch_prompt", "export", str(db), "-o", str(out)], env, tmp,
-                              timeout=1800).check()
-        if not export.stdout.startswith(f"{n} results"):
-            raise RuntimeError(f"export did not report {n} results: {export.stdout!r}")
-        report.figure("export_wall_s", export.wall)
-        report.figure("export_rows_per_s", round(n / export.wall))
-        report.figure("export_cpu_s", export.cpu)
-        report.figure("export_maxrss_mb", export.maxrss_mb, 1)
+        export = measured_step(report, "export", ["export", str(db), "-o", str(out)], f"{n} results", n, env, tmp)
         report.figure("export_file_mb", out.stat().st_size / 2**20, 1)
         if args.smoke:  # small enough to load and check
             with out.open("rb") as f:
