@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class MalformedResponse(Exception):
 
 class RequestTimeout(Exception):
     """The whole request (connect, send, every read) took longer than its timeout (retried)."""
+
+
+# What the SDK turns into `APIConnectionError` (openai._httpx2.request_exceptions; its anyio TLS shim does
+# not apply to the aiohttp transport).
+_CONNECTION_ERRORS = (httpx2.RequestError, ssl.SSLError)
 
 
 @dataclass(frozen=True)
@@ -72,39 +78,76 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
     return Endpoint(url, key)
 
 
-def make_client(endpoint: Endpoint, timeout: float, connections: int) -> openai.AsyncOpenAI:
-    """One client per run: aiohttp transport, pool sized to the concurrency, SDK retries off."""
+def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClient:
+    """One client per run and endpoint: aiohttp transport, pool sized to the concurrency, SDK retries off."""
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return openai.AsyncOpenAI(
+    sdk = openai.AsyncOpenAI(
         api_key=endpoint.api_key,
         base_url=endpoint.base_url,
         max_retries=0,
         timeout=timeout,
         http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
     )
+    return ApiClient(sdk)
 
 
-async def send(
-    client: openai.AsyncOpenAI, api: str, body: dict[str, Any], request_timeout: float
-) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
+class ApiClient:
+    """An `openai.AsyncOpenAI` and the hot path that sends through it.
 
-    The body goes out as it is (the SDK's per-field request transform is skipped: the request was
-    rendered and validated at create time), and the response is parsed here, not into SDK models.
+    `send` hands a prepared request to the SDK client's own HTTP client (httpx2 on the SDK's aiohttp
+    transport: the very call `AsyncOpenAI.request` makes) and raises the SDK's own exception types
+    (status errors built by the SDK from the response). What it skips is the SDK's per-call request
+    assembly (options model, header merge, URL parse), which is the same for every call of a run:
+    the URL and headers (the SDK's default and auth headers) are worked out once here. Measured with
+    the fake server at 500 requests/s: 0.31 ms of CPU per request against 0.64 ms through
+    `client.post`, which on a 2-core machine is the difference between the event loop keeping up
+    with the answers and answers waiting for it (scripts/bench_throughput.py).
     """
-    path = "/chat/completions" if api == "chat" else "/completions"
-    try:
-        # The SDK's timeout bounds each read; this bounds the whole request (a body trickling in
-        # one byte at a time must not hold a worker forever).
-        async with asyncio.timeout(request_timeout):
-            raw = await client.post(path, body=body, cast_to=httpx2.Response, options={"timeout": request_timeout})
-    except TimeoutError:
-        raise RequestTimeout(f"no complete response within {request_timeout:g} s") from None
-    try:
-        data = json.loads(raw.content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedResponse(f"response body is not valid JSON: {exc}") from None
-    return data, raw.headers
+
+    def __init__(self, sdk: openai.AsyncOpenAI) -> None:
+        self.sdk = sdk
+        self._http = sdk._client  # the httpx2 client (DefaultAioHttpClient) the SDK sends through
+        base = str(sdk.base_url)  # the SDK keeps it with a trailing slash
+        self._urls = {"chat": httpx2.URL(base + "chat/completions"), "completions": httpx2.URL(base + "completions")}
+        headers = {**sdk.default_headers, **sdk.auth_headers}
+        self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
+
+    async def send(
+        self, api: str, body: dict[str, Any], request_timeout: float
+    ) -> tuple[dict[str, Any], Mapping[str, str]]:
+        """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
+
+        The body goes out as stored (it was rendered and validated at create time), and the response
+        is parsed here, not into SDK models. The SDK's timeout bounds each phase (connect, each read);
+        the whole request is also bounded, so a body trickling in a byte at a time cannot hold a worker.
+        """
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), request_timeout)
+        request = httpx2.Request(
+            "POST",
+            self._urls[api],
+            headers=self._headers,
+            content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+            extensions={"timeout": timeouts},
+        )
+        try:
+            async with asyncio.timeout(request_timeout):
+                response = await self._http.send(request)
+        except TimeoutError:
+            raise RequestTimeout(f"no complete response within {request_timeout:g} s") from None
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=request) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise openai.APIConnectionError(request=request) from exc
+        if response.status_code >= 400:
+            raise self.sdk._make_status_error_from_response(response)
+        try:
+            data = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedResponse(f"response body is not valid JSON: {exc}") from None
+        return data, response.headers
+
+    async def close(self) -> None:
+        await self.sdk.close()
 
 
 def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:

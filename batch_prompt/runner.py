@@ -12,11 +12,9 @@ import signal
 from collections import Counter
 from dataclasses import dataclass, field
 
-import openai
-
 from . import tokens
 from .cache import ResponseCache
-from .client import Endpoint, make_client, resolve_endpoint
+from .client import ApiClient, Endpoint, make_client, resolve_endpoint
 from .errors import ConfigError
 from .limiter import Limiter
 from .progress import Progress, auto_progress
@@ -157,12 +155,12 @@ class _Resources:
 
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
-        self.clients: dict[str, openai.AsyncOpenAI] = {}
+        self.clients: dict[str, ApiClient] = {}
         self.caches: dict[str, ResponseCache] = {}
         self.limiters: dict[str, Limiter] = {}
         self.estimator = tokens.TokenEstimator()
 
-    def client(self, endpoint: Endpoint) -> openai.AsyncOpenAI:
+    def client(self, endpoint: Endpoint) -> ApiClient:
         if endpoint.identity not in self.clients:
             self.clients[endpoint.identity] = make_client(endpoint, self.opts.timeout, self.opts.concurrency)
         return self.clients[endpoint.identity]

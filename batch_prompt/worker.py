@@ -28,6 +28,7 @@ from .client import (
     FAIL,
     FATAL,
     RETRY,
+    ApiClient,
     Endpoint,
     check_choices,
     classify,
@@ -35,7 +36,6 @@ from .client import (
     error_kind,
     redact,
     retry_after,
-    send,
 )
 from .errors import BatchPromptError, ConfigError, FatalAPIError
 from .limiter import Limiter
@@ -56,7 +56,7 @@ class WorkerPool:
 
     def __init__(
         self, store: Store, job: JobRow, endpoint: Endpoint, opts: RunOptions, progress: Progress,
-        summary: RunSummary, client: openai.AsyncOpenAI, cache: ResponseCache, limiter: Limiter,
+        summary: RunSummary, client: ApiClient, cache: ResponseCache, limiter: Limiter,
         estimator: tokens.TokenEstimator,
     ) -> None:
         self.store, self.job, self.endpoint, self.opts = store, job, endpoint, opts
@@ -197,7 +197,7 @@ class WorkerPool:
             try:
                 self.progress.sent(len(rows))
                 try:
-                    data, headers = await send(self.client, self.job.api, body, self.opts.timeout)
+                    data, headers = await self.client.send(self.job.api, body, self.opts.timeout)
                 finally:
                     self.limiter.release(cost)
                     self.progress.answered(len(rows))

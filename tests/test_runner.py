@@ -458,7 +458,7 @@ def test_unreachable_endpoint_is_a_config_error(tmp_path: Path) -> None:
 def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from batch_prompt.client import RequestTimeout, make_client, resolve_endpoint, send
+    from batch_prompt.client import RequestTimeout, make_client, resolve_endpoint
 
     async def trickle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -481,7 +481,7 @@ def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
         started = time.monotonic()
         try:
             with pytest.raises(RequestTimeout):
-                await send(client, "chat", {"model": "m", "messages": []}, 0.5)
+                await client.send("chat", {"model": "m", "messages": []}, 0.5)
             return time.monotonic() - started
         finally:
             await client.close()
