@@ -490,6 +490,56 @@ def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
     assert asyncio.run(go()) < 2.0
 
 
+def test_requests_carry_the_sdks_headers_and_the_body_as_stored(tmp_path: Path) -> None:
+    """The hot path builds requests once per client from the SDK's own headers: check what arrives."""
+    from aiohttp import web
+
+    from batch_prompt.client import make_client, resolve_endpoint
+
+    seen: list[tuple[str, Any, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.copy(), await request.json()))  # case-insensitive
+        if request.path.endswith("/completions") and "chat" not in request.path:
+            return web.json_response({"error": {"message": "no such model", "type": "invalid_request_error",
+                                                "code": "model_not_found"}}, status=404)
+        return web.json_response({"choices": [{"index": 0, "message": {"content": "ok"}}]}, headers={"x-extra": "1"})
+
+    async def go() -> tuple[dict[str, Any], Any, BaseException]:
+        app = web.Application()
+        app.router.add_post("/prefix/v1/chat/completions", handler)
+        app.router.add_post("/prefix/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        client = make_client(resolve_endpoint(f"http://127.0.0.1:{port}/prefix/v1", "sk-header-test-1234"), 5, 4)
+        try:
+            data, headers = await client.send("chat", {"model": "m", "messages": [{"role": "user", "content": "é"}]}, 5)
+            with pytest.raises(Exception) as refused:
+                await client.send("completions", {"model": "m", "prompt": ["a", "b"]}, 5)
+            return data, headers.get("x-extra"), refused.value
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    import openai
+
+    data, extra, refused = asyncio.run(go())
+    assert data == {"choices": [{"index": 0, "message": {"content": "ok"}}]} and extra == "1"
+    assert [path for path, _, _ in seen] == ["/prefix/v1/chat/completions", "/prefix/v1/completions"]
+    headers = seen[0][1]
+    assert headers["Authorization"] == "Bearer sk-header-test-1234"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"] == f"AsyncOpenAI/Python {openai.__version__}"
+    assert headers["X-Stainless-Lang"] == "python" and headers["X-Stainless-Async"] == "async:asyncio"
+    assert seen[0][2] == {"model": "m", "messages": [{"role": "user", "content": "é"}]}
+    assert seen[1][2] == {"model": "m", "prompt": ["a", "b"]}
+    # a refusal is the SDK's own exception type, built by the SDK from the response
+    assert type(refused) is openai.NotFoundError and refused.status_code == 404 and refused.code == "model_not_found"
+
+
 def test_changed_run_fields_update_the_job(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(4, n=1, rpm=60_000))
