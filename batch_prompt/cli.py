@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import job as jobs
 from .errors import BatchPromptError
 from .expand import expand
+from .progress import usd
 from .results import export
 from .spec import load_spec
 from .store import Store
@@ -117,7 +118,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _report(summary: RunSummary, db: str) -> int:
-    line = f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}"
+    line = (
+        f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}, "
+        f"tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
+    )
     print(line, file=sys.stderr)
     for kind, count in summary.errors.most_common():
         print(f"  {count} x {kind}", file=sys.stderr)

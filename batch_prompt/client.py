@@ -1,7 +1,8 @@
 """The API client: one openai `AsyncOpenAI` per run and endpoint, on the aiohttp transport, SDK retries off.
 
 `ApiClient.send` makes exactly one HTTP call (through the SDK's own HTTP client; see `ApiClient`) and
-returns the parsed JSON body and the response headers; it raises the SDK's own exception types, or `MalformedResponse` when a 200 body is not what was asked for.
+returns the parsed JSON body and the response headers; it raises the SDK's own exception types, or
+`MalformedResponse` when a 200 body is not what was asked for.
 `classify` turns an exception into what the runner does about it: retry it, fail the prompt, or stop.
 Retry decisions match exception types and status codes, never message strings.
 """

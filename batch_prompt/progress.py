@@ -18,6 +18,7 @@ class Progress:
     def __init__(self) -> None:
         self.total = self.done = self.failed = self.cached = self.in_flight = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.cost_usd: float | None = None  # list-price cost of the tokens paid for; None: no model priced
         self.requests = 0
         self.started = time.monotonic()
         self.job = ""
@@ -34,7 +35,16 @@ class Progress:
     def answered(self, prompts: int) -> None:
         self.in_flight -= prompts
 
-    def finished(self, status: str, cached: bool = False, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    def finished(
+        self,
+        status: str,
+        cached: bool = False,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> None:
+        if cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + cost_usd
         if status == "done":
             self.done += 1
             self.cached += int(cached)
@@ -55,7 +65,7 @@ class Progress:
         return (
             f"{self.job}: {self.already + self.done}/{self.total} done, {self.failed} failed, "
             f"{self.cached} cached, {self.in_flight} in flight, {rate:.1f}/s, ETA {eta}, "
-            f"tokens {self.prompt_tokens}+{self.completion_tokens}"
+            f"tokens {self.prompt_tokens}+{self.completion_tokens}" + usd(self.cost_usd)
         )
 
 
@@ -90,6 +100,13 @@ class LogProgress(Progress):
             self.last = now
             self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.line()}\n")
             self.stream.flush()
+
+
+def usd(cost: float | None) -> str:
+    """", ~$1.23 at list price" (more digits below a cent), or "" when nothing was priced."""
+    if cost is None:
+        return ""
+    return f", ~${cost:.2f} at list price" if cost >= 0.01 else f", ~${cost:.6f} at list price"
 
 
 def auto_progress(quiet: bool, stream: TextIO | None = None) -> Progress:

@@ -72,6 +72,7 @@ class RunSummary:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float | None = None  # the tokens paid for at list price (tokens.PRICES); None: no model priced
     errors: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
     unfinished: int = 0  # pending in the file after the run

@@ -278,12 +278,17 @@ class WorkerPool:
         usage = usage if isinstance(usage, dict) else {}
         prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         self._add(Outcome(row.id, row.job_id, "done", text, cached, prompt_tokens, completion_tokens, attempts))
-        self.progress.finished("done", cached, 0 if cached else prompt_tokens, 0 if cached else completion_tokens)
         self.summary.done += 1
         self.summary.cached += int(cached)
-        if not cached:
+        if cached:
+            self.progress.finished("done", cached)
+        else:
+            cost = tokens.price(row.model, prompt_tokens, completion_tokens)
+            self.progress.finished("done", cached, prompt_tokens, completion_tokens, cost)
             self.summary.prompt_tokens += prompt_tokens
             self.summary.completion_tokens += completion_tokens
+            if cost is not None:
+                self.summary.cost_usd = (self.summary.cost_usd or 0.0) + cost
         for follower in self.followers.pop(row.hash, []):
             self._done(follower, text, cached=True)
 

@@ -15,7 +15,7 @@ class Tty(io.StringIO):
 def feed(progress: Progress) -> None:
     progress.start("likes", total=10, already_done=2)
     progress.sent(3)
-    progress.finished("done", cached=False, prompt_tokens=5, completion_tokens=7)
+    progress.finished("done", cached=False, prompt_tokens=5, completion_tokens=7, cost_usd=0.000125)
     progress.finished("done", cached=True)
     progress.finished("failed")
     progress.answered(1)
@@ -30,7 +30,18 @@ def test_bar_redraws_one_line_with_counts() -> None:
     text = stream.getvalue()
     assert text.count("\r") == 2 and text.endswith("\n")
     assert "[#####.....]" in text  # 2 already + 3 finished of 10
-    assert "likes: 4/10 done, 1 failed, 1 cached, 2 in flight" in text and "tokens 5+7" in text
+    assert "likes: 4/10 done, 1 failed, 1 cached, 2 in flight" in text
+    assert "tokens 5+7, ~$0.000125 at list price" in text
+
+
+def test_cost_is_shown_only_when_some_model_is_priced() -> None:
+    progress = Progress()
+    progress.start("j", total=3, already_done=0)
+    progress.finished("done", prompt_tokens=10, completion_tokens=10)  # a model without a list price
+    assert progress.cost_usd is None and "list price" not in progress.line()
+    progress.finished("done", prompt_tokens=10, completion_tokens=10, cost_usd=0.5)
+    progress.finished("done", prompt_tokens=10, completion_tokens=10, cost_usd=1.25)
+    assert progress.line().endswith("tokens 30+30, ~$1.75 at list price")
 
 
 def test_log_lines_are_periodic() -> None:

@@ -63,6 +63,10 @@ def test_chat_job_returns_prompts_times_n(fake: FakeServer, tmp_path: Path) -> N
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM prompts WHERE status='done' AND attempts=1").fetchone() == (40,)
     assert conn.execute("SELECT prompt_tokens > 0, completion_tokens > 0 FROM jobs").fetchone() == (1, 1)
+    # cost so far: gpt-4o-mini at list price ($0.15 / $0.60 per million) of exactly the tokens recorded
+    tokens = conn.execute("SELECT prompt_tokens, completion_tokens FROM jobs").fetchone()
+    assert (summary.prompt_tokens, summary.completion_tokens) == tokens
+    assert summary.cost_usd == pytest.approx((tokens[0] * 0.15 + tokens[1] * 0.60) / 1e6, rel=1e-12)
 
 
 def test_completions_are_packed_and_mapped_back_by_index(fake: FakeServer, tmp_path: Path) -> None:
@@ -292,7 +296,8 @@ def test_resume_module_and_progress_lines(fake: FakeServer, tmp_path: Path) -> N
                   env=cli_env(fake, tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "chat: 20/20 done, 0 failed" in out.stderr  # a plain log line when not on a terminal
-    assert "done 20 (0 from cache), failed 0, requests 20" in out.stderr
+    assert "done 20 (0 from cache), failed 0, requests 20, tokens " in out.stderr
+    assert out.stderr.count("at list price") == 2  # the last progress line and the summary (gpt-4o-mini)
     assert json.loads(run_cli("status", str(db), "--json", cwd=tmp_path).stdout)[0]["done"] == 20
 
 
