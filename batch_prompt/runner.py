@@ -60,6 +60,37 @@ class RunOptions:
             raise ConfigError(f"timeout must be positive, not {self.timeout!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
+        if self.concurrency > MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency {self.concurrency} is more than {MAX_CONCURRENCY:,}")
+
+
+MAX_CONCURRENCY = 10_000
+FILES_BESIDES_CONNECTIONS = 64  # databases, their WAL and shared-memory files, the cache, stdio, the event loop
+
+
+def ensure_open_files(concurrency: int) -> None:
+    """Make sure `concurrency` connections can be open at once: raise this process's soft limit on open
+    files (`ulimit -n`) up to its hard limit if needed; `ConfigError` when even that is too low (the
+    connections past the limit would fail one after another and be retried for nothing)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to check
+        return
+    needed = concurrency + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {hard} "
+            f"(ulimit -n): lower --concurrency to {max(1, hard - FILES_BESIDES_CONNECTIONS)} or less"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, and the limit is {soft}: {exc}"
+        ) from None
 
 
 @dataclass
@@ -102,6 +133,7 @@ class _Stop:
 async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
     """Run the named jobs of `db_path` (all jobs when `names` is None) until done, failed or stopped."""
     opts.validate()
+    ensure_open_files(opts.concurrency)
     with _collector_out_of_the_way(), Store(db_path, create=False) as store:
         jobs = [job for job in store.jobs() if job.state == "ready"]
         if names is not None:

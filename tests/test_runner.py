@@ -553,3 +553,44 @@ def test_changed_run_fields_update_the_job(fake: FakeServer, tmp_path: Path) -> 
     conn = sqlite3.connect(db)
     assert json.loads(conn.execute("SELECT spec FROM jobs").fetchone()[0])["rpm"] == 120
     assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (4,)
+
+
+def _limited_files(soft: int, hard: int) -> Any:
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_concurrency_beyond_the_open_file_limit_is_refused_before_any_work(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(10, n=1))
+    before = db.read_bytes()
+    out = subprocess.run(
+        [sys.executable, "-m", "batch_prompt.resume", str(db), "--concurrency", "500", "--cache-dir",
+         str(tmp_path / "cache")], env=cli_env(fake, tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, preexec_fn=_limited_files(256, 256),
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "concurrency 500 needs about 564 open files" in out.stderr and "lower --concurrency to 192" in out.stderr
+    assert db.read_bytes() == before and fake.record == []
+    too_many = run_cli("resume", str(db), "--concurrency", "20000", env=cli_env(fake, tmp_path), cwd=tmp_path)
+    assert too_many.returncode == 2 and "concurrency 20000 is more than 10,000" in too_many.stderr
+    assert db.read_bytes() == before and fake.record == []
+
+
+def test_a_low_soft_file_limit_is_raised_to_fit_the_concurrency(fake: FakeServer, tmp_path: Path) -> None:
+    """300 connections open at once under a soft limit of 100 (hard 4096): the run raises its own soft
+    limit, so no connection fails (every request is answered at the first attempt)."""
+    fake.configure(latency=0.3)
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(300, n=1))
+    out = subprocess.run(
+        [sys.executable, "-m", "batch_prompt.resume", str(db), "--concurrency", "300", "--cache-dir",
+         str(tmp_path / "cache")], env=cli_env(fake, tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, preexec_fn=_limited_files(100, 4096),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "done 300 (0 from cache), failed 0, requests 300, tokens" in out.stderr
+    assert len(fake.record) == 300 and set(fake.answered().values()) == {1}
+    times = sorted(entry["t"] for entry in fake.record)
+    assert times[-1] - times[0] < 0.3  # all 300 were in flight at once
