@@ -4,6 +4,9 @@
   up front (levels may go negative) and sleeps once for the deficit: no polling.
 - It learns from the server: `x-ratelimit-limit-*` sets a limit it was not told, and
   `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left.
+  `x-ratelimit-reset-*` (when the allowance is whole again) agrees with a per-minute refill; when it says the
+  server refills far slower (a daily cap in the same headers), the pool waits, once the allowance is spent,
+  until the server will have refilled one request's worth, instead of collecting 429s.
 - A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
 - A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
   with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
@@ -169,8 +172,25 @@ class Limiter:
             if bucket is not None and remaining is not None:
                 # The server counted what it had received when it answered; what we sent since is
                 # still in flight (an over-estimate of it: some of it had arrived). Call after `release`.
+                in_flight = self.in_flight[0 if kind == "requests" else 1]
                 bucket.refill(now)
-                bucket.level = min(bucket.level, remaining - self.in_flight[0 if kind == "requests" else 1])
+                bucket.level = min(bucket.level, remaining - in_flight)
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+                if limit and reset is not None:
+                    self._slow_window(bucket, limit, remaining, in_flight, reset, now)
+
+    def _slow_window(
+        self, bucket: Bucket, limit: float, remaining: float, in_flight: float, reset: float, now: float
+    ) -> None:
+        """The server refills `limit - remaining` in `reset` seconds. Within a factor 2 of the bucket's
+        rate (a per-minute limit; short resets are too coarsely rounded to say more) the bucket is right.
+        Far slower (the limit is per day, or per hour): once what is left is in flight, pause the pool
+        until the server will have refilled enough for one more (at most `max_pause`; a 429 says more)."""
+        server_rate = (limit - remaining) / reset if reset > 0 else math.inf
+        needed = in_flight - remaining + 1  # units the server must refill before one more may go
+        if reset < 2.0 or not 0 < server_rate < bucket.rate / 2 or needed <= 0:
+            return
+        self.pause_until = max(self.pause_until, now + min(needed / server_rate, self.max_pause))
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: pause the whole pool for `retry_after` (1 s when unsaid or unreadable, at most

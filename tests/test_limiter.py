@@ -81,6 +81,46 @@ def test_learns_limits_and_remaining_from_headers() -> None:
     assert clock.sleeps == [pytest.approx(0.01)]  # the 4th waits one interval of 100/s
 
 
+@pytest.mark.parametrize(
+    ("limit", "remaining", "reset", "sleeps"),
+    [
+        ("200", "0", "6h0m0s", [108.0]),  # a daily cap spent: wait for one request's refill (6 h / 200)
+        ("100", "0", "24h", [120.0]),  # ... at most max_pause at a time
+        ("200", "150", "6h0m0s", []),  # a daily cap not yet spent: go now
+        ("6000", "0", "10s", [0.01]),  # per minute (6,000 in 10 s is fast): the bucket alone decides
+        ("6000", "0", "1s", [0.01]),  # a short reset says nothing about the window
+    ],
+)
+def test_reset_header_holds_the_pool_when_a_long_window_is_spent(
+    limit: str, remaining: str, reset: str, sleeps: list[float]
+) -> None:
+    clock = FakeClock()
+    lim = limiter(clock)
+    lim.observe({"x-ratelimit-limit-requests": limit, "x-ratelimit-remaining-requests": remaining,
+                 "x-ratelimit-reset-requests": reset})
+
+    asyncio.run(lim.acquire(1))
+    assert clock.sleeps == [pytest.approx(s) for s in sleeps]
+
+
+def test_reset_pause_counts_what_is_in_flight() -> None:
+    clock = FakeClock()
+    lim = limiter(clock)
+
+    async def go() -> None:
+        lim.observe({"x-ratelimit-limit-requests": "1000", "x-ratelimit-remaining-requests": "2"})
+        for _ in range(2):
+            await lim.acquire(1)  # the last two of the day's allowance, both still in flight
+        lim.observe({"x-ratelimit-limit-requests": "1000", "x-ratelimit-remaining-requests": "2",
+                     "x-ratelimit-reset-requests": "10h"})
+        await lim.acquire(1)
+
+    asyncio.run(go())
+    # 998 refilled in 10 h = one per 36.07 s; the third request needs the server to refill 1 beyond the 2
+    # in flight: 36.07 s after the answer (bucket waits under it are absorbed by the pause)
+    assert clock.sleeps[-1] == pytest.approx(36000 / 998, rel=1e-3) and len(clock.sleeps) == 1
+
+
 def test_told_limits_are_not_overridden_by_headers() -> None:
     lim = limiter(FakeClock(), rpm=100)
     lim.observe({"x-ratelimit-limit-requests": "6000"})
