@@ -89,7 +89,7 @@ def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClie
         timeout=timeout,
         http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
     )
-    return ApiClient(sdk)
+    return ApiClient(sdk, timeout)
 
 
 class ApiClient:
@@ -105,36 +105,35 @@ class ApiClient:
     with the answers and answers waiting for it (scripts/bench_throughput.py).
     """
 
-    def __init__(self, sdk: openai.AsyncOpenAI) -> None:
+    def __init__(self, sdk: openai.AsyncOpenAI, timeout: float) -> None:
         self.sdk = sdk
+        self.timeout = timeout
+        self._extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)}
         self._http = sdk._client  # the httpx2 client (DefaultAioHttpClient) the SDK sends through
         base = str(sdk.base_url)  # the SDK keeps it with a trailing slash
         self._urls = {"chat": httpx2.URL(base + "chat/completions"), "completions": httpx2.URL(base + "completions")}
         headers = {**sdk.default_headers, **sdk.auth_headers}
         self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
 
-    async def send(
-        self, api: str, body: dict[str, Any], request_timeout: float
-    ) -> tuple[dict[str, Any], Mapping[str, str]]:
+    async def send(self, api: str, body: dict[str, Any]) -> tuple[dict[str, Any], Mapping[str, str]]:
         """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
 
         The body goes out as stored (it was rendered and validated at create time), and the response
-        is parsed here, not into SDK models. The SDK's timeout bounds each phase (connect, each read);
-        the whole request is also bounded, so a body trickling in a byte at a time cannot hold a worker.
+        is parsed here, not into SDK models. `timeout` bounds each phase (connect, each read) and also
+        the whole request, so a body trickling in a byte at a time cannot hold a worker.
         """
-        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), request_timeout)
         request = httpx2.Request(
             "POST",
             self._urls[api],
             headers=self._headers,
             content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-            extensions={"timeout": timeouts},
+            extensions=self._extensions,
         )
         try:
-            async with asyncio.timeout(request_timeout):
+            async with asyncio.timeout(self.timeout):
                 response = await self._http.send(request)
         except TimeoutError:
-            raise RequestTimeout(f"no complete response within {request_timeout:g} s") from None
+            raise RequestTimeout(f"no complete response within {self.timeout:g} s") from None
         except httpx2.TimeoutException as exc:
             raise openai.APITimeoutError(request=request) from exc
         except _CONNECTION_ERRORS as exc:

@@ -186,9 +186,11 @@ class Limiter:
         rate (a per-minute limit; short resets are too coarsely rounded to say more) the bucket is right.
         Far slower (the limit is per day, or per hour): once what is left is in flight, pause the pool
         until the server will have refilled enough for one more (at most `max_pause`; a 429 says more)."""
-        server_rate = (limit - remaining) / reset if reset > 0 else math.inf
+        if reset < 2.0:
+            return
+        server_rate = (limit - remaining) / reset
         needed = in_flight - remaining + 1  # units the server must refill before one more may go
-        if reset < 2.0 or not 0 < server_rate < bucket.rate / 2 or needed <= 0:
+        if not 0 < server_rate < bucket.rate / 2 or needed <= 0:
             return
         self.pause_until = max(self.pause_until, now + min(needed / server_rate, self.max_pause))
 

@@ -175,7 +175,8 @@ async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> R
     return summary
 
 
-_gc_saved: list[tuple[int, int, int]] = []  # thresholds to restore, one per run in progress in this process
+_gc_runs = 0  # runs in progress in this process
+_gc_threshold = gc.get_threshold()  # to restore when the last one ends
 
 
 @contextlib.contextmanager
@@ -185,19 +186,18 @@ def _collector_out_of_the_way() -> Iterator[None]:
     collection over the openai SDK's objects stalled the event loop for up to 50 ms, and every request
     in flight waited it out (scripts/bench_throughput.py: 370 ms of collections in a 10 s run, 110 ms
     after). Both are undone when the last run ends."""
-    if not _gc_saved:
+    global _gc_runs, _gc_threshold
+    if _gc_runs == 0:
         gc.freeze()
-        threshold = gc.get_threshold()
-        gc.set_threshold(max(threshold[0], 10_000), threshold[1], threshold[2])
-    else:
-        threshold = _gc_saved[0]
-    _gc_saved.append(threshold)
+        _gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(_gc_threshold[0], 10_000), *_gc_threshold[1:])
+    _gc_runs += 1
     try:
         yield
     finally:
-        _gc_saved.pop()
-        if not _gc_saved:
-            gc.set_threshold(*threshold)
+        _gc_runs -= 1
+        if _gc_runs == 0:
+            gc.set_threshold(*_gc_threshold)
             gc.unfreeze()
 
 

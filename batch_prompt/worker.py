@@ -197,7 +197,7 @@ class WorkerPool:
             try:
                 self.progress.sent(len(rows))
                 try:
-                    data, headers = await self.client.send(self.job.api, body, self.opts.timeout)
+                    data, headers = await self.client.send(self.job.api, body)
                 finally:
                     self.limiter.release(cost)
                     self.progress.answered(len(rows))

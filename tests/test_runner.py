@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +462,26 @@ def test_unreachable_endpoint_is_a_config_error(tmp_path: Path) -> None:
         assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
+@contextlib.asynccontextmanager
+async def local_server(routes: dict[str, Any]) -> AsyncIterator[str]:
+    """A bare aiohttp server on a loopback port answering POSTs to `routes` (path -> handler); yields
+    its root URL. For answers the fake server does not give (a trickling body, a custom refusal)."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
     from aiohttp import web
 
@@ -475,22 +497,15 @@ def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
         return response
 
     async def go() -> float:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", trickle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        client = make_client(resolve_endpoint(f"http://127.0.0.1:{port}/v1", "sk-x"), 0.5, 4)
-        started = time.monotonic()
-        try:
-            with pytest.raises(RequestTimeout):
-                await client.send("chat", {"model": "m", "messages": []}, 0.5)
-            return time.monotonic() - started
-        finally:
-            await client.close()
-            await runner.cleanup()
+        async with local_server({"/v1/chat/completions": trickle}) as root:
+            client = make_client(resolve_endpoint(f"{root}/v1", "sk-x"), 0.5, 4)
+            started = time.monotonic()
+            try:
+                with pytest.raises(RequestTimeout):
+                    await client.send("chat", {"model": "m", "messages": []})
+                return time.monotonic() - started
+            finally:
+                await client.close()
 
     assert asyncio.run(go()) < 2.0
 
@@ -511,23 +526,17 @@ def test_requests_carry_the_sdks_headers_and_the_body_as_stored(tmp_path: Path) 
         return web.json_response({"choices": [{"index": 0, "message": {"content": "ok"}}]}, headers={"x-extra": "1"})
 
     async def go() -> tuple[dict[str, Any], Any, BaseException]:
-        app = web.Application()
-        app.router.add_post("/prefix/v1/chat/completions", handler)
-        app.router.add_post("/prefix/v1/completions", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        client = make_client(resolve_endpoint(f"http://127.0.0.1:{port}/prefix/v1", "sk-header-test-1234"), 5, 4)
-        try:
-            data, headers = await client.send("chat", {"model": "m", "messages": [{"role": "user", "content": "é"}]}, 5)
-            with pytest.raises(Exception) as refused:
-                await client.send("completions", {"model": "m", "prompt": ["a", "b"]}, 5)
-            return data, headers.get("x-extra"), refused.value
-        finally:
-            await client.close()
-            await runner.cleanup()
+        routes = {"/prefix/v1/chat/completions": handler, "/prefix/v1/completions": handler}
+        async with local_server(routes) as root:
+            client = make_client(resolve_endpoint(f"{root}/prefix/v1", "sk-header-test-1234"), 5, 4)
+            try:
+                chat = {"model": "m", "messages": [{"role": "user", "content": "é"}]}
+                data, headers = await client.send("chat", chat)
+                with pytest.raises(Exception) as refused:
+                    await client.send("completions", {"model": "m", "prompt": ["a", "b"]})
+                return data, headers.get("x-extra"), refused.value
+            finally:
+                await client.close()
 
     import openai
 
