@@ -114,6 +114,23 @@ def owner_is_dead(owner: str) -> bool:
     return start not in ("-", "") and _start_time(pid) not in ("-", start)
 
 
+def _wal_mode(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode = WAL`, waiting as long as the busy timeout. SQLite answers this pragma
+    "database is locked" at once, without its busy handler, while another connection is switching a new
+    file to WAL (two `create`s started together): so it is retried here, with a short backoff."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
+
+
 class Store:
     """An open job database. Use as a context manager or call `close()`."""
 
@@ -126,7 +143,7 @@ class Store:
             raise StoreError(f"cannot open {self.path}: {exc}", path=self.path) from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            _wal_mode(self.conn)
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.version = schema.migrate(self.conn, self.path)
