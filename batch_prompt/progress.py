@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+Clock = Callable[[], float]
 
 
 class Progress:
     """Silent reporter; the base of the others. Counts are public for tests and summaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
         self.total = self.done = self.failed = self.cached = self.in_flight = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.cost_usd: float | None = None  # list-price cost of the tokens paid for; None: no model priced
         self.requests = 0
-        self.started = time.monotonic()
+        self.started = clock()
         self.job = ""
 
     def start(self, job: str, total: int, already_done: int) -> None:
-        self.job, self.total, self.started = job, total, time.monotonic()
+        self.job, self.total, self.started = job, total, self.clock()
         self.done = self.failed = self.cached = self.in_flight = 0
         self.already = already_done
 
@@ -57,7 +61,7 @@ class Progress:
         """Show the current state (called on a timer, and once with final=True)."""
 
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        elapsed = max(self.clock() - self.started, 1e-9)
         finished = self.done + self.failed
         rate = (finished - self.cached) / elapsed
         remaining = self.total - self.already - finished
@@ -72,8 +76,8 @@ class Progress:
 class BarProgress(Progress):
     """A one-line bar redrawn in place on a terminal."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 24) -> None:
-        super().__init__()
+    def __init__(self, stream: TextIO | None = None, width: int = 24, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock)
         self.stream = stream or sys.stderr
         self.width = width
 
@@ -88,15 +92,15 @@ class BarProgress(Progress):
 class LogProgress(Progress):
     """Plain periodic lines, for logs and `nohup`."""
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
-        super().__init__()
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock)
         self.stream = stream or sys.stderr
         self.interval = interval
-        self.last = 0.0
+        self.last: float | None = None  # the first render always prints, however young the clock is
 
     def render(self, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self.last >= self.interval:
+        now = self.clock()
+        if final or self.last is None or now - self.last >= self.interval:
             self.last = now
             self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.line()}\n")
             self.stream.flush()

@@ -36,7 +36,7 @@ def prompt_text(i: int) -> str:
 
 
 def server_tokens(n_chars: int) -> int:
-    """The fake server's TPM cost of one chat request with one message (see fake_server._Req)."""
+    """The fake server's TPM cost of one chat request with one message (see testing.api.FakeRequest)."""
     return max(1, n_chars // 4) + MAX_TOKENS
 
 

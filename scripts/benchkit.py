@@ -51,7 +51,7 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 class FakeServerProcess:
-    """`python -m batch_prompt.fake_server --port 0 ARGS` in a child process; a context manager."""
+    """`python -m batch_prompt.testing --port 0 ARGS` in a child process; a context manager."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str], cwd: Path, log: Path) -> None:
         self.args = list(args)
@@ -63,7 +63,7 @@ class FakeServerProcess:
     def __enter__(self) -> FakeServerProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "batch_prompt.fake_server", "--port", "0", *self.args],
+            [PYTHON, "-m", "batch_prompt.testing", "--port", "0", *self.args],
             stdout=subprocess.PIPE, stderr=self._log, env=self.env, cwd=self.cwd,
         )
         assert self.proc.stdout is not None

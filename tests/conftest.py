@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch_prompt.fake_server import FakeServer
+from batch_prompt.testing import FakeServer
 
 API_KEY = "sk-test-SECRET-a1b2c3d4e5f6"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import batch_prompt as bp
-from batch_prompt.fake_server import FakeServer
+from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env
 

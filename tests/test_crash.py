@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.fake_server import FakeServer
 from batch_prompt.store import Outcome, Store
+from batch_prompt.testing import FakeServer
 
 from .helpers_procs import (
     Proc,

@@ -1,4 +1,4 @@
-"""Tests for batch_prompt.fake_server: real HTTP through the openai SDK and aiohttp."""
+"""Tests for batch_prompt.testing: real HTTP through the openai SDK and aiohttp."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import aiohttp
 import openai
 import pytest
 
-from batch_prompt.fake_server import FakeServer, format_duration
+from batch_prompt.testing import FakeServer, format_duration
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -396,7 +396,7 @@ def test_format_duration() -> None:
 
 def test_cli_subprocess() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "batch_prompt.fake_server", "--port", "0", "--api-key", "k", "--seed", "1"]
+    cmd = [sys.executable, "-m", "batch_prompt.testing", "--port", "0", "--api-key", "k", "--seed", "1"]
     cmd += ["--latency", "0.01", "--rpm-limit", "6000", "--burst-seconds", "1"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import diskcache
 import pytest
 
-from batch_prompt.fake_server import FakeServer
+from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY
 from .helpers_procs import (

@@ -44,14 +44,20 @@ def test_cost_is_shown_only_when_some_model_is_priced() -> None:
     assert progress.line().endswith("tokens 30+30, ~$1.75 at list price")
 
 
-def test_log_lines_are_periodic() -> None:
+def test_log_lines_are_periodic_from_the_first_render_whatever_the_clock() -> None:
+    now = [0.0]  # a machine that booted a moment ago: the monotonic clock is near zero
     stream = io.StringIO()
-    log = LogProgress(stream, interval=3600)
+    log = LogProgress(stream, interval=30, clock=lambda: now[0])
     feed(log)
-    log.render()
+    log.render()  # the first line comes at once
+    now[0] = 29.9
     log.render()  # within the interval: nothing new
+    now[0] = 30.0
+    log.render()
+    now[0] = 31.0
     log.render(final=True)
-    assert stream.getvalue().count("\n") == 2 and "likes: 4/10 done" in stream.getvalue()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and all("likes: 4/10 done" in line for line in lines)
 
 
 def test_auto_progress_picks_by_terminal() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.fake_server import FakeServer
 from batch_prompt.retry import RetryPolicy
+from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, cli_env, run_cli
 

@@ -1,5 +1,5 @@
 """The fake server's API model: its settings, OpenAI-shaped request parsing, answers and error bodies,
-and the rate-limit buckets it enforces. The HTTP side (routes, faults, the record) is `fake_server.py`.
+and the rate-limit buckets it enforces. The HTTP side (routes, faults, the record) is `server.py`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ written (outcome "ok", or a "hang" that ended in time), so tests can assert noth
 twice.  Run it in-process (``with FakeServer(latency=0.1) as srv: ... srv.url``, a background
 thread with its own event loop) or as a process::
 
-    python -m batch_prompt.fake_server --port 0 --latency 0.2
+    python -m batch_prompt.testing --port 0 --latency 0.2
 
 which prints one line ``FAKE_SERVER_URL=http://127.0.0.1:PORT/v1`` and serves until
 SIGINT/SIGTERM; it is then controlled over HTTP: ``GET /_fake/record``, ``GET /_fake/answered``,
@@ -55,7 +55,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from .fake_api import (
+from .api import (
     MODELS,
     SERVER_ERROR,
     Bucket,
@@ -433,7 +433,7 @@ class FakeServer:
 
 
 def _parse_args(argv: list[str] | None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m batch_prompt.fake_server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m batch_prompt.testing", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0)
     floats = "latency latency-jitter error-rate drop-rate reset-rate malformed-rate hang-rate hang-seconds"
     for name in (floats + " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds").split():
