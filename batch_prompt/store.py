@@ -41,6 +41,8 @@ class JobRow:
     state: str
     n_prompts: int
     created_at: str
+    mode: str = "live"  # the mode it was last run in
+    fresh: bool = False  # asks for fresh samples: not answered from the cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,32 @@ class Outcome:
     completion_tokens: int = 0
     attempts: int = 0  # API calls made for it in this claim
     error: str | None = None
+    error_kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Responses paid for, by job, model and mode; committed with outcomes, whatever became of the answers."""
+
+    job_id: int
+    model: str
+    mode: str  # "live" or "batch"
+    requests: int
+    answers: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A job's spend on one model in one mode (a row of the `spend` table)."""
+
+    model: str
+    mode: str
+    requests: int
+    answers: int
+    prompt_tokens: int
+    completion_tokens: int
 
 
 def lease_owner() -> str:
@@ -198,10 +226,10 @@ class Store:
     def jobs(self) -> list[JobRow]:
         with self.errors():
             rows = self.conn.execute(
-                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at"
-                " FROM jobs ORDER BY id"
+                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at, mode,"
+                " fresh FROM jobs ORDER BY id"
             ).fetchall()
-        return [JobRow(r[0], r[1], json.loads(r[2]), *r[3:]) for r in rows]
+        return [JobRow(r[0], r[1], json.loads(r[2]), *r[3:10], bool(r[10])) for r in rows]
 
     def job(self, name: str) -> JobRow | None:
         return next((job for job in self.jobs() if job.name == name), None)
@@ -275,11 +303,20 @@ class Store:
                 counts[status] = count
         counts["done"] = job.n_prompts - sum(counts.values()) if job.state == "ready" else 0
         counts["total"] = job.n_prompts
-        tokens = self.conn.execute(
-            "SELECT prompt_tokens, completion_tokens FROM jobs WHERE id = ?", (job.id,)
-        ).fetchone()
-        counts["prompt_tokens"], counts["completion_tokens"] = tokens
+        spend = self.spend(job)
+        counts["prompt_tokens"] = sum(s.prompt_tokens for s in spend)
+        counts["completion_tokens"] = sum(s.completion_tokens for s in spend)
         return counts
+
+    def spend(self, job: JobRow) -> list[Spend]:
+        """What the job has paid for, by model and mode (every response paid for, recorded or not)."""
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT model, mode, requests, answers, prompt_tokens, completion_tokens FROM spend"
+                " WHERE job_id = ? ORDER BY model, mode",
+                (job.id,),
+            ).fetchall()
+        return [Spend(*row) for row in rows]
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -324,12 +361,14 @@ class Store:
                 (time.time() + lease_seconds, owner),
             )
 
-    def record(self, outcomes: list[Outcome], owner: str) -> None:
-        """Commit a batch of outcomes in one transaction; a row already done is left as it is.
+    def record(self, outcomes: list[Outcome], owner: str, charges: Iterable[Charge] = ()) -> None:
+        """Commit a batch of outcomes and charges in one transaction; a row already done is left as it is.
 
         A valid answer is recorded whoever holds the row's lease now (an answer is an answer); a failure
-        only while this owner still holds it (another process may since be answering it)."""
-        if not outcomes:
+        only while this owner still holds it (another process may since be answering it). Charges are
+        added to the job's spend whatever became of their answers."""
+        charges = list(charges)
+        if not outcomes and not charges:
             return
         now = time.time()
         with self.transaction() as conn:
@@ -338,30 +377,28 @@ class Store:
                 row[0] for row in conn.execute(
                     f"SELECT id FROM prompts WHERE id IN ({','.join('?' * len(ids))}) AND status != 'done'", ids
                 )
-            }
+            } if ids else set()
             outcomes = [o for o in outcomes if o.id in fresh]
             conn.executemany(
                 "UPDATE prompts SET status = 'done', response = ?, cached = ?, prompt_tokens = ?,"
-                " completion_tokens = ?, attempts = attempts + ?, last_error = NULL, finished_at = ?,"
-                " lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                " completion_tokens = ?, attempts = attempts + ?, last_error = NULL, error_kind = NULL,"
+                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
                 [(o.response, int(o.cached), o.prompt_tokens, o.completion_tokens, o.attempts, now, o.id)
                  for o in outcomes if o.status == "done"],
             )
             conn.executemany(
-                "UPDATE prompts SET status = 'failed', last_error = ?, attempts = attempts + ?,"
+                "UPDATE prompts SET status = 'failed', last_error = ?, error_kind = ?, attempts = attempts + ?,"
                 " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
-                [(o.error, o.attempts, now, o.id, owner) for o in outcomes if o.status == "failed"],
+                [(o.error, o.error_kind, o.attempts, now, o.id, owner) for o in outcomes if o.status == "failed"],
             )
-            tokens: dict[int, list[int]] = {}
-            for o in outcomes:
-                if o.status == "done" and not o.cached:
-                    sums = tokens.setdefault(o.job_id, [0, 0])
-                    sums[0] += o.prompt_tokens
-                    sums[1] += o.completion_tokens
             conn.executemany(
-                "UPDATE jobs SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?"
-                " WHERE id = ?",
-                [(p, c, job_id) for job_id, (p, c) in tokens.items()],
+                "INSERT INTO spend (job_id, model, mode, requests, answers, prompt_tokens, completion_tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, model, mode) DO UPDATE SET"
+                " requests = requests + excluded.requests, answers = answers + excluded.answers,"
+                " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                " completion_tokens = completion_tokens + excluded.completion_tokens",
+                [(c.job_id, c.model, c.mode, c.requests, c.answers, c.prompt_tokens, c.completion_tokens)
+                 for c in charges],
             )
 
     def release(self, ids: list[int], owner: str) -> None:

@@ -41,7 +41,7 @@ from .errors import BatchPromptError, ConfigError, FatalAPIError
 from .limiter import Limiter
 from .progress import Progress
 from .retry import RetryPolicy, attempts_of
-from .store import Claimed, JobRow, Outcome, Store, lease_owner
+from .store import Charge, Claimed, JobRow, Outcome, Store, lease_owner
 
 if TYPE_CHECKING:
     from .runner import RunOptions, RunSummary
@@ -70,6 +70,7 @@ class WorkerPool:
         self.claimed: dict[int, Claimed] = {}
         self.followers: dict[str, list[Claimed]] = {}  # same hash as a row in flight: answered with it
         self.outcomes: list[Outcome] = []
+        self.charges: list[Charge] = []  # responses paid for, committed with the next outcomes
         self.queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=opts.concurrency)
         self.stopping = False
         self.feeder: asyncio.Task[None] | None = None
@@ -240,9 +241,14 @@ class WorkerPool:
                 return
             self.summary.errors[error_kind(exc)] += len(rows)
             for row in rows:
-                self._failed(row, error, attempts_of(exc))
+                self._failed(row, error, attempts_of(exc), error_kind(exc))
             return
         self.summary.requests += calls
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        self.charges.append(Charge(
+            self.job.id, rows[0].model, "live", 1, len(rows),
+            _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
+        ))
         for i, row in enumerate(rows):
             response = _response_for(data, choices[i * n : (i + 1) * n], len(rows), i)
             text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
@@ -292,12 +298,12 @@ class WorkerPool:
         for follower in self.followers.pop(row.hash, []):
             self._done(follower, text, cached=True)
 
-    def _failed(self, row: Claimed, error: str, attempts: int) -> None:
-        self._add(Outcome(row.id, row.job_id, "failed", error=error, attempts=attempts))
+    def _failed(self, row: Claimed, error: str, attempts: int, kind: str) -> None:
+        self._add(Outcome(row.id, row.job_id, "failed", error=error, attempts=attempts, error_kind=kind))
         self.progress.finished("failed")
         self.summary.failed += 1
         for follower in self.followers.pop(row.hash, []):
-            self._failed(follower, error, 0)
+            self._failed(follower, error, 0, kind)
 
     def _add(self, outcome: Outcome) -> None:
         self.claimed.pop(outcome.id, None)
@@ -307,10 +313,12 @@ class WorkerPool:
 
     def _flush(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
+        charges, self.charges = self.charges, []
         try:
-            self.store.record(outcomes, self.owner)
+            self.store.record(outcomes, self.owner, charges)
         except BaseException:
             self.outcomes = outcomes + self.outcomes  # kept for the next try; they are in the cache too
+            self.charges = charges + self.charges
             raise
 
     async def _tick(self) -> None:

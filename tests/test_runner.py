@@ -64,9 +64,12 @@ def test_chat_job_returns_prompts_times_n(fake: FakeServer, tmp_path: Path) -> N
     assert_chat_results(results, 40, 3)
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM prompts WHERE status='done' AND attempts=1").fetchone() == (40,)
-    assert conn.execute("SELECT prompt_tokens > 0, completion_tokens > 0 FROM jobs").fetchone() == (1, 1)
+    # what was paid for: one response per prompt, its usage summed (the rows hold the same usage)
+    tokens = conn.execute("SELECT sum(prompt_tokens), sum(completion_tokens) FROM prompts").fetchone()
+    assert conn.execute("SELECT model, mode, requests, answers, prompt_tokens, completion_tokens FROM spend"
+                        ).fetchall() == [("gpt-4o-mini", "live", 40, 40, *tokens)]
+    assert tokens[0] > 0 and tokens[1] > 0
     # cost so far: gpt-4o-mini at list price ($0.15 / $0.60 per million) of exactly the tokens recorded
-    tokens = conn.execute("SELECT prompt_tokens, completion_tokens FROM jobs").fetchone()
     assert (summary.prompt_tokens, summary.completion_tokens) == tokens
     assert summary.cost_usd == pytest.approx((tokens[0] * 0.15 + tokens[1] * 0.60) / 1e6, rel=1e-12)
 

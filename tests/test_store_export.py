@@ -16,7 +16,7 @@ import sqlite_utils
 
 import batch_prompt as bp
 from batch_prompt import schema
-from batch_prompt.store import Outcome, Store
+from batch_prompt.store import Charge, Outcome, Store
 
 from .conftest import run_cli
 
@@ -29,10 +29,12 @@ SPEC = {
 
 INTENDED_SCHEMA = {
     "jobs": ["id", "name", "spec_hash", "spec", "api", "prompts_per_request", "base_url", "state", "n_prompts",
-             "prompt_tokens", "completion_tokens", "created_at"],
+             "created_at", "mode", "fresh", "creator"],
     "prompts": ["id", "job_id", "hash", "template_index", "keywords_index", "model_index", "sample_index", "model",
                 "template", "keywords", "request", "status", "attempts", "last_error", "response", "cached",
-                "prompt_tokens", "completion_tokens", "lease_owner", "lease_expires", "created_at", "finished_at"],
+                "prompt_tokens", "completion_tokens", "lease_owner", "lease_expires", "created_at", "finished_at",
+                "error_kind"],
+    "spend": ["job_id", "model", "mode", "requests", "answers", "prompt_tokens", "completion_tokens"],
     "batch_prompt_migrations": ["version", "name", "applied_at"],
 }
 
@@ -74,7 +76,8 @@ def fill_done(db: Path) -> None:
                             "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
                                                           "total_tokens": 7}}
                 outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-            store.record(outcomes, "test:1:x")
+            charges = [Charge(job.id, row.model, "live", 1, 1, 3, 4) for row in rows]
+            store.record(outcomes, "test:1:x", charges)
 
 
 def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
@@ -84,9 +87,10 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     tables = {t.name: [c.name for c in t.columns] for t in database.tables}
     assert tables == INTENDED_SCHEMA
     indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
-    assert indexes == {"prompts_unfinished": ["job_id", "status", "id"], "prompts_job_order": ["job_id", "id"]}
+    assert indexes == {"prompts_unfinished": ["job_id", "status", "id"], "prompts_job_order": ["job_id", "id"],
+                       "prompts_running_hash": ["hash"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
-    assert versions == [v for v, _, _ in schema.available()] == [1]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2]
     assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -443,3 +447,32 @@ def test_redaction_and_tolerant_usage() -> None:
     assert key not in redact(f"Access denied: invalid subscription key {key}.", key)
     assert "sk-proj-abc123" not in redact("Incorrect API key provided: sk-proj-abc123***xyz")
     assert [_count(v) for v in (5, "n/a", None, -1, True, 2.5)] == [5, 0, 0, 0, 0, 0]
+
+
+def test_a_version_1_database_migrates_with_its_spend(tmp_path: Path) -> None:
+    """A database written by schema 1 opens, and what it had recorded as paid for becomes its spend."""
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    version, name, sql = schema.available()[0]
+    for statement in schema.split_statements(sql):
+        conn.execute(statement)
+    conn.execute(f"CREATE TABLE {schema.MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+    conn.execute(f"INSERT INTO {schema.MIGRATIONS_TABLE} VALUES (?, ?, 0)", (version, name))
+    conn.execute("INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, n_prompts, created_at, state,"
+                 " prompt_tokens, completion_tokens) VALUES ('old', 'h', '{}', 'chat', 1, 3, 'x', 'ready', 30, 40)")
+    for i, (status, cached) in enumerate([("done", 0), ("done", 1), ("pending", 0)]):
+        conn.execute("INSERT INTO prompts (job_id, hash, template_index, keywords_index, model_index, sample_index,"
+                     " model, template, keywords, request, status, cached, prompt_tokens, completion_tokens,"
+                     " created_at) VALUES (1, ?, 0, ?, 0, 0, 'm', '\"t\"', '{}', '{}', ?, ?, 10, 20, 0)",
+                     (f"h{i}", i, status, cached))
+    conn.close()
+    with Store(db) as store:
+        job = store.jobs()[0]
+        assert (job.mode, job.fresh) == ("live", False)
+        assert [tuple(vars_of(s)) for s in store.spend(job)] == [("m", "live", 1, 1, 10, 20)]
+        counts = store.counts(job)
+        assert [counts[k] for k in ("done", "pending", "prompt_tokens", "completion_tokens")] == [2, 1, 10, 20]
+
+
+def vars_of(obj: Any) -> list[Any]:
+    return [getattr(obj, name) for name in obj.__slots__]
