@@ -229,7 +229,11 @@ class Store:
                 "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at, mode,"
                 " fresh FROM jobs ORDER BY id"
             ).fetchall()
-        return [JobRow(r[0], r[1], json.loads(r[2]), *r[3:10], bool(r[10])) for r in rows]
+        return [
+            JobRow(id=r[0], name=r[1], spec=json.loads(r[2]), api=r[3], prompts_per_request=r[4], base_url=r[5],
+                   state=r[6], n_prompts=r[7], created_at=r[8], mode=r[9], fresh=bool(r[10]))
+            for r in rows
+        ]
 
     def job(self, name: str) -> JobRow | None:
         return next((job for job in self.jobs() if job.name == name), None)

@@ -244,7 +244,7 @@ class WorkerPool:
                 self._failed(row, error, attempts_of(exc), error_kind(exc))
             return
         self.summary.requests += calls
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
         self.charges.append(Charge(
             self.job.id, rows[0].model, "live", 1, len(rows),
             _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
