@@ -1,11 +1,11 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
 Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
-`runner` + `worker` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `results` (export). `cli` is the
-command line.
+`runner` + `worker` (`options`, `client`, `failures`, `retry`, `limiter`, `cache`, `progress`) -> `results`
+(export). `job` and `cli` are the Python and command-line entry points; `testing` holds the fake server.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing
 
 from .errors import (
     BatchPromptError,
@@ -16,27 +16,30 @@ from .errors import (
     JobConflictError,
     MissingFieldError,
     NotADatabaseError,
+    RetryExhausted,
     SchemaTooNewError,
     SpecError,
     StoreError,
 )
 from .job import Job, aresume, create, resume, retry_failed
+from .options import RunOptions, RunSummary
 from .results import export, iter_results, load_results, to_dataframe
 from .spec import Spec, load_spec
 
-if TYPE_CHECKING:
-    from .runner import RunOptions, RunSummary
 
+def __getattr__(name: str) -> typing.Any:
+    """`__version__`, read from the installed package's metadata on first use (importlib.metadata costs
+    40 ms to import, which every command would pay at start)."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import metadata
 
-def __getattr__(name: str) -> Any:
-    """`RunOptions` and `RunSummary` load the runner (and the openai SDK) only when asked for."""
-    if name in ("RunOptions", "RunSummary"):
-        from . import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module 'batch_prompt' has no attribute {name!r}")
-
-__version__ = "0.1.0"
+    try:
+        version = metadata.version("batch-prompt")
+    except metadata.PackageNotFoundError:  # a source checkout that was never installed
+        version = "0+unknown"
+    globals()["__version__"] = version
+    return version
 
 __all__ = [
     "BatchPromptError",
@@ -48,6 +51,7 @@ __all__ = [
     "JobConflictError",
     "MissingFieldError",
     "NotADatabaseError",
+    "RetryExhausted",
     "RunOptions",
     "RunSummary",
     "SchemaTooNewError",

@@ -1,8 +1,8 @@
 """The response cache: (endpoint identity, request hash) -> raw response JSON text, on disk.
 
 diskcache with eviction off (its default silently evicts at 1 GB) and string values only (its pickle
-path is never used). Each value carries a checksum of its text; an entry that fails it, or is not
-JSON, is treated as absent and deleted, so a corrupted entry is re-fetched and never exported.
+path is never used). Each value carries a checksum of its text; an entry that fails it is treated as
+absent and deleted, so a corrupted entry is re-fetched and never exported.
 The cache is shared by all jobs: a request once paid for is answered from here in any later job.
 """
 

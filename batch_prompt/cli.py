@@ -11,18 +11,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from . import job as jobs
 from .errors import BatchPromptError
 from .expand import expand
+from .options import RunOptions, RunSummary
 from .progress import usd
 from .results import export
 from .spec import load_spec
 from .store import Store
-
-if TYPE_CHECKING:
-    from .runner import RunOptions, RunSummary
 
 PROG = "batch-prompt"
 
@@ -92,12 +90,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
-    from .runner import RunOptions
-
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout,
         max_attempts=args.max_attempts, cache=not args.no_cache, cache_dir=args.cache_dir,
-        base_url=args.base_url, quiet=args.quiet, handle_signals=True,
+        base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
 
 

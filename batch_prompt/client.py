@@ -1,18 +1,18 @@
 """The API client: one openai `AsyncOpenAI` per run and endpoint, on the aiohttp transport, SDK retries off.
 
-`ApiClient.send` makes exactly one HTTP call (through the SDK's own HTTP client; see `ApiClient`) and
-returns the parsed JSON body and the response headers; it raises the SDK's own exception types, or
-`MalformedResponse` when a 200 body is not what was asked for.
-`classify` turns an exception into what the runner does about it: retry it, fail the prompt, or stop.
-Retry decisions match exception types and status codes, never message strings.
+`ApiClient.send` makes exactly one HTTP call (through the `DefaultAioHttpClient` built here, the SDK's
+own aiohttp transport) and returns the parsed JSON body and the response headers; it raises the SDK's
+public exception types (status errors built with their public constructors, as the SDK builds them), or
+`failures.MalformedResponse` / `failures.RequestTimeout`. What a failure means is `failures.classify`'s call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Mapping
@@ -23,28 +23,15 @@ import httpx2  # the openai SDK's HTTP layer (its aiohttp transport plugs in bel
 import openai
 
 from .errors import ConfigError
+from .failures import MalformedResponse, RequestTimeout
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRIED_STATUS = frozenset({408, 409, 429})
-# A 429 whose error code or type says this: retrying cannot help, stop the run.
-QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
-
-RETRY, FAIL, FATAL, LOCAL = "retry", "fail", "fatal", "local"
-# Servers echo (partly masked) keys in auth errors; nothing key-like is ever stored or printed.
-_KEY_LIKE = re.compile(r"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.IGNORECASE)
-
-
-class MalformedResponse(Exception):
-    """A 200 response whose body is not valid JSON or does not answer the request (retried)."""
-
-
-class RequestTimeout(Exception):
-    """The whole request (connect, send, every read) took longer than its timeout (retried)."""
-
-
-# What the SDK turns into `APIConnectionError` (openai._httpx2.request_exceptions; its anyio TLS shim does
-# not apply to the aiohttp transport).
-_CONNECTION_ERRORS = (httpx2.RequestError, ssl.SSLError)
+# The SDK's exception class for each status (`openai._client._make_status_error`), built here the same way.
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
+    404: openai.NotFoundError, 409: openai.ConflictError, 422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
 
 
 @dataclass(frozen=True)
@@ -82,34 +69,30 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
 def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClient:
     """One client per run and endpoint: aiohttp transport, pool sized to the concurrency, SDK retries off."""
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    http = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
     sdk = openai.AsyncOpenAI(
-        api_key=endpoint.api_key,
-        base_url=endpoint.base_url,
-        max_retries=0,
-        timeout=timeout,
-        http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
+        api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=timeout, http_client=http
     )
-    return ApiClient(sdk, timeout)
+    return ApiClient(sdk, http, timeout)
 
 
 class ApiClient:
-    """An `openai.AsyncOpenAI` and the hot path that sends through it.
+    """An `openai.AsyncOpenAI`, the `DefaultAioHttpClient` it sends through, and the hot path.
 
-    `send` hands a prepared request to the SDK client's own HTTP client (httpx2 on the SDK's aiohttp
-    transport: the very call `AsyncOpenAI.request` makes) and raises the SDK's own exception types
-    (status errors built by the SDK from the response). What it skips is the SDK's per-call request
-    assembly (options model, header merge, URL parse), which is the same for every call of a run:
-    the URL and headers (the SDK's default and auth headers) are worked out once here. Measured with
-    the fake server at 500 requests/s: 0.31 ms of CPU per request against 0.64 ms through
-    `client.post`, which on a 2-core machine is the difference between the event loop keeping up
-    with the answers and answers waiting for it (scripts/bench_throughput.py).
+    `send` hands a prepared request to that HTTP client (the very call `AsyncOpenAI.request` ends in)
+    and raises the SDK's public exception types. What it skips is the SDK's per-call request assembly
+    (options model, header merge, URL parse), the same for every call of a run: the URL and headers (the
+    SDK's default and auth headers) are worked out once here. Measured with the fake server at 500
+    requests/s: 0.31 ms of CPU per request against 0.64 ms through `client.post`, which on a 2-core
+    machine is the difference between the event loop keeping up with the answers and answers waiting
+    for it (scripts/bench_throughput.py).
     """
 
-    def __init__(self, sdk: openai.AsyncOpenAI, timeout: float) -> None:
+    def __init__(self, sdk: openai.AsyncOpenAI, http: openai.DefaultAioHttpClient, timeout: float) -> None:
         self.sdk = sdk
         self.timeout = timeout
         self._extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)}
-        self._http = sdk._client  # the httpx2 client (DefaultAioHttpClient) the SDK sends through
+        self._http = http
         base = str(sdk.base_url)  # the SDK keeps it with a trailing slash
         self._urls = {"chat": httpx2.URL(base + "chat/completions"), "completions": httpx2.URL(base + "completions")}
         headers = {**sdk.default_headers, **sdk.auth_headers}
@@ -134,12 +117,10 @@ class ApiClient:
                 response = await self._http.send(request)
         except TimeoutError:
             raise RequestTimeout(f"no complete response within {self.timeout:g} s") from None
-        except httpx2.TimeoutException as exc:
-            raise openai.APITimeoutError(request=request) from exc
         except _CONNECTION_ERRORS as exc:
-            raise openai.APIConnectionError(request=request) from exc
+            raise connection_error(exc, request) from exc
         if response.status_code >= 400:
-            raise self.sdk._make_status_error_from_response(response)
+            raise status_error(response)
         try:
             data = json.loads(response.content)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -148,6 +129,49 @@ class ApiClient:
 
     async def close(self) -> None:
         await self.sdk.close()
+
+
+# What the SDK turns into `APIConnectionError` (its anyio TLS shim does not apply to the aiohttp transport).
+_CONNECTION_ERRORS = (httpx2.RequestError, ssl.SSLError)
+
+
+def connection_error(exc: BaseException, request: httpx2.Request) -> openai.APIConnectionError:
+    """The SDK's connection error for a failed send, saying what happened. (The aiohttp transport reports
+    a refused connection as a connect *timeout*: the cause tells them apart.)"""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return openai.APIConnectionError(message=f"connection refused by {_host(request)}", request=request)
+        if isinstance(cause, socket.gaierror):
+            return openai.APIConnectionError(message=f"cannot resolve host {_host(request)}", request=request)
+        if isinstance(cause, ssl.SSLError):
+            return openai.APIConnectionError(message=f"TLS error with {_host(request)}: {cause}", request=request)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx2.TimeoutException):
+        return openai.APITimeoutError(request=request)
+    return openai.APIConnectionError(message=f"connection to {_host(request)} failed: {exc}", request=request)
+
+
+def _host(request: httpx2.Request) -> str:
+    port = f":{request.url.port}" if request.url.port else ""
+    return f"{request.url.host}{port}"
+
+
+def status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The SDK's exception for an error response, built with its public constructor as the SDK builds it:
+    the message `Error code: N - <the error's message>`, `body` the error object of the JSON body."""
+    message = f"Error code: {response.status_code}"
+    text = response.text.strip()
+    body: object = text
+    with contextlib.suppress(ValueError):
+        body = json.loads(text)
+    data = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(data, dict) and isinstance(data.get("message"), str) and data["message"]:
+        message += f" - {data['message']}"
+    cls = _STATUS_ERRORS.get(response.status_code)
+    if cls is None:
+        cls = openai.InternalServerError if response.status_code >= 500 else openai.APIStatusError
+    return cls(message, response=response, body=data)
 
 
 def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:
@@ -161,68 +185,3 @@ def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:
     if indexes != list(range(expected)):
         raise MalformedResponse(f"response has {len(choices)} choices (indexes {indexes[:5]}...), expected {expected}")
     return sorted(choices, key=lambda c: int(c["index"]))
-
-
-def classify(exc: BaseException) -> str:
-    """RETRY (transient), FAIL (the server refused this prompt), FATAL (the server refused the run), or
-    LOCAL (not the server's answer at all: something on our side is broken, so the run stops)."""
-    if isinstance(
-        exc, MalformedResponse | RequestTimeout | openai.APIConnectionError | openai.APIResponseValidationError
-    ):
-        return RETRY  # APITimeoutError is an APIConnectionError
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status in (401, 403):
-            return FATAL
-        if status == 429 and (exc.code in QUOTA_CODES or exc.type in QUOTA_CODES):
-            return FATAL
-        if status in RETRIED_STATUS or status >= 500:
-            return RETRY
-        return FAIL
-    return LOCAL
-
-
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after`), if it said."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    return retry_after_from(headers) if headers is not None else None
-
-
-def retry_after_from(headers: Mapping[str, str]) -> float | None:
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            continue
-        if seconds >= 0:
-            return seconds
-    return None
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line error for the database and the summary: type, status, and the server's message."""
-    if isinstance(exc, openai.APIStatusError):
-        message = exc.message
-        if isinstance(exc.body, dict) and isinstance(exc.body.get("message"), str):
-            message = exc.body["message"]
-        code = f" ({exc.code})" if exc.code else ""
-        return redact(f"{type(exc).__name__} {exc.status_code}{code}: {message}")[:500]
-    return redact(f"{type(exc).__name__}: {exc}")[:500]
-
-
-def redact(text: str, key: str | None = None) -> str:
-    """`text` with the API key, and anything shaped like one, masked."""
-    if key:
-        text = text.replace(key, "***")
-    return _KEY_LIKE.sub("***", text)
-
-
-def error_kind(exc: BaseException) -> str:
-    """A short key for summaries of errors by type."""
-    if isinstance(exc, openai.APIStatusError):
-        return f"{type(exc).__name__} {exc.status_code}"
-    return type(exc).__name__

@@ -10,6 +10,8 @@
     ├── ConfigError                  run options: no API key, bad base URL, ...
     ├── CacheError                   the response cache cannot be written (disk full, ...)
     ├── FatalAPIError                the API refused the run (401/403, quota); rows left unfinished
+    ├── RetryExhausted               a request failed on every attempt allowed (`last`, `attempts`); its
+    │                                prompt fails, the run goes on (never reaches the CLI)
     └── ExportError                  the export destination cannot be written
 
 Each class's docstring is its default message.
@@ -76,6 +78,16 @@ class FatalAPIError(BatchPromptError):
     """The API refused the run; nothing more can succeed until that is fixed."""
 
     status_code: int | None
+
+
+class RetryExhausted(BatchPromptError):
+    """A request failed on every attempt allowed."""
+
+    last: BaseException
+    attempts: int
+
+    def __init__(self, last: BaseException, attempts: int) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last}", last=last, attempts=attempts)
 
 
 class ExportError(BatchPromptError):

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
+from .options import RunOptions, RunSummary
 from .spec import Spec, load_spec
 from .store import Store
-
-if TYPE_CHECKING:
-    from .runner import RunSummary
 
 # The runner (and with it the openai SDK, ~0.4 s to import) loads on the first run, so that create,
 # status and export start at once.
@@ -37,7 +35,7 @@ class Job:
 
     async def arun(self, **options: Any) -> RunSummary:
         """`run` for code already inside an event loop."""
-        from .runner import RunOptions, run_jobs
+        from .runner import run_jobs
 
         opts = RunOptions(**options)
         if opts.base_url is None:
@@ -76,7 +74,7 @@ def resume(db_path: str | Path, **options: Any) -> RunSummary:
 
 
 async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
-    from .runner import RunOptions, run_jobs
+    from .runner import run_jobs
 
     return await run_jobs(str(db_path), None, RunOptions(**options))
 

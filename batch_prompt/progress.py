@@ -23,7 +23,6 @@ class Progress:
         self.total = self.done = self.failed = self.cached = self.in_flight = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.cost_usd: float | None = None  # list-price cost of the tokens paid for; None: no model priced
-        self.requests = 0
         self.started = clock()
         self.job = ""
 
@@ -34,7 +33,6 @@ class Progress:
 
     def sent(self, prompts: int) -> None:
         self.in_flight += prompts
-        self.requests += 1
 
     def answered(self, prompts: int) -> None:
         self.in_flight -= prompts

@@ -7,7 +7,6 @@ A symlink is written through (its target replaced, the link kept); a device or F
 is written directly. An export never overwrites the database it reads, nor any other SQLite file.
 
     python -m batch_prompt export jobs.db -o results.pkl [--format pickle|jsonl]
-    python -m batch_prompt.export jobs.db -o results.pkl      (the same; see export.py)
 """
 
 from __future__ import annotations

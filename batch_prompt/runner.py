@@ -11,67 +11,24 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from . import tokens
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, make_client, resolve_endpoint
 from .errors import ConfigError
 from .limiter import Limiter
-from .progress import Progress, auto_progress
-from .retry import RetryPolicy
+from .options import FILES_BESIDES_CONNECTIONS, RunOptions, RunSummary
+from .progress import auto_progress
 from .store import JobRow, Store
 from .worker import WorkerPool
 
 
-@dataclass
-class RunOptions:
-    """How to run. Every field has a CLI flag of the same name where it makes sense."""
-
-    concurrency: int = 100
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 120.0
-    cache: bool = True  # False: do not read the cache (fresh samples); responses are still written
-    cache_dir: str | None = None
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    max_attempts: int = 8
-    quiet: bool = False
-    progress: Progress | None = None
-    retry: RetryPolicy | None = None
-    limiter: Limiter | None = None
-    lease_seconds: float = 300.0
-    grace: float = 10.0  # seconds in-flight requests get to finish after a stop
-    flush_interval: float = 0.2
-    flush_batch: int = 256
-    handle_signals: bool = False
-
-    def validate(self) -> None:
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ConfigError(f"concurrency must be a positive integer, not {self.concurrency!r}")
-        for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be positive, not {value!r}")
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout must be positive, not {self.timeout!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
-        if self.concurrency > MAX_CONCURRENCY:
-            raise ConfigError(f"concurrency {self.concurrency} is more than {MAX_CONCURRENCY:,}")
-
-
-MAX_CONCURRENCY = 10_000
-FILES_BESIDES_CONNECTIONS = 64  # databases, their WAL and shared-memory files, the cache, stdio, the event loop
-
-
-def ensure_open_files(concurrency: int) -> None:
-    """Make sure `concurrency` connections can be open at once: raise this process's soft limit on open
-    files (`ulimit -n`) up to its hard limit if needed; `ConfigError` when even that is too low (the
-    connections past the limit would fail one after another and be retried for nothing)."""
+def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
+    """Make sure `concurrency` connections can be open at once; `ConfigError` when they cannot (the
+    connections past the limit would fail one after another and be retried for nothing). With
+    `raise_limit` (the command line), this process's soft limit on open files (`ulimit -n`) is raised
+    up to its hard limit if needed; without it (a library caller), a soft limit too low is refused."""
     try:
         import resource
     except ImportError:  # not POSIX: nothing to check
@@ -80,6 +37,12 @@ def ensure_open_files(concurrency: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
+    if not raise_limit:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {soft} "
+            f"(ulimit -n): lower the concurrency to {max(1, soft - FILES_BESIDES_CONNECTIONS)} or less, or raise "
+            "the limit (resource.setrlimit)"
+        )
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise ConfigError(
             f"concurrency {concurrency} needs about {needed} open files, but this process may open only {hard} "
@@ -91,30 +54,6 @@ def ensure_open_files(concurrency: int) -> None:
         raise ConfigError(
             f"concurrency {concurrency} needs about {needed} open files, and the limit is {soft}: {exc}"
         ) from None
-
-
-@dataclass
-class RunSummary:
-    """What a run did. `exit_code`: 0 all done, 1 some prompts failed, 130 interrupted."""
-
-    done: int = 0
-    cached: int = 0
-    failed: int = 0  # failed in this run
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = None  # the tokens paid for at list price (tokens.PRICES); None: no model priced
-    errors: Counter[str] = field(default_factory=Counter)
-    interrupted: bool = False
-    unfinished: int = 0  # pending in the file after the run
-    running_elsewhere: int = 0  # claimed by another process that is still working on them
-    failed_total: int = 0  # failed in the file after the run
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
-        return 1 if self.failed_total or self.unfinished else 0
 
 
 class _Stop:
@@ -133,8 +72,9 @@ class _Stop:
 async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
     """Run the named jobs of `db_path` (all jobs when `names` is None) until done, failed or stopped."""
     opts.validate()
-    ensure_open_files(opts.concurrency)
-    with _collector_out_of_the_way(), Store(db_path, create=False) as store:
+    ensure_open_files(opts.concurrency, opts.raise_open_files)
+    gc_tuning = _collector_out_of_the_way() if opts.tune_gc else contextlib.nullcontext()
+    with gc_tuning, Store(db_path, create=False) as store:
         jobs = [job for job in store.jobs() if job.state == "ready"]
         if names is not None:
             missing = sorted(set(names) - {job.name for job in jobs})

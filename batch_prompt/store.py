@@ -3,6 +3,12 @@
 Opening a store migrates it (see `schema.py`). The connection is in autocommit mode and every state
 change is an explicit `BEGIN IMMEDIATE` transaction, so concurrent processes never deadlock on a lock
 upgrade; `busy_timeout` absorbs short waits. Claims are one `UPDATE ... RETURNING` with a lease.
+
+Queries over unfinished rows say `status != 'done'` beside the status they want (`AND status = 'pending'`):
+that is not redundant. SQLite uses the partial index `prompts_unfinished` (`WHERE status != 'done'`) only
+when a query's WHERE contains the index's condition as written; `status = 'pending'` alone implies it, but
+the planner does not prove implications, and the query would scan every row of the job (1,000,000 done
+rows to find the last 1,000 pending). tests/test_store_export.py checks the plans.
 """
 
 from __future__ import annotations
@@ -142,6 +148,14 @@ def owner_is_dead(owner: str) -> bool:
     return start not in ("-", "") and _start_time(pid) not in ("-", start)
 
 
+_NOT_A_DATABASE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)  # "not a database", "malformed"
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (extended codes carry it in their low byte)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
 def _wal_mode(conn: sqlite3.Connection) -> None:
     """`PRAGMA journal_mode = WAL`, waiting as long as the busy timeout. SQLite answers this pragma
     "database is locked" at once, without its busy handler, while another connection is switching a new
@@ -153,7 +167,7 @@ def _wal_mode(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+            if _primary_code(exc) != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
                 raise
         time.sleep(delay)
         delay = min(2 * delay, 0.1)
@@ -174,10 +188,10 @@ class Store:
             _wal_mode(self.conn)
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self.version = schema.migrate(self.conn, self.path)
+            schema.migrate(self.conn, self.path)
         except sqlite3.DatabaseError as exc:
             self.conn.close()
-            if "not a database" in str(exc) or "malformed" in str(exc):
+            if _primary_code(exc) in _NOT_A_DATABASE:
                 raise NotADatabaseError(
                     f"{self.path} is not a batch-prompt job database ({exc})", path=self.path
                 ) from None
@@ -218,7 +232,7 @@ class Store:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            kind = NotADatabaseError if "malformed" in str(exc) or "not a database" in str(exc) else StoreError
+            kind = NotADatabaseError if _primary_code(exc) in _NOT_A_DATABASE else StoreError
             raise kind(f"{self.path}: {exc}", path=self.path) from None
 
     # --- jobs -------------------------------------------------------------------------------------

@@ -64,12 +64,6 @@ def _positive_int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def estimate(body: dict[str, Any]) -> int:
-    """Estimated TPM cost of one request body: prompt tokens + max_tokens x n per prompt."""
-    prompt, completion = estimate_parts(body)
-    return prompt + completion
-
-
 class TokenEstimator:
     """`estimate`, calibrated during a run by the prompt tokens the server reports in `usage`.
 

@@ -2,7 +2,7 @@
 
 A feeder claims rows in chunks (one `UPDATE ... RETURNING` each), answers what the cache holds at once,
 packs the rest into requests and queues them; `concurrency` workers take requests, wait for the limiter,
-call the API through the retry policy, write each response to the cache (checked), and hand outcomes to
+call the API through the retry policy, write each response to the cache, and hand outcomes to
 a ticker that commits them in small batches, renews leases and redraws progress. Nothing per request
 touches the database.
 
@@ -18,34 +18,20 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 
 from . import tokens
 from .cache import ResponseCache
-from .client import (
-    FAIL,
-    FATAL,
-    RETRY,
-    ApiClient,
-    Endpoint,
-    check_choices,
-    classify,
-    describe,
-    error_kind,
-    redact,
-    retry_after,
-)
-from .errors import BatchPromptError, ConfigError, FatalAPIError
+from .client import ApiClient, Endpoint, check_choices
+from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
+from .failures import Verdict, classify, redact
 from .limiter import Limiter
+from .options import RunOptions, RunSummary
 from .progress import Progress
-from .retry import RetryPolicy, attempts_of
+from .retry import RetryPolicy
 from .store import Charge, Claimed, JobRow, Outcome, Store, lease_owner
-
-if TYPE_CHECKING:
-    from .runner import RunOptions, RunSummary
-
 
 UNREACHABLE_AFTER = 12  # connection failures with no answer yet after which the endpoint is called wrong
 Item = list[Claimed]  # the prompts of one request (one for chat; up to prompts_per_request packed)
@@ -189,14 +175,16 @@ class WorkerPool:
         cost, our_prompt_tokens = self.estimator.cost(body)
 
         probe_failed = False  # the last attempt was the breaker's probe, and failed: the outage's fault
+        calls = 0
 
         async def attempt() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            nonlocal probe_failed
+            nonlocal probe_failed, calls
             if self.stopping:
                 raise _Stopped
             probe = probe_failed = await self.limiter.acquire(cost)
             try:
                 self.progress.sent(len(rows))
+                calls += 1
                 try:
                     data, headers = await self.client.send(self.job.api, body)
                 finally:
@@ -218,30 +206,28 @@ class WorkerPool:
             return data, choices
 
         try:
-            (data, choices), calls = await self.policy.call(
-                attempt, self.limiter.sleep, free=lambda exc: probe_failed
-            )
+            data, choices = await self.policy.call(attempt, self.limiter.sleep, free=lambda exc: probe_failed)
         except _Stopped:
+            self.summary.requests += calls
             return  # the rows stay claimed and are handed back when the run ends
-        except (BatchPromptError, asyncio.CancelledError):
-            raise
         except Exception as exc:
-            kind = classify(exc)
-            error = redact(describe(exc), self.endpoint.api_key)
-            if kind == FATAL:
-                raise FatalAPIError(
-                    f"the API refused the run: {error}", status_code=getattr(exc, "status_code", None)
-                ) from None
-            if kind not in (FAIL, RETRY):  # not an answer from the server: our side is broken
+            self.summary.requests += calls
+            if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
+                raise  # the store, the cache or the endpoint failed: the run stops
+            failure = classify(exc)
+            error = redact(failure.message, self.endpoint.api_key)
+            if failure.verdict is Verdict.FATAL:
+                raise FatalAPIError(f"the API refused the run: {error}", status_code=failure.status) from None
+            if failure.verdict is Verdict.LOCAL:  # not an answer from the server: our side is broken
                 raise BatchPromptError(f"the run stopped on an unexpected error: {error}") from None
-            if kind == FAIL and len(rows) > 1:  # find the bad prompt(s) without failing the neighbours
+            if failure.verdict is Verdict.FAIL and len(rows) > 1:  # find the bad prompt(s), spare the rest
                 half = len(rows) // 2
                 await self._process(rows[:half])
                 await self._process(rows[half:])
                 return
-            self.summary.errors[error_kind(exc)] += len(rows)
+            self.summary.errors[failure.kind] += len(rows)
             for row in rows:
-                self._failed(row, error, attempts_of(exc), error_kind(exc))
+                self._failed(row, error, calls, failure.kind)
             return
         self.summary.requests += calls
         usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
@@ -256,16 +242,16 @@ class WorkerPool:
             self._done(row, text, cached=False, attempts=calls if i == 0 else 0, usage=response.get("usage"))
 
     def _observe_failure(self, exc: Exception, probe: bool) -> None:
-        kind = classify(exc)
+        failure = classify(exc)
         if isinstance(exc, openai.APIConnectionError) and not self.reached:
             self.unreached += 1
             if self.unreached >= UNREACHABLE_AFTER:  # never answered: a wrong URL, not an outage
-                error = redact(describe(exc), self.endpoint.api_key)
+                error = redact(failure.message, self.endpoint.api_key)
                 raise ConfigError(f"cannot reach {self.endpoint.base_url} (nothing answered yet): {error}")
-        if kind == RETRY and isinstance(exc, openai.RateLimitError):
+        if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
             self.limiter.observe(exc.response.headers)
-            self.limiter.rate_limited(retry_after(exc))
-        elif kind == RETRY:
+            self.limiter.rate_limited(failure.retry_after)
+        elif failure.verdict is Verdict.RETRY:
             self.limiter.failed(probe)
         else:  # the server answered: not an outage
             self.limiter.succeeded()

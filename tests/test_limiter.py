@@ -6,13 +6,14 @@ import asyncio
 
 import pytest
 
+from batch_prompt.errors import RetryExhausted
 from batch_prompt.limiter import Bucket, Limiter, parse_duration
 from batch_prompt.retry import RetryPolicy
 
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 0.0  # as on a machine that booted a moment ago: nothing may assume a large clock
         self.sleeps: list[float] = []
 
     def __call__(self) -> float:
@@ -45,7 +46,7 @@ def test_rpm_spaces_requests_evenly_after_the_burst() -> None:
         sent = []
         for _ in range(5):
             await lim.acquire(1)
-            sent.append(clock.now - 1000.0)
+            sent.append(clock.now)
         return sent
 
     assert asyncio.run(go()) == pytest.approx([0, 1, 2, 3, 4])
@@ -136,7 +137,7 @@ def test_429_pauses_the_whole_pool_then_ramps_up() -> None:
         starts = []
         for _ in range(3):
             await lim.acquire(1)
-            starts.append(clock.now - 1000.0)
+            starts.append(clock.now)
         return starts
 
     # nobody goes before the pause ends, and the bucket refills from empty: a ramp at 10/s, not a burst
@@ -149,19 +150,19 @@ def test_breaker_opens_after_consecutive_failures_and_probes() -> None:
     lim = limiter(clock, breaker_threshold=3)
     for _ in range(3):
         lim.failed()
-    assert lim.breaker_open and lim.pause_until == 1001.0
+    assert lim.breaker_open and lim.pause_until == 1.0
     for _ in range(20):  # the rest of the requests in flight when it opened fail too: no escalation
         lim.failed()
-    assert lim.pause_until == 1001.0
+    assert lim.pause_until == 1.0
 
     async def go() -> list[bool]:
         probe = await lim.acquire(1)
-        assert clock.now == 1001.0
+        assert clock.now == 1.0
         waiter = asyncio.ensure_future(lim.acquire(1))
         await asyncio.sleep(0)
         assert not waiter.done()  # the rest wait for the probe's outcome
         lim.failed(probe=True)  # probe failed: pause doubles
-        assert lim.pause_until == pytest.approx(1003.0)
+        assert lim.pause_until == pytest.approx(3.0)
         second_probe = await waiter
         lim.succeeded()
         third = await lim.acquire(1)
@@ -234,9 +235,9 @@ def test_pool_pause_is_capped_and_rejects_nonsense() -> None:
     clock = FakeClock()
     lim = limiter(clock, max_pause=120)
     lim.rate_limited(float("inf"))
-    assert lim.pause_until == 1001.0  # unreadable: 1 s
+    assert lim.pause_until == 1.0  # unreadable: 1 s
     lim.rate_limited(86_400)
-    assert lim.pause_until == 1120.0
+    assert lim.pause_until == 120.0
 
 
 def test_a_request_bigger_than_the_bucket_is_charged_in_full() -> None:
@@ -262,6 +263,7 @@ def test_a_prompt_the_server_always_rate_limits_fails_in_the_end() -> None:
         return None
 
     policy = RetryPolicy.no_wait(max_attempts=2)
-    with pytest.raises(openai.RateLimitError):
+    with pytest.raises(RetryExhausted) as raised:
         asyncio.run(policy.call(always_429, no_sleep))
     assert calls == policy.free_rate_limits * 2 + 2  # the free 429 retries, then the attempts proper
+    assert raised.value.attempts == calls and isinstance(raised.value.last, openai.RateLimitError)

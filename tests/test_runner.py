@@ -488,7 +488,8 @@ async def local_server(routes: dict[str, Any]) -> AsyncIterator[str]:
 def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from batch_prompt.client import RequestTimeout, make_client, resolve_endpoint
+    from batch_prompt.client import make_client, resolve_endpoint
+    from batch_prompt.failures import RequestTimeout
 
     async def trickle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -606,3 +607,43 @@ def test_a_low_soft_file_limit_is_raised_to_fit_the_concurrency(fake: FakeServer
     assert len(fake.record) == 300 and set(fake.answered().values()) == {1}
     times = sorted(entry["t"] for entry in fake.record)
     assert times[-1] - times[0] < 0.3  # all 300 were in flight at once
+
+
+LIBRARY_CALLER = """
+import gc, resource, sys
+import batch_prompt as bp
+from batch_prompt.progress import Progress
+
+class Seen(Progress):
+    def start(self, job, total, already_done):
+        super().start(job, total, already_done)
+        self.during = (gc.get_freeze_count(), gc.get_threshold())
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, 4096))
+job = bp.create(sys.argv[1], templates=["q {i}"], keywords={"i": list(range(5))}, model="gpt-4o-mini")
+try:
+    job.run(concurrency=300, base_url=sys.argv[2], api_key="sk-x", cache_dir=sys.argv[3], quiet=True)
+except bp.ConfigError as exc:
+    print("refused:", exc)
+print("soft limit after:", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+seen = Seen()
+before = gc.get_threshold()
+summary = job.run(concurrency=4, base_url=sys.argv[2], api_key="sk-x", cache_dir=sys.argv[3], progress=seen)
+print("done:", summary.done, "gc untouched:", seen.during == (0, before))
+"""
+
+
+def test_a_library_caller_gets_no_process_wide_policy(fake: FakeServer, tmp_path: Path) -> None:
+    """`job.run()` from Python neither raises the open-file limit nor retunes the garbage collector (the
+    command line opts in): a concurrency that does not fit the soft limit is refused, naming it."""
+    out = subprocess.run([sys.executable, "-c", LIBRARY_CALLER, str(tmp_path / "jobs.db"), fake.url,
+                          str(tmp_path / "cache")], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env=cli_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "refused: concurrency 300 needs about 364 open files, but this process may open only 100 (ulimit -n): "
+        "lower the concurrency to 36 or less, or raise the limit (resource.setrlimit)",
+        "soft limit after: 100",
+        "done: 5 gc untouched: True",
+    ]
+    assert len(fake.record) == 5

@@ -286,15 +286,6 @@ def test_export_only_done_rows_and_bad_destination(tmp_path: Path) -> None:
     assert out.returncode == 2 and "does not exist" in out.stderr
 
 
-def test_public_api_is_pinned() -> None:
-    assert sorted(bp.__all__) == sorted([
-        "BatchPromptError", "CacheError", "ConfigError", "ExportError", "FatalAPIError", "Job", "JobConflictError",
-        "MissingFieldError", "NotADatabaseError", "RunOptions", "RunSummary", "SchemaTooNewError", "Spec",
-        "SpecError", "StoreError", "__version__", "aresume", "create", "export", "iter_results", "load_results",
-        "load_spec", "resume", "retry_failed", "to_dataframe",
-    ])
-
-
 def test_truncated_database_is_refused_cleanly(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **{**SPEC, "keywords": {"food": [f"f{i}" for i in range(3000)]}})
@@ -403,16 +394,6 @@ def test_read_only_database(tmp_path: Path, immutable: Any) -> None:
     assert file_digest(db) == before
 
 
-def test_export_module_entry_point(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
-    bp.create(db, **SPEC)
-    fill_done(db)
-    out = run_cli(str(db), "-o", str(tmp_path / "r.jsonl"), module="batch_prompt.export", cwd=tmp_path)
-    assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no noise
-    assert out.stdout == f"8 results written to {tmp_path / 'r.jsonl'}\n"
-    assert callable(bp.export)
-
-
 def test_empty_file_is_not_a_database_for_reading(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     db.write_bytes(b"")
@@ -440,7 +421,7 @@ def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
 
 
 def test_redaction_and_tolerant_usage() -> None:
-    from batch_prompt.client import redact
+    from batch_prompt.failures import redact
     from batch_prompt.worker import _count
 
     key = "0123456789abcdef0123456789abcdef"  # an Azure-style key: no sk- prefix to recognize
