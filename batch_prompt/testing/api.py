@@ -34,6 +34,7 @@ class FakeConfig:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     burst_seconds: float = 60.0
+    headers_per_minute: bool = False
     fail_first: int = 0
     outage_until: float | None = None
     seed: int = 0
@@ -42,6 +43,7 @@ class FakeConfig:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "api_key": (str, type(None)),
     "quota_exhausted": (bool,),
+    "headers_per_minute": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
     "fail_first": (int,),
@@ -78,31 +80,47 @@ def format_duration(seconds: float) -> str:
 
 
 class Bucket:
-    """Continuously refilling token bucket; a request may overdraw a full bucket (debt)."""
+    """Continuously refilling token bucket; a request may overdraw a full bucket (debt).
 
-    __slots__ = ("capacity", "level", "limit", "rate", "stamp")
+    The bucket enforces over ``burst_seconds`` (capacity ``limit * burst_seconds / 60``).  With
+    ``per_minute`` its headers count in a minute's units, as OpenAI's do while it enforces over
+    shorter windows: a second level, of capacity ``limit``, is debited and refilled alongside, so
+    ``remaining`` is the limit minus what was taken and not yet refilled at ``limit / 60`` per second
+    (one request after a long pause: ``limit - 1``) and ``reset`` is the time until that level is full
+    again (one request at 10,000 RPM: ``6ms``), whatever the burst window.  A client that trusts
+    ``remaining`` alone overruns the short window and meets 429s.
+    """
 
-    def __init__(self, limit: int, burst_seconds: float, now: float) -> None:
+    __slots__ = ("capacity", "level", "limit", "minute_level", "per_minute", "rate", "stamp")
+
+    def __init__(self, limit: int, burst_seconds: float, now: float, per_minute: bool = False) -> None:
         self.limit = limit
         self.rate = limit / 60.0
         self.capacity = limit * burst_seconds / 60.0
         self.level = self.capacity
+        self.per_minute = per_minute
+        self.minute_level = float(limit)
         self.stamp = now
 
     def wait(self, cost: float, now: float) -> float:
         """Refill to ``now``; seconds until ``cost`` can be taken (0 = now)."""
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        refill = (now - self.stamp) * self.rate
+        self.level = min(self.capacity, self.level + refill)
+        self.minute_level = min(self.limit, self.minute_level + refill)
         self.stamp = now
         need = min(cost, self.capacity)
         return 0.0 if self.level >= need or self.rate <= 0 else (need - self.level) / self.rate
 
+    def take(self, cost: float) -> None:
+        self.level -= cost
+        self.minute_level -= cost
+
     def headers(self, kind: str) -> dict[str, str]:
+        level, capacity = (self.minute_level, self.limit) if self.per_minute else (self.level, self.capacity)
         return {
             f"x-ratelimit-limit-{kind}": str(self.limit),
-            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
-            f"x-ratelimit-reset-{kind}": format_duration((self.capacity - self.level) / self.rate)
-            if self.rate > 0
-            else "0s",
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(level))),
+            f"x-ratelimit-reset-{kind}": format_duration((capacity - level) / self.rate) if self.rate > 0 else "0s",
         }
 
 

@@ -16,7 +16,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
   ``outage_until`` (a ``time.monotonic()`` deadline before which every request gets 503);
 * ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
   ``limit * burst_seconds / 60``), with OpenAI's ``x-ratelimit-*``, ``retry-after`` and
-  ``retry-after-ms`` headers.
+  ``retry-after-ms`` headers (``headers_per_minute``: counted in a minute's units, as OpenAI's
+  are while it enforces over shorter windows; see ``api.Bucket``).
 
 Checks run in this order: auth (401), body validation (400 "invalid"), outage (503),
 fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
@@ -103,8 +104,9 @@ class FakeServer:
 
     def _make_buckets(self) -> None:
         c, now = self._config, time.monotonic()
-        self._rpm = Bucket(c.rpm_limit, c.burst_seconds, now) if c.rpm_limit is not None else None
-        self._tpm = Bucket(c.tpm_limit, c.burst_seconds, now) if c.tpm_limit is not None else None
+        per_minute = c.headers_per_minute
+        self._rpm = Bucket(c.rpm_limit, c.burst_seconds, now, per_minute) if c.rpm_limit is not None else None
+        self._tpm = Bucket(c.tpm_limit, c.burst_seconds, now, per_minute) if c.tpm_limit is not None else None
 
     # -- public API (thread-safe) ---------------------------------------------------------------
     @property
@@ -138,7 +140,7 @@ class FakeServer:
         check_config(kw)
         with self._lock:
             self._config = dataclasses.replace(self._config, **kw)
-            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds"}:
+            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds", "headers_per_minute"}:
                 self._make_buckets()
             if "seed" in kw:
                 self._rng = random.Random(self._config.seed)
@@ -202,9 +204,9 @@ class FakeServer:
                     front = (429, "error_429", error_body(msg, kind, None, "rate_limit_exceeded"))
                 else:
                     if self._rpm:
-                        self._rpm.level -= 1
+                        self._rpm.take(1)
                     if self._tpm:
-                        self._tpm.level -= tokens
+                        self._tpm.take(tokens)
                     if draws[1] < c.rate_limit_rate:
                         wait = c.rate_limit_retry_after
                         msg = "Rate limit reached for requests (simulated). Try again in " + format_duration(wait) + "."
@@ -442,6 +444,7 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--quota-exhausted", action="store_true", default=None)
+    p.add_argument("--headers-per-minute", action="store_true", default=None)
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 
