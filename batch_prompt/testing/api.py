@@ -150,17 +150,19 @@ class FakeRequest:
 
     __slots__ = ("chat", "error", "max_tokens", "model", "n", "prompts", "texts")
 
-    def __init__(self, chat: bool, raw: bytes) -> None:
+    def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
+        """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
         self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
         self.error: bytes | None = None
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
-            return
+        if raw is not None:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
+                return
         if not isinstance(body, dict):
             self.error = error_body("The request body must be a JSON object.", "invalid_request_error")
             return
@@ -195,7 +197,7 @@ class FakeRequest:
             return max(1, sum(len(t) for t in self.texts) // 4)
         return sum(max(1, len(p) // 4) for p in self.prompts)
 
-    def response(self, seq: int, choices_delta: int = 0) -> bytes:
+    def response(self, seq: int | str, choices_delta: int = 0) -> bytes:
         """The JSON body of a successful answer (with ``choices_delta`` choices too many)."""
         n, cap = self.n, self.max_tokens
         texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
@@ -233,4 +235,5 @@ class FakeRequest:
         return json.dumps(out).encode()
 
 
+FAIL400_ERROR = error_body("Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt")
 SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from .api import (
+    FAIL400_ERROR,
     MODELS,
     SERVER_ERROR,
     Bucket,
@@ -184,10 +185,7 @@ class FakeServer:
                 )
                 front = (429, "error_429", body)
             elif req.has("FAIL400"):
-                body = error_body(
-                    "Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt"
-                )
-                front = (400, "error_400", body)
+                front = (400, "error_400", FAIL400_ERROR)
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
                 wait_r = self._rpm.wait(1, now) if self._rpm else 0.0
