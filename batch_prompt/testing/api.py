@@ -16,7 +16,7 @@ MODELS = ("fake-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
 
 @dataclasses.dataclass
 class FakeConfig:
-    """Fault settings; all faults are off by default."""
+    """Fault settings (all faults are off by default) and the pace of batches (fast by default)."""
 
     api_key: str | None = None
     latency: float = 0.0
@@ -38,6 +38,16 @@ class FakeConfig:
     fail_first: int = 0
     outage_until: float | None = None
     seed: int = 0
+    # the Batch API (batches.py, lifecycle.py); a batch runs under the settings in force at its creation
+    batch_validate_seconds: float = 0.0
+    batch_lines_per_second: float | None = None  # None: as fast as the CPU allows; 0: never (until cancel or expiry)
+    batch_finalize_seconds: float = 0.0
+    batch_cancel_seconds: float = 0.0
+    batch_window_seconds: float = 86400.0  # the "24h" completion window, scaled down for tests
+    batch_expire_after: int | None = None  # expire as soon as this many lines are done
+    batch_error_rate: float = 0.0  # per-line 500s (transient) in the error file
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -49,6 +59,10 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "fail_first": (int,),
     "seed": (int,),
     "outage_until": (int, float, type(None)),
+    "batch_lines_per_second": (int, float, type(None)),
+    "batch_expire_after": (int, type(None)),
+    "batch_max_lines": (int,),
+    "batch_max_bytes": (int,),
 }
 
 

@@ -37,6 +37,11 @@ thread with its own event loop) or as a process::
 which prints one line ``FAKE_SERVER_URL=http://127.0.0.1:PORT/v1`` and serves until
 SIGINT/SIGTERM; it is then controlled over HTTP: ``GET /_fake/record``, ``GET /_fake/answered``,
 ``GET|POST /_fake/config`` and ``POST /_fake/reset``.  It only ever binds 127.0.0.1.
+
+It also serves the Files and Batch APIs (``files.py``, ``batches.py``; a batch's life is
+``lifecycle.py``, paced by the ``batch_*`` settings): a batch line answered with a 200 counts in
+``answered()`` as a live request does, and ``FakeServer.files`` / ``FakeServer.batches``
+(``GET /_fake/files``, ``GET /_fake/batches``) say which files exist and which batches were made.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from .api import (
     error_body,
     format_duration,
 )
+from .batches import BatchAPI
 
 __all__ = ["FakeConfig", "FakeServer", "format_duration", "main"]
 
@@ -93,6 +99,7 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self._batch_api = BatchAPI(self._lock, lambda: self._config, self._count_batch_answers)
         self._reset_state()
 
     # -- state (always called with the lock held, or before start) -----------------------------
@@ -102,6 +109,10 @@ class FakeServer:
         self._seq = 0
         self._rng = random.Random(self._config.seed)
         self._make_buckets()
+        self._batch_api.clear()
+
+    def _count_batch_answers(self, prompts: list[str]) -> None:
+        self._answered.update(prompts)  # the lock is held (BatchAPI's contract)
 
     def _make_buckets(self) -> None:
         c, now = self._config, time.monotonic()
@@ -127,12 +138,25 @@ class FakeServer:
             return [dict(e) for e in self._record]
 
     def answered(self) -> Counter[str]:
-        """How many times each prompt got a full 200 response."""
+        """How many times each prompt got a full 200 response, live or as a batch line."""
         with self._lock:
             return Counter(self._answered)
 
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        """The File objects of the files that exist (uploads and batch outputs), oldest first."""
+        with self._lock:
+            return self._batch_api.files.store.record()
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """One dict per batch created, oldest first: id, input_file_id, endpoint, metadata, lines,
+        status, request_counts, output_file_id, error_file_id, errors."""
+        with self._lock:
+            return self._batch_api.record()
+
     def reset(self) -> None:
-        """Clear the record, the sequence counter, the rate-limit buckets; reseed the RNG."""
+        """Clear the record, the sequence counter, the rate-limit buckets, files and batches; reseed the RNG."""
         with self._lock:
             self._reset_state()
 
@@ -361,6 +385,7 @@ class FakeServer:
         app.router.add_get("/_fake/answered", self._ctl_answered)
         app.router.add_route("*", "/_fake/config", self._ctl_config)
         app.router.add_post("/_fake/reset", self._ctl_reset)
+        self._batch_api.add_routes(app.router)
         app.router.add_route("*", "/v1/{tail:.*}", self._not_found)
         return app
 
@@ -377,6 +402,7 @@ class FakeServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self._batch_api.aclose()
 
     def start(self) -> FakeServer:
         """Serve from a background thread with its own event loop; returns once listening."""
@@ -436,9 +462,12 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m batch_prompt.testing", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0)
     floats = "latency latency-jitter error-rate drop-rate reset-rate malformed-rate hang-rate hang-seconds"
-    for name in (floats + " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds").split():
+    floats += " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds batch-validate-seconds"
+    floats += " batch-lines-per-second batch-finalize-seconds batch-cancel-seconds batch-window-seconds"
+    for name in (floats + " batch-error-rate").split():
         p.add_argument(f"--{name}", type=float, default=None)
-    for name in ("rpm-limit", "tpm-limit", "fail-first", "seed"):
+    ints = "rpm-limit tpm-limit fail-first seed batch-expire-after batch-max-lines batch-max-bytes"
+    for name in ints.split():
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--quota-exhausted", action="store_true", default=None)
