@@ -1,5 +1,57 @@
-"""`python -m batch_prompt.testing [--port N] [fault options]`: serve the fake API until SIGINT/SIGTERM."""
+"""`python -m batch_prompt.testing [--port N] [options]`: serve the fake API until SIGINT/SIGTERM.
 
-from .server import main
+Every option is a ``FakeConfig`` field (``--error-rate 0.1`` is ``error_rate=0.1``); the one line on
+stdout is ``FAKE_SERVER_URL=http://127.0.0.1:PORT/v1``.
+"""
 
-main()
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from .server import FakeServer
+
+
+def _parse_args(argv: list[str] | None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m batch_prompt.testing", description="Serve the fake OpenAI API.")
+    p.add_argument("--port", type=int, default=0)
+    floats = "latency latency-jitter error-rate drop-rate reset-rate malformed-rate hang-rate hang-seconds"
+    floats += " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds batch-validate-seconds"
+    floats += " batch-lines-per-second batch-finalize-seconds batch-cancel-seconds batch-window-seconds"
+    for name in (floats + " batch-error-rate").split():
+        p.add_argument(f"--{name}", type=float, default=None)
+    ints = "rpm-limit tpm-limit fail-first seed batch-expire-after batch-max-lines batch-max-bytes"
+    for name in ints.split():
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--quota-exhausted", action="store_true", default=None)
+    p.add_argument("--headers-per-minute", action="store_true", default=None)
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+async def _serve(server: FakeServer) -> None:
+    await server.astart()
+    print(f"FAKE_SERVER_URL={server.url}", flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        await server.astop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: run in the foreground until SIGINT/SIGTERM."""
+    kw = _parse_args(argv)
+    server = FakeServer(**kw)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(server))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ MODELS = ("fake-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
 
 @dataclasses.dataclass
 class FakeConfig:
-    """Fault settings; all faults are off by default."""
+    """Fault settings (all faults are off by default) and the pace of batches (fast by default)."""
 
     api_key: str | None = None
     latency: float = 0.0
@@ -34,19 +34,35 @@ class FakeConfig:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     burst_seconds: float = 60.0
+    headers_per_minute: bool = False
     fail_first: int = 0
     outage_until: float | None = None
     seed: int = 0
+    # the Batch API (batches.py, lifecycle.py); a batch runs under the settings in force at its creation
+    batch_validate_seconds: float = 0.0
+    batch_lines_per_second: float | None = None  # None: as fast as the CPU allows; 0: never (until cancel or expiry)
+    batch_finalize_seconds: float = 0.0
+    batch_cancel_seconds: float = 0.0
+    batch_window_seconds: float = 86400.0  # the "24h" completion window, scaled down for tests
+    batch_expire_after: int | None = None  # expire as soon as this many lines are done
+    batch_error_rate: float = 0.0  # per-line 500s (transient) in the error file
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "api_key": (str, type(None)),
     "quota_exhausted": (bool,),
+    "headers_per_minute": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
     "fail_first": (int,),
     "seed": (int,),
     "outage_until": (int, float, type(None)),
+    "batch_lines_per_second": (int, float, type(None)),
+    "batch_expire_after": (int, type(None)),
+    "batch_max_lines": (int,),
+    "batch_max_bytes": (int,),
 }
 
 
@@ -78,31 +94,47 @@ def format_duration(seconds: float) -> str:
 
 
 class Bucket:
-    """Continuously refilling token bucket; a request may overdraw a full bucket (debt)."""
+    """Continuously refilling token bucket; a request may overdraw a full bucket (debt).
 
-    __slots__ = ("capacity", "level", "limit", "rate", "stamp")
+    The bucket enforces over ``burst_seconds`` (capacity ``limit * burst_seconds / 60``).  With
+    ``per_minute`` its headers count in a minute's units, as OpenAI's do while it enforces over
+    shorter windows: a second level, of capacity ``limit``, is debited and refilled alongside, so
+    ``remaining`` is the limit minus what was taken and not yet refilled at ``limit / 60`` per second
+    (one request after a long pause: ``limit - 1``) and ``reset`` is the time until that level is full
+    again (one request at 10,000 RPM: ``6ms``), whatever the burst window.  A client that trusts
+    ``remaining`` alone overruns the short window and meets 429s.
+    """
 
-    def __init__(self, limit: int, burst_seconds: float, now: float) -> None:
+    __slots__ = ("capacity", "level", "limit", "minute_level", "per_minute", "rate", "stamp")
+
+    def __init__(self, limit: int, burst_seconds: float, now: float, per_minute: bool = False) -> None:
         self.limit = limit
         self.rate = limit / 60.0
         self.capacity = limit * burst_seconds / 60.0
         self.level = self.capacity
+        self.per_minute = per_minute
+        self.minute_level = float(limit)
         self.stamp = now
 
     def wait(self, cost: float, now: float) -> float:
         """Refill to ``now``; seconds until ``cost`` can be taken (0 = now)."""
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        refill = (now - self.stamp) * self.rate
+        self.level = min(self.capacity, self.level + refill)
+        self.minute_level = min(self.limit, self.minute_level + refill)
         self.stamp = now
         need = min(cost, self.capacity)
         return 0.0 if self.level >= need or self.rate <= 0 else (need - self.level) / self.rate
 
+    def take(self, cost: float) -> None:
+        self.level -= cost
+        self.minute_level -= cost
+
     def headers(self, kind: str) -> dict[str, str]:
+        level, capacity = (self.minute_level, self.limit) if self.per_minute else (self.level, self.capacity)
         return {
             f"x-ratelimit-limit-{kind}": str(self.limit),
-            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
-            f"x-ratelimit-reset-{kind}": format_duration((self.capacity - self.level) / self.rate)
-            if self.rate > 0
-            else "0s",
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(level))),
+            f"x-ratelimit-reset-{kind}": format_duration((capacity - level) / self.rate) if self.rate > 0 else "0s",
         }
 
 
@@ -132,17 +164,19 @@ class FakeRequest:
 
     __slots__ = ("chat", "error", "max_tokens", "model", "n", "prompts", "texts")
 
-    def __init__(self, chat: bool, raw: bytes) -> None:
+    def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
+        """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
         self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
         self.error: bytes | None = None
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
-            return
+        if raw is not None:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
+                return
         if not isinstance(body, dict):
             self.error = error_body("The request body must be a JSON object.", "invalid_request_error")
             return
@@ -177,7 +211,7 @@ class FakeRequest:
             return max(1, sum(len(t) for t in self.texts) // 4)
         return sum(max(1, len(p) // 4) for p in self.prompts)
 
-    def response(self, seq: int, choices_delta: int = 0) -> bytes:
+    def response(self, seq: int | str, choices_delta: int = 0) -> bytes:
         """The JSON body of a successful answer (with ``choices_delta`` choices too many)."""
         n, cap = self.n, self.max_tokens
         texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
@@ -215,4 +249,5 @@ class FakeRequest:
         return json.dumps(out).encode()
 
 
+FAIL400_ERROR = error_body("Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt")
 SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")

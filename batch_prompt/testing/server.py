@@ -16,7 +16,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
   ``outage_until`` (a ``time.monotonic()`` deadline before which every request gets 503);
 * ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
   ``limit * burst_seconds / 60``), with OpenAI's ``x-ratelimit-*``, ``retry-after`` and
-  ``retry-after-ms`` headers.
+  ``retry-after-ms`` headers (``headers_per_minute``: counted in a minute's units, as OpenAI's
+  are while it enforces over shorter windows; see ``api.Bucket``).
 
 Checks run in this order: auth (401), body validation (400 "invalid"), outage (503),
 fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
@@ -36,17 +37,19 @@ thread with its own event loop) or as a process::
 which prints one line ``FAKE_SERVER_URL=http://127.0.0.1:PORT/v1`` and serves until
 SIGINT/SIGTERM; it is then controlled over HTTP: ``GET /_fake/record``, ``GET /_fake/answered``,
 ``GET|POST /_fake/config`` and ``POST /_fake/reset``.  It only ever binds 127.0.0.1.
+
+It also serves the Files and Batch APIs (``files.py``, ``batches.py``; a batch's life is
+``lifecycle.py``, paced by the ``batch_*`` settings): a batch line answered with a 200 counts in
+``answered()`` as a live request does, and ``FakeServer.files`` / ``FakeServer.batches``
+(``GET /_fake/files``, ``GET /_fake/batches``) say which files exist and which batches were made.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import dataclasses
 import math
 import random
-import signal
 import threading
 import time
 from collections import Counter
@@ -56,6 +59,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from .api import (
+    FAIL400_ERROR,
     MODELS,
     SERVER_ERROR,
     Bucket,
@@ -65,8 +69,9 @@ from .api import (
     error_body,
     format_duration,
 )
+from .batches import BatchAPI
 
-__all__ = ["FakeConfig", "FakeServer", "format_duration", "main"]
+__all__ = ["FakeConfig", "FakeServer", "format_duration"]
 
 HOST = "127.0.0.1"
 _N_DRAWS = 8  # random values drawn per request, whatever the config (keeps seeds reproducible)
@@ -91,6 +96,7 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self._batch_api = BatchAPI(self._lock, lambda: self._config, self._count_batch_answers)
         self._reset_state()
 
     # -- state (always called with the lock held, or before start) -----------------------------
@@ -100,11 +106,16 @@ class FakeServer:
         self._seq = 0
         self._rng = random.Random(self._config.seed)
         self._make_buckets()
+        self._batch_api.clear()
+
+    def _count_batch_answers(self, prompts: list[str]) -> None:
+        self._answered.update(prompts)  # the lock is held (BatchAPI's contract)
 
     def _make_buckets(self) -> None:
         c, now = self._config, time.monotonic()
-        self._rpm = Bucket(c.rpm_limit, c.burst_seconds, now) if c.rpm_limit is not None else None
-        self._tpm = Bucket(c.tpm_limit, c.burst_seconds, now) if c.tpm_limit is not None else None
+        per_minute = c.headers_per_minute
+        self._rpm = Bucket(c.rpm_limit, c.burst_seconds, now, per_minute) if c.rpm_limit is not None else None
+        self._tpm = Bucket(c.tpm_limit, c.burst_seconds, now, per_minute) if c.tpm_limit is not None else None
 
     # -- public API (thread-safe) ---------------------------------------------------------------
     @property
@@ -124,12 +135,25 @@ class FakeServer:
             return [dict(e) for e in self._record]
 
     def answered(self) -> Counter[str]:
-        """How many times each prompt got a full 200 response."""
+        """How many times each prompt got a full 200 response, live or as a batch line."""
         with self._lock:
             return Counter(self._answered)
 
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        """The File objects of the files that exist (uploads and batch outputs), oldest first."""
+        with self._lock:
+            return self._batch_api.files.store.record()
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """One dict per batch created, oldest first: id, input_file_id, endpoint, metadata, lines,
+        status, request_counts, output_file_id, error_file_id, errors."""
+        with self._lock:
+            return self._batch_api.record()
+
     def reset(self) -> None:
-        """Clear the record, the sequence counter, the rate-limit buckets; reseed the RNG."""
+        """Clear the record, the sequence counter, the rate-limit buckets, files and batches; reseed the RNG."""
         with self._lock:
             self._reset_state()
 
@@ -138,7 +162,7 @@ class FakeServer:
         check_config(kw)
         with self._lock:
             self._config = dataclasses.replace(self._config, **kw)
-            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds"}:
+            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds", "headers_per_minute"}:
                 self._make_buckets()
             if "seed" in kw:
                 self._rng = random.Random(self._config.seed)
@@ -182,10 +206,7 @@ class FakeServer:
                 )
                 front = (429, "error_429", body)
             elif req.has("FAIL400"):
-                body = error_body(
-                    "Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt"
-                )
-                front = (400, "error_400", body)
+                front = (400, "error_400", FAIL400_ERROR)
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
                 wait_r = self._rpm.wait(1, now) if self._rpm else 0.0
@@ -202,9 +223,9 @@ class FakeServer:
                     front = (429, "error_429", error_body(msg, kind, None, "rate_limit_exceeded"))
                 else:
                     if self._rpm:
-                        self._rpm.level -= 1
+                        self._rpm.take(1)
                     if self._tpm:
-                        self._tpm.level -= tokens
+                        self._tpm.take(tokens)
                     if draws[1] < c.rate_limit_rate:
                         wait = c.rate_limit_retry_after
                         msg = "Rate limit reached for requests (simulated). Try again in " + format_duration(wait) + "."
@@ -361,6 +382,7 @@ class FakeServer:
         app.router.add_get("/_fake/answered", self._ctl_answered)
         app.router.add_route("*", "/_fake/config", self._ctl_config)
         app.router.add_post("/_fake/reset", self._ctl_reset)
+        self._batch_api.add_routes(app.router)
         app.router.add_route("*", "/v1/{tail:.*}", self._not_found)
         return app
 
@@ -377,6 +399,7 @@ class FakeServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self._batch_api.aclose()
 
     def start(self) -> FakeServer:
         """Serve from a background thread with its own event loop; returns once listening."""
@@ -430,41 +453,3 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.astop()
-
-
-def _parse_args(argv: list[str] | None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m batch_prompt.testing", description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, default=0)
-    floats = "latency latency-jitter error-rate drop-rate reset-rate malformed-rate hang-rate hang-seconds"
-    for name in (floats + " wrong-choices-rate rate-limit-rate rate-limit-retry-after burst-seconds").split():
-        p.add_argument(f"--{name}", type=float, default=None)
-    for name in ("rpm-limit", "tpm-limit", "fail-first", "seed"):
-        p.add_argument(f"--{name}", type=int, default=None)
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--quota-exhausted", action="store_true", default=None)
-    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
-
-
-async def _serve(server: FakeServer) -> None:
-    await server.astart()
-    print(f"FAKE_SERVER_URL={server.url}", flush=True)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    try:
-        await done.wait()
-    finally:
-        await server.astop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: run in the foreground until SIGINT/SIGTERM."""
-    kw = _parse_args(argv)
-    server = FakeServer(**kw)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(server))
-
-
-if __name__ == "__main__":
-    main()
