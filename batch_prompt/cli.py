@@ -180,8 +180,12 @@ def _status_lines(job: JobStatus) -> list[str]:
     lines = [f"{job.job} ({where}): {job.done:,} of {_n(job.total, 'prompt')} done"
              + (f" ({job.cached:,} from the cache)" if job.cached else "") + _unfinished(job)]
     if job.requests:
-        lines.append(f"  {_n(job.requests, 'request')} paid for: {job.prompt_tokens:,} prompt +"
-                     f" {job.completion_tokens:,} completion tokens: {_cost(job.cost, job.unpriced)}")
+        paid = f"  {_n(job.requests, 'request')} paid for: {job.prompt_tokens:,} prompt + " \
+               f"{job.completion_tokens:,} completion tokens"
+        if job.cost is None:
+            lines += [paid, _short(f"  cost unknown: {unknown_price_message(job.unpriced)}")]
+        else:
+            lines.append(f"{paid}: ~{_money(job.cost)} at list price")
     else:
         lines.append("  nothing paid for yet")
     if len(job.models) > 1:
@@ -199,12 +203,6 @@ def _status_lines(job: JobStatus) -> list[str]:
 def _unfinished(counts: JobStatus | ModelStatus) -> str:
     parts = [f"{getattr(counts, key):,} {key}" for key in ("pending", "running", "failed") if getattr(counts, key)]
     return ", " + ", ".join(parts) if parts else ""
-
-
-def _cost(cost: float | None, unpriced: Sequence[str]) -> str:
-    if cost is None:
-        return f"cost unknown: {unknown_price_message(list(unpriced))}"
-    return f"~{_money(cost)} at list price"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
