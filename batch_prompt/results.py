@@ -109,6 +109,7 @@ def export(
     with Store(db_path, create=False) as store:
         jobs = _ready(store, job)
         counts = [store.counts(row) for row in jobs]  # O(rows not done)
+        jobs = [row for row, count in zip(jobs, counts, strict=True) if count["done"]]  # their keyword columns
         columns: Columns | None = None
         if fmt in FLAT_FORMATS:
             columns = columns_for_specs(row.spec for row in jobs)
@@ -166,7 +167,7 @@ def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
             is_db = f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
         if is_db and not is_results_database(results):
             with Store(results, create=False) as store:
-                jobs = _ready(store, None)
+                jobs = [row for row in _ready(store, None) if store.counts(row)["done"]]
                 columns = columns_for_specs(row.spec for row in jobs)
                 return pd.DataFrame(list(iter_rows(store, jobs, columns)), columns=columns.names)
         results = load_results(results)
