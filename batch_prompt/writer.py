@@ -90,7 +90,6 @@ def write_results(
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         _unlink(tmp_name)
-        _unlink(tmp_name + "-journal")
         raise
     return count
 
@@ -184,7 +183,9 @@ def _write_sqlite(file: Path, rows: Iterator[dict[str, Any]], columns: Columns) 
     count = 0
     try:
         db.execute(f"PRAGMA application_id = {RESULTS_APPLICATION_ID}")
-        db.execute("PRAGMA journal_mode = DELETE")
+        # a temp file, thrown away on any failure and synced once when whole: no journal, no syncs
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
         table = db.table(RESULTS_TABLE)
         table.create({name: affinity[kind] for name, kind in types.items()})
         for batch in _batches(rows, 2000):
