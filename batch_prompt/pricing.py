@@ -126,7 +126,7 @@ def library_rate(model: str) -> Rate | None:
                 genai_prices.Usage(input_tokens=1, output_tokens=1), model, provider_id=provider,
                 genai_request_timestamp=now, price_context={"processing": "batch"},
             )
-        except LookupError:
+        except (LookupError, ValueError):  # no such provider or model (ValueError: a name it cannot parse)
             continue
         live_in, live_out = _per_mtok(live.model_price, "input_mtok"), _per_mtok(live.model_price, "output_mtok")
         if live_in is None and live_out is None:
