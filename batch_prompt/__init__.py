@@ -2,7 +2,9 @@
 
 Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
 `runner` + `worker` (`options`, `client`, `failures`, `retry`, `limiter`, `cache`, `progress`) -> `results`
-(export). `job` and `cli` are the Python and command-line entry points; `testing` holds the fake server.
+(export: `table`, `writer`). Before a run `preview` estimates a spec; after, `report` tells where jobs
+stand; `pricing` prices both. `job` and `cli` are the Python and command-line entry points; `testing`
+holds the fake server.
 """
 
 import typing
@@ -14,6 +16,7 @@ from .errors import (
     ExportError,
     FatalAPIError,
     JobConflictError,
+    JobNotFoundError,
     MissingFieldError,
     NotADatabaseError,
     RetryExhausted,
@@ -23,7 +26,10 @@ from .errors import (
 )
 from .job import Job, aresume, create, resume, retry_failed
 from .options import RunOptions, RunSummary
-from .results import export, iter_results, load_results, to_dataframe
+from .preview import Estimate, ModelEstimate, estimate
+from .pricing import Prices
+from .report import ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
+from .results import ExportSummary, export, iter_results, load_results, to_dataframe
 from .spec import Spec, load_spec
 
 
@@ -41,16 +47,26 @@ def __getattr__(name: str) -> typing.Any:
     globals()["__version__"] = version
     return version
 
+
 __all__ = [
     "BatchPromptError",
     "CacheError",
     "ConfigError",
+    "ErrorGroup",
+    "Estimate",
     "ExportError",
+    "ExportSummary",
     "FatalAPIError",
     "Job",
     "JobConflictError",
+    "JobNotFoundError",
+    "JobStatus",
     "MissingFieldError",
+    "ModelEstimate",
+    "ModelStatus",
     "NotADatabaseError",
+    "Prices",
+    "PromptView",
     "RetryExhausted",
     "RunOptions",
     "RunSummary",
@@ -61,11 +77,14 @@ __all__ = [
     "__version__",
     "aresume",
     "create",
+    "estimate",
     "export",
     "iter_results",
     "load_results",
     "load_spec",
     "resume",
     "retry_failed",
+    "show",
+    "status",
     "to_dataframe",
 ]

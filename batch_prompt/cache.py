@@ -25,6 +25,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "batch-prompt"
 
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def endpoint_identity(base_url: str | None = None) -> str:
+    """The cache's name for an endpoint: the base URL (given, else `$OPENAI_BASE_URL`, else OpenAI's),
+    normalized (no trailing slash, lower case). Never the key."""
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return url.rstrip("/").lower()
+
+
 def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -42,6 +52,18 @@ class ResponseCache:
             )
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot use cache folder {self.directory}: {exc}") from None
+
+    @classmethod
+    def existing(cls, directory: str | Path | None, endpoint: str) -> ResponseCache | None:
+        """The cache in `directory` if one is there, else None: reading never creates a cache folder."""
+        folder = Path(directory) if directory else default_cache_dir()
+        if not (folder / "cache.db").is_file():  # diskcache's index
+            return None
+        return cls(folder, endpoint)
+
+    def contains(self, request_hash: str) -> bool:
+        """Whether a response for this hash is cached (cheap: its checksum is checked only by `get`)."""
+        return self._key(request_hash) in self._cache
 
     def _key(self, request_hash: str) -> str:
         return f"{self.endpoint} {request_hash}"

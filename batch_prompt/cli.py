@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import job as jobs
 from .errors import BatchPromptError
-from .expand import expand
 from .options import RunOptions, RunSummary
+from .pricing import unknown_price_message
 from .progress import usd
-from .results import export
-from .spec import load_spec
-from .store import Store
+from .report import STATUSES, JobStatus, ModelStatus, PromptView, show, status
+from .results import ExportSummary, export
+from .table import messages_text
+from .writer import FORMATS
 
 PROG = "batch-prompt"
 
@@ -43,6 +46,16 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do not ask before sending (nothing asks today)")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="Query LLMs with large batches of prompts, resumably.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -60,20 +73,36 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("db")
     _run_options(p)
 
-    p = sub.add_parser("status", help="prompts by status and tokens used, per job")
+    p = sub.add_parser("status", help="per job: prompts by status, cached, tokens, cost so far, errors")
     p.add_argument("db")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--prices", metavar="FILE", help="price overrides (JSON or TOML, USD per million tokens)")
 
     p = sub.add_parser("export", help="write the results of done prompts (no API calls)")
     p.add_argument("db")
     p.add_argument("-o", "--output", required=True, help="results file")
-    p.add_argument("--format", choices=("pickle", "jsonl"), help="default: from the suffix (.jsonl), else pickle")
+    p.add_argument("--format", choices=FORMATS,
+                   help="default: from the suffix (.jsonl .csv .parquet .db/.sqlite), else pickle")
+    p.add_argument("--job", metavar="NAME", help="only this job")
 
     p = sub.add_parser("retry-failed", help="move failed prompts back to pending")
     p.add_argument("db")
+    p.add_argument("--job", metavar="NAME", help="only this job")
+    p.add_argument("--error-type", metavar="KIND", help="only this error kind, as status shows it")
 
-    p = sub.add_parser("estimate", help="prompts, requests and tokens of a spec; no database, no calls")
+    p = sub.add_parser("estimate", help="prompts, requests, tokens and cost of a spec; no database, no calls")
     p.add_argument("spec")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--prices", metavar="FILE", help="price overrides (JSON or TOML, USD per million tokens)")
+    p.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
+    p.add_argument("--base-url", help="API endpoint whose cached answers count (default $OPENAI_BASE_URL or OpenAI)")
+
+    p = sub.add_parser("show", help="list prompts with their answer or error")
+    p.add_argument("db")
+    p.add_argument("--job", metavar="NAME", help="only this job")
+    p.add_argument("--status", choices=STATUSES, help="only prompts in this status")
+    p.add_argument("--limit", type=_positive, default=20, help="at most this many per job (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output, answers in full")
     return parser
 
 
@@ -87,6 +116,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `status ... | head`: the reader is gone; nothing more to say, and nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
@@ -132,61 +164,144 @@ def _report(summary: RunSummary, db: str) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    with Store(args.db, create=False) as store:
-        report: list[dict[str, Any]] = []
-        for job in store.jobs():
-            report.append({"job": job.name, "api": job.api, "state": job.state, **store.counts(job)})
+    report = status(args.db, prices=args.prices)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps([job.to_dict() for job in report], indent=2))
         return 0
-    for row in report:
-        print(
-            f"{row['job']} ({row['api']}{'' if row['state'] == 'ready' else ', incomplete create'}): "
-            f"{row['done']}/{row['total']} done, {row['pending']} pending, {row['running']} running, "
-            f"{row['failed']} failed; tokens {row['prompt_tokens']} prompt + {row['completion_tokens']} completion"
-        )
+    for job in report:
+        print("\n".join(_status_lines(job)))
     if not report:
         print(f"no jobs in {args.db}")
     return 0
 
 
+def _status_lines(job: JobStatus) -> list[str]:
+    where = ", ".join([job.api, job.mode, *(["incomplete create"] if job.state != "ready" else [])])
+    lines = [f"{job.job} ({where}): {job.done:,} of {_n(job.total, 'prompt')} done"
+             + (f" ({job.cached:,} from the cache)" if job.cached else "") + _unfinished(job)]
+    if job.requests:
+        paid = f"  {_n(job.requests, 'request')} paid for: {job.prompt_tokens:,} prompt + " \
+               f"{job.completion_tokens:,} completion tokens"
+        if job.cost is None:
+            lines += [paid, _short(f"  cost unknown: {unknown_price_message(job.unpriced)}")]
+        else:
+            lines.append(f"{paid}: ~{_money(job.cost)} at list price")
+    else:
+        lines.append("  nothing paid for yet")
+    if len(job.models) > 1:
+        for m in job.models:
+            cost = "no known price" if m.cost is None else f"~{_money(m.cost)}"
+            tokens = f"; {m.prompt_tokens:,} + {m.completion_tokens:,} tokens: {cost}"
+            lines.append(_short(f"  {m.model}: {m.done:,} of {m.total:,} done"
+                                + (f" ({m.cached:,} cached)" if m.cached else "") + _unfinished(m)
+                                + (tokens if m.requests else "")))
+    for group in job.errors:
+        lines += [f"  {group.count:,} failed with {group.kind}, e.g.:", _short(f"    {group.example}")]
+    return lines
+
+
+def _unfinished(counts: JobStatus | ModelStatus) -> str:
+    parts = [f"{getattr(counts, key):,} {key}" for key in ("pending", "running", "failed") if getattr(counts, key)]
+    return ", " + ", ".join(parts) if parts else ""
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    count = export(args.db, args.output, args.format)
-    print(f"{count} results written to {args.output}")
+    summary = export(args.db, args.output, args.format, job=args.job)
+    assert isinstance(summary, ExportSummary)
+    left = [f"{count:,} {what}" for what, count in
+            (("failed", summary.failed), ("pending", summary.pending), ("running", summary.running)) if count]
+    print(f"{_n(summary.results, 'result')} written to {summary.path}"
+          + (f"; {' and '.join(left)} prompts not exported" if left else ""))
     return 0
 
 
 def _cmd_retry_failed(args: argparse.Namespace) -> int:
-    count = jobs.retry_failed(args.db)
-    print(f"{count} failed prompts are pending again; run: python -m batch_prompt.resume {args.db}")
+    count = jobs.retry_failed(args.db, job=args.job, error_kind=args.error_type)
+    kind = f" ({args.error_type})" if args.error_type else ""
+    print(f"{count} failed prompts{kind} are pending again; run: python -m batch_prompt.resume {args.db}")
     return 0
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from .tokens import estimate_parts, price
+    from .preview import estimate
 
-    spec = load_spec(args.spec)
-    per_model: dict[str, list[int]] = {model: [0, 0, 0] for model in spec.models}
-    for record in expand(spec):
-        prompt, completion = estimate_parts(json.loads(record.request_json))
-        sums = per_model[record.model]
-        sums[0], sums[1], sums[2] = sums[0] + 1, sums[1] + prompt, sums[2] + completion
-    per_request = spec.prompts_per_request if spec.api == "completions" else 1
-    costs = [price(model, p, c) for model, (_, p, c) in per_model.items()]
-    report = {
-        "prompts": sum(s[0] for s in per_model.values()),
-        "requests": sum(-(-s[0] // per_request) for s in per_model.values()),
-        "prompt_tokens": sum(s[1] for s in per_model.values()),
-        "max_completion_tokens": sum(s[2] for s in per_model.values()),
-        "max_cost_usd": None if None in costs else round(sum(c or 0.0 for c in costs), 6),
-    }
-    print(json.dumps(report))
+    result = estimate(args.spec, prices=args.prices, cache_dir=args.cache_dir, base_url=args.base_url)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    for m in result.models:
+        print(_estimate_line(f"{_n(m.prompts, 'prompt')} in {_n(m.requests, 'request')} to {m.model}", m,
+                             (m.model,)))
+    if len(result.models) > 1:
+        print(_estimate_line(f"in all: {_n(result.prompts, 'prompt')} in {_n(result.requests, 'request')}",
+                             result, result.unpriced))
+    if result.cached:
+        print(f"{result.cached:,} of {_n(result.prompts, 'prompt')} are already answered in the cache: free;"
+              " --no-cache for fresh samples")
     return 0
+
+
+def _estimate_line(head: str, figures: Any, unpriced: Sequence[str]) -> str:
+    line = f"{head}: ~{figures.input_tokens:,} input tokens, at most {figures.max_output_tokens:,} output tokens: "
+    live, batch = figures.max_cost_live, figures.max_cost_batch
+    if live is None or batch is None:
+        return line + unknown_price_message(list(unpriced))
+    return line + f"at most {_money(live)} at list price ({_money(batch, live)} in batch mode)"
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    views = show(args.db, job=args.job, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([view.to_dict() for view in views], indent=2, ensure_ascii=False))
+        return 0
+    for view in views:
+        print("\n".join(_view_lines(view)))
+    if not views:
+        print(f"no {args.status + ' ' if args.status else ''}prompts in {args.db}")
+    return 0
+
+
+def _view_lines(view: PromptView) -> list[str]:
+    head = f"{view.job} #{view.id} {view.model} {view.status}"
+    if view.status == "failed":
+        head += f": {view.error_kind or 'error'} ({_n(view.attempts, 'attempt')})"
+    elif view.cached:
+        head += " (from the cache)"
+    prompt = messages_text(view.prompt) if isinstance(view.prompt, list) else str(view.prompt)
+    lines = [head, _short(f"  prompt: {prompt}"), _short(f"  keywords: {json.dumps(view.keywords)}")]
+    if view.error:
+        lines.append(_short(f"  error: {view.error}"))
+    if view.answers:
+        more = len(view.answers) - 1
+        extra = f" (+{_n(more, 'more choice')})" if more else ""
+        lines.append(_short(f"  answer: {view.answers[0]}", len(extra)) + extra)
+    return lines
+
+
+WIDTH = 100
+
+
+def _short(text: str, reserve: int = 0) -> str:
+    """One line of at most WIDTH columns (less `reserve`): newlines shown as spaces, the rest cut with '...'."""
+    text = " ".join(text.split("\n"))
+    limit = WIDTH - reserve
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def _money(cost: float, scale: float | None = None) -> str:
+    """$12.34; below $0.10 two significant digits ($0.00011), or as many decimals as `scale` gets."""
+    ref = scale if scale is not None else cost
+    decimals = 2 if ref >= 0.1 or ref <= 0 else 1 - math.floor(math.log10(ref))
+    return f"${cost:,.{decimals}f}"
 
 
 COMMANDS = {
     "run": _cmd_run, "create": _cmd_create, "resume": _cmd_resume, "status": _cmd_status,
-    "export": _cmd_export, "retry-failed": _cmd_retry_failed, "estimate": _cmd_estimate,
+    "export": _cmd_export, "retry-failed": _cmd_retry_failed, "estimate": _cmd_estimate, "show": _cmd_show,
 }
 
 

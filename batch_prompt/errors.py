@@ -6,7 +6,8 @@
     ├── JobConflictError             same job name, different spec
     ├── StoreError                   the job database cannot be used
     │   ├── NotADatabaseError        the path is not a batch-prompt database
-    │   └── SchemaTooNewError        written by a newer batch-prompt
+    │   ├── SchemaTooNewError        written by a newer batch-prompt
+    │   └── JobNotFoundError         no job of that name in the database
     ├── ConfigError                  run options: no API key, bad base URL, ...
     ├── CacheError                   the response cache cannot be written (disk full, ...)
     ├── FatalAPIError                the API refused the run (401/403, quota); rows left unfinished
@@ -64,6 +65,12 @@ class NotADatabaseError(StoreError):
 
 class SchemaTooNewError(StoreError):
     """The job database was written by a newer batch-prompt; upgrade batch-prompt to read it."""
+
+
+class JobNotFoundError(StoreError):
+    """No job of that name in the job database."""
+
+    name: str
 
 
 class ConfigError(BatchPromptError):

@@ -79,10 +79,15 @@ async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
     return await run_jobs(str(db_path), None, RunOptions(**options))
 
 
-def retry_failed(db_path: str | Path) -> int:
-    """Move every failed prompt back to pending; returns how many."""
+def retry_failed(db_path: str | Path, job: str | None = None, error_kind: str | None = None) -> int:
+    """Move failed prompts back to pending: every one, or those of the job named `job`, or of one error
+    kind (as `status` groups them, e.g. "BadRequestError 400"); returns how many.
+    Raises `JobNotFoundError` for an unknown job name."""
     with Store(db_path, create=False) as store:
-        return sum(store.retry_failed(job) for job in store.jobs())
+        rows = store.select(job)
+        if error_kind is None:
+            return sum(store.retry_failed(row) for row in rows)
+        return sum(store.retry_failed_kind(row, error_kind) for row in rows)
 
 
 def run_blocking(coro: Any) -> RunSummary:

@@ -1,47 +1,65 @@
-"""The results: done rows -> the flat results list (one plain dict per choice), as a pickle or JSONL.
+"""The results: done rows -> the flat results list (one plain dict per choice), and its export.
 
 Export reads only the job database: no cache, no network, no key. Rows stream from SQLite and items
-stream to the file (the pickle is a plain list written through `__reduce__`'s list-items iterator with
-the memo off), then the file is renamed into place, so an export never leaves a half-written file.
-A symlink is written through (its target replaced, the link kept); a device or FIFO (`-o /dev/stdout`)
-is written directly. An export never overwrites the database it reads, nor any other SQLite file.
+stream to the file (`writer.py`), so an export of a million prompts never sits in memory. The pickle
+(the default) and JSONL hold the result items (DESIGN "The results format"); CSV, Parquet and SQLite hold
+the same results as a flat table, one row per choice (`table.py`).
 
-    python -m batch_prompt export jobs.db -o results.pkl [--format pickle|jsonl]
+    python -m batch_prompt export jobs.db -o results.pkl [--format pickle|jsonl|csv|parquet|sqlite] [--job NAME]
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pickle
-import secrets
-import stat
+import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError, SpecError
+from .errors import SpecError
 from .expand import raw_messages
-from .store import SQLITE_MAGIC, Store
+from .store import SQLITE_MAGIC, DoneRow, JobRow, Store
+from .table import Columns, columns_for_items, columns_for_specs, flat_row
+from .writer import (
+    FLAT_FORMATS,
+    FORMATS,
+    RESULTS_TABLE,
+    format_for,
+    is_results_database,
+    require_pyarrow,
+    write_results,
+)
 
-FORMATS = ("pickle", "jsonl")
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export wrote, and what it left out: prompts failed, pending or running are not exported."""
+
+    path: str
+    format: str
+    results: int  # items (or rows) written: one per choice
+    failed: int
+    pending: int
+    running: int
 
 
-def iter_results(db_path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_results(db_path: str | Path, job: str | None = None) -> Iterator[dict[str, Any]]:
     """Yield result items in stable order (job, template, keyword dict, model, sample, choice)."""
     with Store(db_path, create=False) as store:
-        for job in store.jobs():
-            if job.state != "ready":
-                continue
-            for row in store.iter_done(job):
-                yield from result_items(job.name, job.api, row)
+        for row in _ready(store, job):
+            for done in store.iter_done(row):
+                yield from result_items(row.name, row.api, done)
 
 
-def result_items(job_name: str, api: str, row: tuple[Any, ...]) -> list[dict[str, Any]]:
-    _, prompt_hash, model, template_json, keywords_json, request_json, response_json = row
-    template, keywords, request = json.loads(template_json), json.loads(keywords_json), json.loads(request_json)
-    response = json.loads(response_json)
+def _ready(store: Store, job: str | None) -> list[JobRow]:
+    return [row for row in store.select(job) if row.state == "ready"]
+
+
+def result_items(job_name: str, api: str, row: DoneRow) -> list[dict[str, Any]]:
+    template, keywords, request = json.loads(row.template), json.loads(row.keywords), json.loads(row.request)
+    response = json.loads(row.response)
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     key = "messages" if api == "chat" else "prompt"
     rendered = request.pop(key)
@@ -53,153 +71,106 @@ def result_items(job_name: str, api: str, row: tuple[Any, ...]) -> list[dict[str
             item.update(messages=rendered, messages_raw=raw_messages(template), messages_args=keywords)
         else:
             item.update(prompt=rendered, prompt_raw=template, prompt_args=keywords)
-        item.update(choice=choice, completion=response, model_args=request, model=model,
-                    prompt_hash=prompt_hash, job=job_name)
+        item.update(choice=choice, completion=response, model_args=request, model=row.model,
+                    prompt_hash=row.hash, job=job_name)
         items.append(item)
     return items
 
 
-def export(
-    db_path: str | Path, path: str | Path | None = None, format: str | None = None
-) -> list[dict[str, Any]] | int:
-    """Export every done prompt of every job in `db_path`.
+def iter_rows(store: Store, jobs: list[JobRow], columns: Columns) -> Iterator[dict[str, Any]]:
+    """The flat table's rows of `jobs` (one per choice), with the row indexes from the database."""
+    for job in jobs:
+        for done in store.iter_done(job):
+            indexes = (done.template_index, done.keywords_index, done.model_index, done.sample_index)
+            for item in result_items(job.name, job.api, done):
+                yield flat_row(item, columns, indexes)
 
-    Without `path`, returns the results list. With `path`, writes it (format from `format`, else from
-    the suffix: `.jsonl` is JSONL, anything else a pickle) atomically and returns the number of items.
-    Raises `StoreError` for a bad database, `ExportError` when the file cannot be written or is a
-    database (`db_path` itself, or any SQLite file).
+
+def export(
+    db_path: str | Path, path: str | Path | None = None, format: str | None = None, job: str | None = None
+) -> list[dict[str, Any]] | ExportSummary:
+    """Export every done prompt of every job in `db_path` (or of the job named `job`).
+
+    Without `path`, returns the results list. With `path`, writes it (format from `format`, else from the
+    suffix: `.pkl`/`.pickle`, `.jsonl`, `.csv`, `.parquet`, `.db`/`.sqlite`; anything else a pickle)
+    atomically and returns an `ExportSummary`. Raises `StoreError` for a bad database (`JobNotFoundError`
+    for an unknown `job`), `SpecError` for an unknown format, `ExportError` when the file cannot be
+    written, is a database (`db_path` itself, or any SQLite file but an earlier results export), or
+    needs pyarrow (parquet) that is not installed.
     """
     if path is None:
-        return list(iter_results(db_path))
-    fmt = format or ("jsonl" if str(path).endswith(".jsonl") else "pickle")
+        return list(iter_results(db_path, job))
+    fmt = format or format_for(path)
     if fmt not in FORMATS:
-        raise SpecError(f"unknown export format {fmt!r}: use 'pickle' or 'jsonl'")
-    return write_results(iter_results(db_path), Path(path), fmt, db_path=db_path)
-
-
-class _StreamedList:
-    """Pickles as a plain `list` whose items come from an iterator, so they are never all in memory."""
-
-    def __init__(self, items: Iterator[dict[str, Any]]) -> None:
-        self.items = items
-        self.count = 0
-
-    def _counted(self) -> Iterator[dict[str, Any]]:
-        for item in self.items:
-            self.count += 1
-            yield item
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (list, (), None, self._counted())
-
-
-def write_results(
-    items: Iterator[dict[str, Any]], path: Path, fmt: str, db_path: str | Path | None = None
-) -> int:
-    """Write `items` to `path` (through a symlink), replacing a regular file atomically.
-
-    Raises `ExportError` when `path` cannot be written, or is `db_path` or any other SQLite database.
-    """
-    try:
-        mode: int | None = os.stat(path).st_mode  # through symlinks
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if mode is not None and not stat.S_ISREG(mode):  # a device, a FIFO (or a folder: open fails)
-        return _write_to(path, items, fmt, path)
-    target = Path(os.path.realpath(path))
-    _refuse_database(path, target, db_path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise ExportError(f"cannot write {path}: folder {folder} does not exist")
-    _remove_stale_temp_files(folder, target.name)
-    tmp_name = str(folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        count = _write_to(Path(tmp_name), items, fmt, path, new=True)
-        os.replace(tmp_name, target)
-    except OSError as exc:
-        _unlink(tmp_name)
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink(tmp_name)
-        raise
-    return count
-
-
-def _write_to(file: Path, items: Iterator[dict[str, Any]], fmt: str, path: Path, new: bool = False) -> int:
-    """Stream `items` into `file` (a new file: created with 0o666 less the umask, then synced)."""
-    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if new else os.O_TRUNC)
-    try:
-        with os.fdopen(os.open(file, flags, 0o666), "wb") as f:
-            if fmt == "pickle":
-                streamed = _StreamedList(items)
-                pickler = pickle.Pickler(f, protocol=4)
-                pickler.fast = True  # no memo: it would keep every item alive
-                pickler.dump(streamed)
-                count = streamed.count
-            else:
-                count = 0
-                for item in items:
-                    f.write(json.dumps(item, ensure_ascii=False).encode() + b"\n")
-                    count += 1
-            f.flush()
-            if new:
-                os.fsync(f.fileno())
-    except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return count
-
-
-def _refuse_database(path: Path, target: Path, db_path: str | Path | None) -> None:
-    """`target` (the resolved `path`) must not be the database exported, its journal, or any SQLite file."""
-    if db_path is not None:
-        db = os.path.realpath(db_path)
-        same = str(target) == db
-        if not same and target.exists() and os.path.exists(db_path):
-            same = os.path.samefile(target, db_path)  # a hard link too
-        if same or str(target) in (db + "-wal", db + "-shm", db + "-journal"):
-            raise ExportError(
-                f"cannot write {path}: it is the job database being exported (or its journal); "
-                "refusing to overwrite a database"
-            )
-    try:
-        with open(target, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError:  # missing or unreadable: nothing to protect that we could recognise
-        return
-    if head == SQLITE_MAGIC:
-        raise ExportError(f"cannot write {path}: it is an SQLite database; refusing to overwrite a database")
-
-
-def _remove_stale_temp_files(folder: Path, name: str) -> None:
-    """Temp files of exports killed before their rename: those whose process is gone."""
-    for stale in folder.glob(f".{name}.*.tmp"):
-        pid = stale.name[len(name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
-            _unlink(str(stale))
-
-
-def _unlink(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name)
+        raise SpecError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        require_pyarrow()
+    with Store(db_path, create=False) as store:
+        jobs = _ready(store, job)
+        counts = [store.counts(row) for row in jobs]  # O(rows not done)
+        jobs = [row for row, count in zip(jobs, counts, strict=True) if count["done"]]  # their keyword columns
+        columns: Columns | None = None
+        if fmt in FLAT_FORMATS:
+            columns = columns_for_specs(row.spec for row in jobs)
+            items = iter_rows(store, jobs, columns)
+        else:
+            items = (item for row in jobs for done in store.iter_done(row)
+                     for item in result_items(row.name, row.api, done))
+        written = write_results(items, Path(path), fmt, db_path=db_path, columns=columns)
+    return ExportSummary(str(path), fmt, written, *(sum(c[k] for c in counts) for k in ("failed", "pending",
+                                                                                          "running")))
 
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Load an export written in any format (pickle or JSONL)."""
+    """Load an export: a pickle or JSONL as its result items; a Parquet file or an SQLite results database
+    as its rows (dicts of the flat table's columns; `json` columns as JSON text)."""
     with open(path, "rb") as f:
-        head = f.read(1)
+        head = f.read(4)
         f.seek(0)
-        if head == b"\x80":
+        if head[:1] == b"\x80":
             results: list[dict[str, Any]] = pickle.load(f)
             return results
+        if head == SQLITE_MAGIC[:4] and is_results_database(path):
+            return _sqlite_rows(path)
+        if head == b"PAR1":
+            require_pyarrow()
+            import pyarrow.parquet as pq
+
+            rows: list[dict[str, Any]] = pq.read_table(f).to_pylist()
+            return rows
         return [json.loads(line) for line in f if line.strip()]
 
 
-def to_dataframe(results: list[dict[str, Any]]) -> Any:
-    """The results as a pandas DataFrame, one row per choice (needs pandas installed)."""
+def _sqlite_rows(path: str | Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(f"SELECT * FROM {RESULTS_TABLE} ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
+    """The results as a pandas DataFrame with the flat table's columns, one row per choice (needs pandas).
+
+    `results` is a results list (its items are flattened; a list holds no row indexes, so the
+    `template_index` ... `sample_index` columns are absent), rows loaded from a Parquet export, or a path:
+    a job database (every column, row indexes too) or an export file (read with `load_results`).
+    """
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("to_dataframe needs pandas: pip install 'batch-prompt[pandas]'") from None
-    return pd.DataFrame(results)
+    if isinstance(results, str | Path):
+        with open(results, "rb") as f:
+            is_db = f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        if is_db and not is_results_database(results):
+            with Store(results, create=False) as store:
+                jobs = [row for row in _ready(store, None) if store.counts(row)["done"]]
+                columns = columns_for_specs(row.spec for row in jobs)
+                return pd.DataFrame(list(iter_rows(store, jobs, columns)), columns=columns.names)
+        results = load_results(results)
+    if results and "choice" not in results[0]:  # already flat (Parquet rows)
+        return pd.DataFrame(results)
+    columns = columns_for_items(results)
+    return pd.DataFrame([flat_row(item, columns) for item in results], columns=columns.names)

@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import schema
-from .errors import JobConflictError, NotADatabaseError, StoreError
+from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError
 from .expand import PromptRecord, expand, hash_text
 from .spec import Spec, canonical_json
 
@@ -102,6 +102,43 @@ class Spend:
     answers: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class DoneRow(NamedTuple):
+    """A done row, as export reads it (JSON columns as text)."""
+
+    id: int
+    hash: str
+    model: str
+    template: str
+    keywords: str
+    request: str
+    response: str
+    template_index: int
+    keywords_index: int
+    model_index: int
+    sample_index: int
+
+
+class PromptRow(NamedTuple):
+    """A row of any status, as `show` reads it (JSON columns as text)."""
+
+    id: int
+    hash: str
+    model: str
+    template_index: int
+    keywords_index: int
+    model_index: int
+    sample_index: int
+    template: str
+    keywords: str
+    request: str
+    status: str
+    attempts: int
+    error_kind: str | None
+    error: str | None
+    response: str | None
+    cached: int
 
 
 def lease_owner() -> str:
@@ -252,6 +289,16 @@ class Store:
     def job(self, name: str) -> JobRow | None:
         return next((job for job in self.jobs() if job.name == name), None)
 
+    def select(self, name: str | None) -> list[JobRow]:
+        """Every job, or the one named; raises `JobNotFoundError` (naming the jobs there are) for another name."""
+        jobs = self.jobs()
+        chosen = [job for job in jobs if name is None or job.name == name]
+        if not chosen and name is not None:
+            known = ", ".join(repr(job.name) for job in jobs) or "none"
+            raise JobNotFoundError(f"no job named {name!r} in {self.path} (jobs: {known})", name=name,
+                                   path=self.path)
+        return chosen
+
     def create_job(self, spec: Spec) -> tuple[JobRow, bool]:
         """Record a spec's job and all its prompts. Returns (job, created).
 
@@ -335,6 +382,60 @@ class Store:
                 (job.id,),
             ).fetchall()
         return [Spend(*row) for row in rows]
+
+    def unfinished_by_model(self, job: JobRow) -> dict[tuple[str, str], int]:
+        """{(model, status): count} of the job's rows not done, from the unfinished index: O(rows not done)."""
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT model, status, count(*) FROM prompts INDEXED BY prompts_unfinished"
+                " WHERE job_id = ? AND status != 'done' GROUP BY model, status",
+                (job.id,),
+            ).fetchall()
+        return {(model, status): count for model, status, count in rows}
+
+    def rows_by_model(self, job: JobRow) -> dict[str, int]:
+        """{model: rows} of a job, counted (O(all rows): for a job whose spec does not say)."""
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT model, count(*) FROM prompts WHERE job_id = ? GROUP BY model", (job.id,)
+            ).fetchall()
+        return dict(rows)
+
+    def cached_by_model(self, job: JobRow) -> dict[str, int]:
+        """{model: rows answered from the cache}, from the `prompts_cached` index: O(cached rows)."""
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT model, count(*) FROM prompts INDEXED BY prompts_cached WHERE job_id = ? AND cached = 1"
+                " GROUP BY model",
+                (job.id,),
+            ).fetchall()
+        return dict(rows)
+
+    def error_groups(self, job: JobRow) -> list[tuple[str, int, str]]:
+        """(error kind, failed rows, the first one's message), most frequent first. O(failed rows)."""
+        with self.errors():
+            rows = self.conn.execute(
+                # a bare column beside min(): SQLite takes it from the row holding the minimum
+                "SELECT coalesce(error_kind, 'error'), count(*), coalesce(last_error, ''), min(id) FROM prompts"
+                " WHERE job_id = ? AND status != 'done' AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1",
+                (job.id,),
+            ).fetchall()
+        return [(kind, count, example) for kind, count, example, _ in rows]
+
+    def prompts(self, job: JobRow, status: str | None = None, limit: int = 20) -> list[PromptRow]:
+        """Up to `limit` of the job's rows in order, of one status or any (for `show`)."""
+        # a status other than done reads the unfinished index; `status != 'done'` lets SQLite use it
+        where, params = ("", ()) if status is None else (" AND status != 'done' AND status = ?", (status,))
+        if status == "done":
+            where, params = " AND status = 'done'", ()
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT id, hash, model, template_index, keywords_index, model_index, sample_index, template,"
+                " keywords, request, status, attempts, error_kind, last_error, response, cached FROM prompts"
+                f" WHERE job_id = ?{where} ORDER BY id LIMIT ?",
+                (job.id, *params, limit),
+            ).fetchall()
+        return [PromptRow(*row) for row in rows]
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -438,21 +539,33 @@ class Store:
             )
         return cur.rowcount
 
+    def retry_failed_kind(self, job: JobRow, error_kind: str) -> int:
+        """`retry_failed` for the failed rows of one error kind only (as `status` groups them)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE prompts SET status = 'pending', attempts = 0 WHERE job_id = ? AND status != 'done'"
+                " AND status = 'failed' AND coalesce(error_kind, 'error') = ?",
+                (job.id, error_kind),
+            )
+        return cur.rowcount
+
     # --- export -----------------------------------------------------------------------------------
 
-    def iter_done(self, job: JobRow, chunk: int = 2000) -> Iterator[tuple[Any, ...]]:
-        """(id, hash, model, template, keywords, request, response) of done rows in order, streamed."""
+    def iter_done(self, job: JobRow, chunk: int = 2000) -> Iterator[DoneRow]:
+        """The job's done rows in order, streamed."""
         last = 0
         while True:
             with self.errors():
                 rows = self.conn.execute(
-                    "SELECT id, hash, model, template, keywords, request, response FROM prompts"
+                    "SELECT id, hash, model, template, keywords, request, response, template_index,"
+                    " keywords_index, model_index, sample_index FROM prompts"
                     " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
                     (job.id, last, chunk),
                 ).fetchall()
             if not rows:
                 return
-            yield from rows
+            for row in rows:
+                yield DoneRow(*row)
             last = rows[-1][0]
 
 

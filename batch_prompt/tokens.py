@@ -96,25 +96,3 @@ class TokenEstimator:
             self.ours += our_prompt
             self.theirs += theirs
             self.responses += 1
-
-
-# USD per million (input, output) tokens, list prices when this was written; a guide, not a bill.
-PRICES = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-3.5-turbo": (0.50, 1.50),
-    "gpt-3.5-turbo-instruct": (1.50, 2.00),
-    "davinci-002": (2.00, 2.00),
-    "babbage-002": (0.40, 0.40),
-}
-
-
-def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Estimated USD for the tokens at the model's list price; None for a model not in `PRICES`."""
-    if model not in PRICES:
-        return None
-    per_input, per_output = PRICES[model]
-    return (prompt_tokens * per_input + completion_tokens * per_output) / 1e6

@@ -22,7 +22,7 @@ from typing import Any
 
 import openai
 
-from . import tokens
+from . import pricing, tokens
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, check_choices
 from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
@@ -275,7 +275,7 @@ class WorkerPool:
         if cached:
             self.progress.finished("done", cached)
         else:
-            cost = tokens.price(row.model, prompt_tokens, completion_tokens)
+            cost = pricing.list_prices().cost(row.model, "live", prompt_tokens, completion_tokens)
             self.progress.finished("done", cached, prompt_tokens, completion_tokens, cost)
             self.summary.prompt_tokens += prompt_tokens
             self.summary.completion_tokens += completion_tokens

@@ -3,6 +3,7 @@ to run the command line in a subprocess exactly as a user would."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from batch_prompt.testing import FakeServer
+from batch_prompt.testing import FakeConfig, FakeServer
 
 API_KEY = "sk-test-SECRET-a1b2c3d4e5f6"
 
@@ -45,11 +46,7 @@ def fake(fake_session: FakeServer) -> Iterator[FakeServer]:
     fake_session.reset()
 
 
-DEFAULT_FAKE_CONFIG: dict[str, Any] = dict(
-    latency=0.0, latency_jitter=0.0, error_rate=0.0, drop_rate=0.0, reset_rate=0.0, malformed_rate=0.0, hang_rate=0.0,
-    wrong_choices_rate=0.0, rate_limit_rate=0.0, quota_exhausted=False, rpm_limit=None, tpm_limit=None,
-    api_key=None, seed=0, fail_first=0, outage_until=None, hang_seconds=3600.0, rate_limit_retry_after=0.2,
-)
+DEFAULT_FAKE_CONFIG: dict[str, Any] = dataclasses.asdict(FakeConfig())  # every setting, faults off
 
 
 def cli_env(fake: FakeServer | None = None, tmp_path: Path | None = None, **extra: str) -> dict[str, str]:

@@ -18,13 +18,15 @@ from .conftest import cli_env
 
 PUBLIC = {
     # entry points
-    "create", "export", "iter_results", "load_results", "load_spec", "resume", "aresume", "retry_failed",
-    "to_dataframe",
+    "create", "estimate", "export", "iter_results", "load_results", "load_spec", "resume", "aresume",
+    "retry_failed", "show", "status", "to_dataframe",
     # data
-    "Job", "RunOptions", "RunSummary", "Spec",
+    "ErrorGroup", "Estimate", "ExportSummary", "Job", "JobStatus", "ModelEstimate", "ModelStatus", "Prices",
+    "PromptView", "RunOptions", "RunSummary", "Spec",
     # errors
     "BatchPromptError", "CacheError", "ConfigError", "ExportError", "FatalAPIError", "JobConflictError",
-    "MissingFieldError", "NotADatabaseError", "RetryExhausted", "SchemaTooNewError", "SpecError", "StoreError",
+    "JobNotFoundError", "MissingFieldError", "NotADatabaseError", "RetryExhausted", "SchemaTooNewError",
+    "SpecError", "StoreError",
     "__version__",
 }
 

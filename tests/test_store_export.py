@@ -88,9 +88,9 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert tables == INTENDED_SCHEMA
     indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
     assert indexes == {"prompts_unfinished": ["job_id", "status", "id"], "prompts_job_order": ["job_id", "id"],
-                       "prompts_running_hash": ["hash"]}
+                       "prompts_running_hash": ["hash"], "prompts_cached": ["job_id", "model"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3]
     assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -270,8 +270,8 @@ def test_export_jsonl_and_load_results(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **SPEC)
     fill_done(db)
-    assert bp.export(db, tmp_path / "r.jsonl") == 8
-    assert bp.export(db, tmp_path / "r.pkl") == 8
+    assert bp.export(db, tmp_path / "r.jsonl") == bp.ExportSummary(str(tmp_path / "r.jsonl"), "jsonl", 8, 0, 0, 0)
+    assert bp.export(db, tmp_path / "r.pkl") == bp.ExportSummary(str(tmp_path / "r.pkl"), "pickle", 8, 0, 0, 0)
     assert bp.load_results(tmp_path / "r.jsonl") == bp.load_results(tmp_path / "r.pkl") == bp.export(db)
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert len(lines) == 8 and json.loads(lines[0])["prompt_hash"]
@@ -329,17 +329,18 @@ def test_export_to_unwritable_place(tmp_path: Path) -> None:
 
 def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, {**SPEC, "model": ["gpt-4o-mini", "unknown-model"]})
-    out = run_cli("estimate", str(spec), cwd=tmp_path)
+    out = run_cli("estimate", str(spec), "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["prompts"], report["requests"]) == (8, 8)
-    assert report["max_completion_tokens"] == 8 * 5 * 2  # max_tokens x n per prompt
+    assert report["max_output_tokens"] == 8 * 5 * 2  # max_tokens x n per prompt
     # heuristic: ceil(chars / 4) per message ("I like pizza" 3, "I like apples" 4) + 4 per message, 2 models
-    assert report["prompt_tokens"] == 2 * (3 + 3 + 4 + 4 + 4 * 4)
-    assert report["max_cost_usd"] is None  # one model has no known price
-    assert not list(tmp_path.rglob("*.db"))
+    assert report["input_tokens"] == 2 * (3 + 3 + 4 + 4 + 4 * 4)
+    assert report["max_cost_live"] is None and report["unpriced"] == ["unknown-model"]  # no known price
+    assert [m["model"] for m in report["models"]] == ["gpt-4o-mini", "unknown-model"]
+    assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "xdg-cache").exists()  # nor a cache folder
     packed = write_spec(tmp_path, {**SPEC, "api": "completions", "prompts_per_request": 3}, "p.json")
-    assert json.loads(run_cli("estimate", str(packed), cwd=tmp_path).stdout)["requests"] == 2
+    assert json.loads(run_cli("estimate", str(packed), "--json", cwd=tmp_path).stdout)["requests"] == 2
 
 
 def test_lease_owner_liveness() -> None:
@@ -371,7 +372,7 @@ def test_export_removes_temp_files_of_killed_exports(tmp_path: Path) -> None:
     stale.write_bytes(b"half an export")
     live = tmp_path / f".r.pkl.{__import__('os').getpid()}.efgh.tmp"  # a live export's file is left alone
     live.write_bytes(b"in progress")
-    assert bp.export(db, tmp_path / "r.pkl") == 8
+    assert bp.export(db, tmp_path / "r.pkl").results == 8  # type: ignore[union-attr]
     assert not stale.exists() and live.exists()
 
 
