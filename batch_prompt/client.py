@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import ssl
-import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2  # the openai SDK's HTTP layer (its aiohttp transport plugs in below it)
 import openai
 
-from .errors import ConfigError
+from .endpoints import Endpoint as Endpoint  # where it lives now; imported from here by the runner
+from .endpoints import resolve_endpoint as resolve_endpoint
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRIED_STATUS = frozenset({408, 409, 429})
 # A 429 whose error code or type says this: retrying cannot help, stop the run.
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
@@ -45,38 +42,6 @@ class RequestTimeout(Exception):
 # What the SDK turns into `APIConnectionError` (openai._httpx2.request_exceptions; its anyio TLS shim does
 # not apply to the aiohttp transport).
 _CONNECTION_ERRORS = (httpx2.RequestError, ssl.SSLError)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where requests go. The key is kept out of `repr` and never written anywhere."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-
-    @property
-    def identity(self) -> str:
-        """The cache's name for this endpoint: the normalized base URL, never the key."""
-        return self.base_url.rstrip("/").lower()
-
-
-def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
-    """Options first, then `OPENAI_BASE_URL` / `OPENAI_API_KEY`. Raises `ConfigError` when there is no key."""
-    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"base URL must start with http:// or https://, got {url!r}")
-    try:
-        host = urllib.parse.urlsplit(url).hostname
-    except ValueError as exc:
-        raise ConfigError(f"base URL {url!r} is not a valid URL: {exc}") from None
-    if not host:
-        raise ConfigError(f"base URL {url!r} has no host")
-    key = api_key or os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise ConfigError("no API key: set OPENAI_API_KEY (or pass api_key=...)")
-    if not key.isascii() or not key.isprintable() or key != key.strip() or " " in key:
-        raise ConfigError("the API key has a space, newline or non-ASCII character: check OPENAI_API_KEY")
-    return Endpoint(url, key)
 
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClient:
