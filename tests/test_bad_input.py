@@ -94,6 +94,38 @@ def test_bad_spec_leaves_an_existing_database_unchanged(tmp_path: Path, name: st
     assert file_digest(db) == before
 
 
+BAD_OPTIONS = [
+    (["--timeout", "inf"], "argument --timeout: timeout must be positive and finite, not 'inf'"),
+    (["--timeout", "nan"], "argument --timeout: timeout must be positive and finite, not 'nan'"),
+    (["--timeout", "0"], "argument --timeout: timeout must be positive and finite, not '0'"),
+    (["--timeout", "1e999"], "argument --timeout: timeout must be positive and finite, not '1e999'"),
+    (["--timeout", "soon"], "argument --timeout: invalid number: 'soon'"),
+    (["--concurrency", "0"], "argument --concurrency: concurrency must be a positive integer, not '0'"),
+    (["--concurrency", "1.5"], "argument --concurrency: invalid int value: '1.5'"),
+    (["--rpm", "-1"], "argument --rpm: rpm must be positive and finite, not '-1'"),
+    (["--tpm", "inf"], "argument --tpm: tpm must be positive and finite, not 'inf'"),
+    (["--max-attempts", "0"], "argument --max-attempts: max attempts must be a positive integer, not '0'"),
+    (["--base-url", "http://127.0.0.1:8089chat"], "argument --base-url: base URL has a bad port (1-65535)"),
+    (["--base-url", "https://u:sk-SECRET-1@h/v1"], "argument --base-url: base URL holds credentials"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_OPTIONS, ids=[" ".join(case[0]) for case in BAD_OPTIONS])
+def test_bad_numeric_options_are_refused_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    out = run_cli("run", str(spec), "--db", str(tmp_path / "new.db"), *args, env=cli_env(tmp_path=tmp_path),
+                  cwd=tmp_path)
+    assert_one_line_error(out, message)
+    assert "SECRET" not in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    assert_one_line_error(run_cli("resume", str(db), *args, env=cli_env(tmp_path=tmp_path), cwd=tmp_path), message)
+    assert file_digest(db) == before
+
+
 def test_limits_themselves_are_accepted() -> None:
     base: dict[str, Any] = {"model": "m", "templates": ["hi"]}
     assert Spec.from_dict({**base, "repeats": 100_000}).count_prompts() == 100_000
