@@ -246,6 +246,14 @@ class Store:
         assert job is not None
         return job, True
 
+    def checkpoint(self) -> None:
+        """Copy everything committed from the WAL into the database file itself (`create` does this
+        before it links a new database into place). Raises `StoreError` when a reader holds it back."""
+        with self.errors():
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreError(f"{self.path}: the write-ahead log could not be checkpointed", path=self.path)
+
     @staticmethod
     def _insert_prompts(conn: sqlite3.Connection, job_id: int, records: Iterable[PromptRecord]) -> None:
         now = time.time()

@@ -75,7 +75,7 @@ def test_bad_spec_is_one_line_and_creates_nothing(tmp_path: Path, name: str, tex
     spec.write_text(text, encoding="utf-8", errors="surrogatepass")
     out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
     assert_one_line_error(out, message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal, no private file
     # estimate reads the same spec: it used to crash on max_tokens and loop for ever on huge repeats
     assert_one_line_error(run_cli("estimate", str(spec), cwd=tmp_path, timeout=30), message)
 
@@ -124,6 +124,23 @@ def test_bad_numeric_options_are_refused_before_anything_runs(tmp_path: Path, ar
     before = file_digest(db)
     assert_one_line_error(run_cli("resume", str(db), *args, env=cli_env(tmp_path=tmp_path), cwd=tmp_path), message)
     assert file_digest(db) == before
+
+
+def test_a_failed_create_into_a_new_path_leaves_no_file(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bad = {**SPEC, "templates": ["{food:d}"], "keywords": {"food": [1] * 30_000 + ["pizza"]}}
+    with pytest.raises(bp.SpecError, match="cannot fill template"):
+        bp.create(db, **bad)
+    assert list(tmp_path.iterdir()) == []
+    # a private file of a create killed before its link (its process gone) is cleared; a live one is not
+    stale = tmp_path / ".jobs.db.999999999.abcd.creating"
+    live = tmp_path / f".jobs.db.{os.getpid()}.efgh.creating"
+    for path in (stale, Path(f"{stale}-wal"), live):
+        path.write_bytes(b"half a job")
+    job = bp.create(db, **SPEC)
+    assert (job.created, job.n_prompts) == (True, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "jobs.db"]
+    assert bp.create(db, **SPEC).created is False
 
 
 def test_limits_themselves_are_accepted() -> None:

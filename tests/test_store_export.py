@@ -215,14 +215,17 @@ def test_bad_database_paths(tmp_path: Path, kind: str) -> None:
 
 def test_failed_create_mid_stream_leaves_no_job(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    # a rendering error only found while expanding (attribute access): the partial job is removed
-    bad = {**SPEC, "name": "bad", "keywords": [{"food": "pizza"}] * 50_000 + [{"food": 3}],
-           "templates": ["{food.upper}"]}
-    with pytest.raises(bp.SpecError):
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    # a rendering error only found while expanding (a format spec for numbers, and a string at the end)
+    bad = {**SPEC, "name": "bad", "keywords": [{"food": 1}] * 50_000 + [{"food": "pizza"}],
+           "templates": ["{food:03d}"]}
+    with pytest.raises(bp.SpecError, match="cannot fill template"):
         bp.create(db, **bad)
+    assert file_digest(db) == before
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (0,)
+    assert conn.execute("SELECT name FROM jobs").fetchall() == [("likes",)]
+    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (4,)
 
 
 def test_export_round_trips_in_a_bare_python(tmp_path: Path) -> None:
