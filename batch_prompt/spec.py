@@ -22,8 +22,8 @@ from .errors import MissingFieldError, SpecError
 
 APIS = ("chat", "completions")
 FIELDS = (
-    "name", "api", "model", "templates", "keywords", "model_args", "repeats", "prompts_per_request", "base_url",
-    "rpm", "tpm",
+    "name", "api", "model", "templates", "keywords", "model_args", "repeats", "dedupe", "prompts_per_request",
+    "base_url", "rpm", "tpm",
 )
 # Request keys the spec itself controls: a model arg may not override them.
 RESERVED_ARGS = ("model", "messages", "prompt", "stream")
@@ -55,6 +55,7 @@ class Spec:
     repeats: int = 1
     prompts_per_request: int = DEFAULT_PROMPTS_PER_REQUEST
     name: str | None = None
+    dedupe: bool = False  # identical rows share one hash (one answer) instead of each being its own draw
     base_url: str | None = None
     rpm: float | None = None  # rate limits to run at (run options, not part of the job's identity)
     tpm: float | None = None
@@ -85,6 +86,7 @@ class Spec:
                 MAX_PROMPTS_PER_REQUEST,
             ),
             name=_optional_str(data.get("name"), "name"),
+            dedupe=_bool(data.get("dedupe", False), "dedupe"),
             base_url=_optional_str(data.get("base_url"), "base_url"),
             rpm=_optional_positive(data.get("rpm"), "rpm"),
             tpm=_optional_positive(data.get("tpm"), "tpm"),
@@ -100,8 +102,9 @@ class Spec:
         return spec
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define what the job asks (not its name or where it is sent)."""
-        return {
+        """The fields that define what the job asks (not its name or where it is sent). `dedupe` is
+        there only when set, so a job recorded before it existed keeps its identity."""
+        identity = {
             "api": self.api,
             "models": list(self.models),
             "templates": list(self.templates),
@@ -110,6 +113,9 @@ class Spec:
             "repeats": self.repeats,
             "prompts_per_request": self.prompts_per_request if self.api == "completions" else None,
         }
+        if self.dedupe:
+            identity["dedupe"] = True
+        return identity
 
     def keyword_dicts(self) -> Iterator[Keywords]:
         """The keyword dicts in order: the list as given, or the grid of a dict of lists (last key fastest)."""
@@ -239,9 +245,11 @@ def _models(value: Any) -> tuple[str, ...]:
     models = [value] if isinstance(value, str) else value
     if not isinstance(models, list) or not models:
         raise SpecError("spec field 'model' must be a model name or a non-empty list of names")
-    for model in models:
+    for i, model in enumerate(models):
         if not isinstance(model, str) or not model.strip():
             raise SpecError(f"spec field 'model' has an invalid model name: {model!r}")
+        if model in models[:i]:
+            raise SpecError(f"spec field 'model' lists {model!r} twice: for more samples use repeats (or n)")
     return tuple(models)
 
 
@@ -330,6 +338,12 @@ def _optional_positive(value: Any, name: str) -> float | None:
             if math.isfinite(float(value)):
                 return float(value)
     raise SpecError(f"spec field {name!r} must be a positive number (finite), not {_short(value)}")
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"spec field {name!r} must be true or false, not {_short(value)}")
+    return value
 
 
 def _optional_str(value: Any, name: str) -> str | None:

@@ -24,7 +24,7 @@ from .errors import JobConflictError, NotADatabaseError, StoreError
 from .expand import PromptRecord, expand, hash_text
 from .spec import Spec, canonical_json
 
-INSERT_BATCH = 20_000
+INSERT_BATCH = 5_000  # rows per executemany: a few MB of row tuples in memory at a time
 BUSY_TIMEOUT_MS = 60_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
 RUN_FIELDS = ("name", "base_url", "rpm", "tpm")  # stored with a job's spec, not part of its identity

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batch_prompt.errors import MissingFieldError, SpecError
-from batch_prompt.expand import expand, request_body, request_hash
+from batch_prompt.expand import Occurrences, expand, request_body, request_hash
 from batch_prompt.spec import Spec, canonical_json
 
 
@@ -149,3 +151,150 @@ def test_missing_field_error_names_template_and_field() -> None:
 
 def test_canonical_json_is_key_order_independent() -> None:
     assert canonical_json({"b": 1, "a": [1, {"d": 2, "c": "é"}]}) == '{"a":[1,{"c":"é","d":2}],"b":1}'
+
+
+# ---- every row its own draw (request identity of repeated rows)
+
+# Hashes recorded before rows were counted: a first occurrence must keep them (databases, cache entries).
+PIZZA_N2 = "9cbe315cc8384d25db86e47c4e201a0d3df1e261d6283aeae49dcb377cb5f281"  # sample 0
+PIZZA_N2_SAMPLE_1 = "027b0973d9eb41ce8c34740f2442f099257c0d68624e90b8f3527e794076b801"
+SAY_A_COMPLETIONS = "83e3cc7cc621f5f78073dd7b3471142060e9c3b6daa27a0aef32bb8020fc5af7"
+
+
+def pizza_twice(**fields: object) -> Spec:
+    return spec(model="gpt-4o-mini", keywords=[{"food": "pizza"}, {"food": "pizza"}], model_args={"n": 2},
+                **fields)
+
+
+def test_first_occurrences_keep_their_hashes_and_twins_are_new_samples() -> None:
+    records = list(expand(pizza_twice(repeats=2)))
+    assert [(r.keywords_index, r.sample_index) for r in records] == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    body = json.loads(records[0].request_json)
+    assert [r.hash for r in records] == [
+        PIZZA_N2, PIZZA_N2_SAMPLE_1, request_hash("chat", body, 2), request_hash("chat", body, 3),
+    ]
+    (say_a,) = expand(spec(api="completions", templates=["Say {x}"], keywords={"x": ["a"]}))
+    assert say_a.hash == SAY_A_COMPLETIONS
+
+
+def test_dedupe_shares_one_hash_as_before() -> None:
+    records = list(expand(pizza_twice(repeats=2, dedupe=True)))
+    assert [r.hash for r in records] == [PIZZA_N2, PIZZA_N2_SAMPLE_1, PIZZA_N2, PIZZA_N2_SAMPLE_1]
+    assert [r.sample_index for r in records] == [0, 1, 0, 1]
+
+
+def test_keyword_dicts_differing_in_an_unused_field_are_two_draws() -> None:
+    s = spec(templates=["Continue: {seq}"], keywords=[{"seq": "H", "id": 1}, {"seq": "H", "id": 2}])
+    first, second = expand(s)
+    assert first.request_json == second.request_json
+    body = json.loads(first.request_json)
+    assert (first.hash, second.hash) == (request_hash("chat", body), request_hash("chat", body, 1))
+    assert len({r.hash for r in expand(spec(templates=["Continue: {seq}"], dedupe=True,
+                                            keywords=[{"seq": "H", "id": 1}, {"seq": "H", "id": 2}]))}) == 1
+
+
+def test_repeated_random_sequences_each_get_their_own_samples() -> None:
+    import random
+
+    rng = random.Random(7)
+    seqs = ["".join(rng.choice("HT") for _ in range(4)) for _ in range(100)]  # 16 values: many repeats
+    s = spec(templates=["Next after {seq}?"], keywords=[{"seq": q} for q in seqs], repeats=3, model=["a", "b"])
+    records = list(expand(s))
+    assert len({r.hash for r in records}) == len(records) == 600
+    seen: dict[tuple[str, str], int] = {}
+    for r in records[::3]:  # repeat 0 of each row: sample = occurrence * repeats
+        key = (r.model, r.request_json)
+        assert r.sample_index == 3 * seen.get(key, 0)
+        seen[key] = seen.get(key, 0) + 1
+    assert sum(1 for count in seen.values() if count > 1) == 32  # every (model, sequence) pair recurs
+
+
+def test_two_templates_rendering_alike_are_two_draws() -> None:
+    s = spec(templates=["I like {food}", "I like {food}"], keywords=[{"food": "pizza"}])
+    assert [r.hash for r in expand(s)] == [
+        request_hash("chat", json.loads(next(expand(s)).request_json), i) for i in (0, 1)
+    ]
+
+
+def test_dedupe_is_part_of_the_identity_only_when_set() -> None:
+    assert "dedupe" not in spec().identity()  # a job recorded before dedupe existed keeps its identity
+    assert spec(dedupe=True).identity() == {**spec().identity(), "dedupe": True}
+    assert spec(dedupe=False).identity() == spec().identity()
+
+
+def reference_hashes(s: Spec) -> list[str]:
+    """The rule written the slow, obvious way, from each row's body and position only: a dict of every
+    body seen; the k-th row with a body seen before is sample k * repeats + repeat."""
+    seen: dict[str, int] = {}
+    hashes = []
+    occurrence = 0
+    for i, r in enumerate(expand(s)):
+        repeat = i % s.repeats  # each row's repeats are consecutive
+        if repeat == 0:
+            occurrence = 0 if s.dedupe else seen.get(r.request_json, 0)
+            seen[r.request_json] = seen.get(r.request_json, 0) + 1
+        hashes.append(request_hash(s.api, json.loads(r.request_json), occurrence * s.repeats + repeat))
+    return hashes
+
+
+small_specs = st.fixed_dictionaries({
+    "templates": st.lists(st.sampled_from(["a {x}", "a {x}", "b {y}", "{x}{y}", "plain"]), min_size=1, max_size=4),
+    "keywords": st.lists(st.fixed_dictionaries({"x": st.integers(0, 2), "y": st.sampled_from(["", "1"]),
+                                                "unused": st.integers()}), min_size=1, max_size=6),
+    "model": st.lists(st.sampled_from(["m1", "m2"]), min_size=1, max_size=2, unique=True),
+    "repeats": st.integers(1, 3),
+    "dedupe": st.booleans(),
+    "api": st.sampled_from(["chat", "completions"]),
+})
+
+
+@given(fields=small_specs)
+def test_hashes_unique_without_dedupe_and_first_occurrences_unchanged(fields: dict[str, Any]) -> None:
+    s = Spec.from_dict(fields)
+    records = list(expand(s))
+    hashes = [r.hash for r in records]
+    assert hashes == reference_hashes(s)
+    if not s.dedupe:
+        assert len(set(hashes)) == len(hashes)
+    first_seen: set[tuple[str, int]] = set()
+    for i, r in enumerate(records):  # the first row of each body, each repeat, hashes as before rows counted
+        repeat = i % s.repeats
+        if (r.request_json, repeat) not in first_seen:
+            first_seen.add((r.request_json, repeat))
+            assert r.hash == request_hash(s.api, json.loads(r.request_json), repeat)
+    deduped = [r.hash for r in expand(Spec.from_dict({**fields, "dedupe": True}))]
+    assert deduped == [request_hash(s.api, json.loads(r.request_json), i % s.repeats) for i, r in enumerate(records)]
+
+
+@settings(max_examples=4, deadline=None)
+@given(fields=st.lists(small_specs, min_size=10, max_size=10))
+def test_hashes_are_stable_across_processes(fields: list[dict[str, Any]]) -> None:
+    code = (
+        "import json, sys; from batch_prompt.spec import Spec; from batch_prompt.expand import expand;"
+        "print(json.dumps([[r.hash for r in expand(Spec.from_dict(f))] for f in json.load(sys.stdin)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(fields), capture_output=True, text=True,
+                         check=True, env={"PYTHONHASHSEED": "99", "PATH": ""})
+    assert json.loads(out.stdout) == [[r.hash for r in expand(Spec.from_dict(f))] for f in fields]
+
+
+@given(digests=st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 1024, 2048, 2**63]), max_size=300))
+def test_occurrence_table_counts_like_a_dict(digests: list[int]) -> None:
+    table, counts = Occurrences(), Counter[int]()
+    for digest in digests:
+        assert table.seen(digest) == counts[digest or 1]
+        counts[digest or 1] += 1
+
+
+def test_occurrence_table_grows() -> None:
+    table = Occurrences()
+    values = [(i * 0x9E3779B97F4A7C15) % 2**64 for i in range(1, 5000)] + [j << 20 for j in range(1, 3000)]
+    assert [table.seen(v) for v in values] == [0] * len(values)
+    assert [table.seen(v) for v in values[::7]] == [1] * len(values[::7])
+    assert len(table._table) == 16384  # at most 3/4 full
+    assert len(Occurrences(1_000_000)._table) == 1_333_334  # sized for the bodies expected: no growth
+
+
+def test_a_model_listed_twice_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"^spec field 'model' lists 'm' twice: for more samples use repeats"):
+        spec(model=["m", "other", "m"])
