@@ -4,7 +4,7 @@ Order is (template, keyword dict, model, repeat), the export order. Expansion is
 million-prompt job never sits in memory.
 
 Request identity: `request_hash` is sha256 over `HASH_VERSION` + the canonical JSON of the exact request
-(api, model, messages or prompt, every model arg) plus the
+(api, model, messages or prompt, every body parameter: model args with `extra_body` merged in) plus the
 sample index when it is above 0. Every row of a job is its own draw: the sample index of a row is
 `occurrence * repeats + repeat`, where `occurrence` counts the earlier rows of the same expansion with
 the same request body (two keyword dicts that differ only in a field the template does not use, two
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpecError
+from .model_args import request_args
 from .spec import Keywords, Spec, Template, canonical_json
 
 HASH_VERSION = "bp1"
@@ -38,13 +39,13 @@ class PromptRecord:
     model: str
     template_json: str
     keywords_json: str
-    request_json: str  # {"model", "messages"|"prompt", **model_args}: the body sent (packing aside)
+    request_json: str  # {"model", "messages"|"prompt", **body parameters}: the body sent (packing aside)
 
 
 def request_body(api: str, model: str, rendered: Any, model_args: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body of a one-prompt request."""
+    """The JSON body of a one-prompt request (`extra_body` merged in at top level, as the SDK does)."""
     key = "messages" if api == "chat" else "prompt"
-    return {"model": model, key: rendered, **model_args}
+    return {"model": model, key: rendered, **request_args(model_args)}
 
 
 def request_hash(api: str, body: dict[str, Any], sample_index: int = 0) -> str:

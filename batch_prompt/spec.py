@@ -2,7 +2,8 @@
 
 A spec comes from `bp.create(...)` keyword arguments or from a JSON/TOML file with the same fields.
 `Spec.from_dict` is the single validation point; every problem raises `SpecError` with a one-line
-message naming the field (and the template or keyword dict) at fault.
+message naming the field (and the template or keyword dict) at fault. Model arguments are checked by
+`model_args.py` (against the openai SDK's request types).
 """
 
 from __future__ import annotations
@@ -19,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MissingFieldError, SpecError
+from .model_args import check_model_args
 
 APIS = ("chat", "completions")
 FIELDS = (
     "name", "api", "model", "templates", "keywords", "model_args", "repeats", "dedupe", "prompts_per_request",
     "base_url", "rpm", "tpm",
 )
-# Request keys the spec itself controls: a model arg may not override them.
-RESERVED_ARGS = ("model", "messages", "prompt", "stream")
 DEFAULT_PROMPTS_PER_REQUEST = 20
 MAX_PROMPTS_PER_REQUEST = 2048  # OpenAI's limit for a list of prompts in one completions request
 MAX_REPEATS = 100_000
 MAX_PROMPTS = 100_000_000  # templates x keyword dicts x models x repeats, one database row each
-# Model args the token estimate reads: when set, a count of tokens.
-TOKEN_LIMIT_ARGS = ("max_tokens", "max_completion_tokens")
 
 Template = str | list[dict[str, str]]
 Keywords = dict[str, Any]
@@ -79,7 +77,7 @@ class Spec:
             models=_models(data["model"]),
             templates=_templates(data["templates"], api),
             keywords=_keywords(data.get("keywords", [{}])),
-            model_args=_model_args(data.get("model_args", {})),
+            model_args=_model_args(data.get("model_args", {}), api),
             repeats=_positive_int(data.get("repeats", 1), "repeats", MAX_REPEATS),
             prompts_per_request=_positive_int(
                 data.get("prompts_per_request", DEFAULT_PROMPTS_PER_REQUEST), "prompts_per_request",
@@ -297,21 +295,11 @@ def _keywords(value: Any) -> Any:
     return value
 
 
-def _model_args(value: Any) -> dict[str, Any]:
+def _model_args(value: Any, api: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SpecError("spec field 'model_args' must be a dict")
-    for key in RESERVED_ARGS:
-        if key in value:
-            raise SpecError(f"model_args may not set {key!r}: it is part of the spec itself")
-    n = value.get("n", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SpecError(f"model_args 'n' must be a positive integer, not {n!r}")
-    for key in TOKEN_LIMIT_ARGS:
-        limit = value.get(key)  # null is the API's "not set"
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise SpecError(f"model_args {key!r} must be a non-negative integer, not {_short(limit)}")
     _check_json(value, "model_args")
-    return dict(value)
+    return dict(check_model_args(api, value))
 
 
 def _check_json(value: Any, where: str) -> None:

@@ -59,13 +59,33 @@ BAD_SPECS = [
     ("deep.json", "[" * 100_000, "deep.json is not valid JSON: nested too deeply"),
     # token limits the estimate reads
     ("max_tokens_lots.json", OK + ', "model_args": {"max_tokens": "lots"}}',
-     "model_args 'max_tokens' must be a non-negative integer, not 'lots'"),
-    ("max_tokens_negative.json", OK + ', "model_args": {"max_tokens": -5}}', "'max_tokens' must be a non-negative"),
-    ("max_tokens_float.json", OK + ', "model_args": {"max_tokens": 1e300}}', "'max_tokens' must be a non-negative"),
+     "model_args `max_tokens` must be a positive integer or null, not 'lots'"),
+    ("max_tokens_negative.json", OK + ', "model_args": {"max_tokens": -5}}',
+     "model_args `max_tokens` must be a positive integer or null, not -5"),
+    ("max_tokens_zero.json", OK + ', "model_args": {"max_completion_tokens": 0}}',
+     "model_args `max_completion_tokens` must be a positive integer or null, not 0"),
+    ("max_tokens_float.json", OK + ', "model_args": {"max_tokens": 1e300}}',
+     "model_args `max_tokens` must be a positive integer or null, not 1e+300"),
     ("max_tokens_bool.json", OK + ', "model_args": {"max_completion_tokens": true}}',
-     "'max_completion_tokens' must be a non-negative integer, not true"),
+     "model_args `max_completion_tokens` must be a positive integer or null, not true"),
     # a grid with an empty list makes no prompts
     ("empty_grid.json", OK.replace("[1, 2]", "[]") + "}", "keywords['x'] is empty"),
+    # model args: names and types of the SDK's request parameters, obvious ranges
+    ("typo_model_arg.json", OK + ', "model_args": {"temprature": 0.5}}',
+     "model_args `temprature`: not a chat completions parameter; did you mean `temperature`?"),
+    ("vllm_arg_at_top.json", OK + ', "model_args": {"min_p": 0.1}}',
+     "(a server-specific parameter goes under model_args.extra_body, which is sent as given)"),
+    ("n_string.json", OK + ', "model_args": {"n": "2"}}', "model_args `n` must be a positive integer or null, not '2'"),
+    ("temperature_hot.json", OK + ', "model_args": {"temperature": "hot"}}',
+     "model_args `temperature` must be a number from 0 to 2 or null, not 'hot'"),
+    ("logprobs_chat.json", OK + ', "model_args": {"logprobs": 5}}',
+     "model_args `logprobs` must be true, false or null for chat completions, not 5"),
+    ("stop_number.json", OK + ', "model_args": {"stop": 5}}',
+     "model_args `stop` must be a string, a list of strings or null for chat completions, not 5"),
+    ("extra_headers.json", OK + ', "model_args": {"extra_headers": {"X-Trace": "1"}}}',
+     "model_args `extra_headers` is an SDK request option, not a request parameter"),
+    ("extra_body_prompt.json", OK + ', "api": "completions", "model_args": {"extra_body": {"prompt": "x"}}}',
+     "model_args.extra_body may not set `prompt`: it is part of the spec itself"),
 ]
 
 
@@ -75,6 +95,7 @@ def test_bad_spec_is_one_line_and_creates_nothing(tmp_path: Path, name: str, tex
     spec.write_text(text, encoding="utf-8", errors="surrogatepass")
     out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
     assert_one_line_error(out, message)
+    assert "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal, no private file
     # estimate reads the same spec: it used to crash on max_tokens and loop for ever on huge repeats
     assert_one_line_error(run_cli("estimate", str(spec), cwd=tmp_path, timeout=30), message)
@@ -148,8 +169,10 @@ def test_limits_themselves_are_accepted() -> None:
     assert Spec.from_dict({**base, "repeats": 100_000}).count_prompts() == 100_000
     assert Spec.from_dict({**base, "api": "completions", "prompts_per_request": 2048}).prompts_per_request == 2048
     assert Spec.from_dict({**base, "rpm": 10**300, "tpm": 0.5}).rpm == 1e300
-    args = {"max_tokens": 0, "max_completion_tokens": None}
+    args = {"max_tokens": 1, "max_completion_tokens": None, "temperature": 2, "top_p": 0, "n": 128}
     assert Spec.from_dict({**base, "model_args": args}).model_args == args
+    scoring = {"max_tokens": 0, "echo": True, "logprobs": 5}  # legacy: a prompt's own logprobs, no new tokens
+    assert Spec.from_dict({**base, "api": "completions", "model_args": scoring}).model_args == scoring
     grid = {"x": list(range(10_000)), "y": list(range(10_000))}
     assert Spec.from_dict({**base, "templates": ["{x}{y}"], "keywords": grid}).count_prompts() == 100_000_000
 

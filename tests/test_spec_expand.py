@@ -124,9 +124,9 @@ def test_grid_count_and_order(templates: list[str], xs: list[int], ys: list[str]
         ({"keywords": ["pizza"]}, "keywords[0] must be a dict"),
         ({"keywords": {"food": "pizza"}}, "keywords['food'] must be a list"),
         ({"model": ""}, "invalid model name"),
-        ({"model_args": {"n": 0}}, "'n' must be a positive integer"),
-        ({"model_args": {"messages": []}}, "may not set 'messages'"),
-        ({"model_args": {"t": float("nan")}}, "not plain JSON"),
+        ({"model_args": {"n": 0}}, "model_args `n` must be a positive integer or null, not 0"),
+        ({"model_args": {"messages": []}}, "model_args may not set `messages`: it is part of the spec itself"),
+        ({"model_args": {"extra_body": {"t": float("nan")}}}, "not plain JSON"),
         ({"repeats": 0}, "'repeats' must be a positive integer"),
         ({"templates": ["{}"]}, "positional field"),
         ({"templates": ["{food"]}, "not a valid format string"),
@@ -298,3 +298,19 @@ def test_occurrence_table_grows() -> None:
 def test_a_model_listed_twice_is_refused() -> None:
     with pytest.raises(SpecError, match=r"^spec field 'model' lists 'm' twice: for more samples use repeats"):
         spec(model=["m", "other", "m"])
+
+
+# ---- model args in the request: extra_body
+
+
+def test_extra_body_is_merged_into_the_request_and_its_hash() -> None:
+    s = spec(model_args={"temperature": 0.7, "extra_body": {"top_k": 5, "min_p": 0.1}})
+    (record,) = expand(s)
+    body = json.loads(record.request_json)
+    assert body == {"model": "m", "messages": [{"role": "user", "content": "I like pizza"}], "temperature": 0.7,
+                    "top_k": 5, "min_p": 0.1}
+    assert record.hash == request_hash("chat", body)
+    assert s.identity()["model_args"] == {"temperature": 0.7, "extra_body": {"top_k": 5, "min_p": 0.1}}
+    # a known parameter given in extra_body is sent as given: the same request, the same hash
+    (same,) = expand(spec(model_args={"extra_body": {"temperature": 0.7, "top_k": 5, "min_p": 0.1}}))
+    assert same.hash == record.hash
