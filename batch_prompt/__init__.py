@@ -1,8 +1,8 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
-Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
-`runner` + `worker` (`client`, `retry`, `limiter`, `cache`, `progress`) -> `results` (export). `cli` is the
-command line.
+Data flow, one module per step: `spec` (with `templates`, `model_args`, `endpoints`) -> `expand` -> `store`
+(SQLite, `schema` + migrations/) -> `runner` + `worker` (`client`, `retry`, `limiter`, `cache`, `progress`) ->
+`results` (export). `cli` is the command line.
 """
 
 from typing import TYPE_CHECKING, Any

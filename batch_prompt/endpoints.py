@@ -25,8 +25,10 @@ DEFAULT_PATH = "/v1"  # what every OpenAI-compatible server serves under; a URL 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What an API key looks like when someone pastes one where a variable's name or a URL belongs: a key
-# prefix (OpenAI's sk-, ...), or a long token of letters and digits in mixed case or hex (Azure's keys).
-_KEY_PREFIX = re.compile(r"^(sk|rk|pk|key|api[-_]?key)[-_]", re.IGNORECASE)
+# prefix (OpenAI's, Anthropic's and OpenRouter's sk-, Groq's, xAI's, Hugging Face's, Google's), or a long
+# token of letters and digits with lower case, or hex (Azure's keys). Case-sensitive: an environment
+# variable's name (upper case by convention, `SK_KEY`) is not a key.
+_KEY_PREFIX = re.compile(r"^(sk-|sk_|gsk_|xai-|pplx-|hf_|nvapi-|AIza)")
 _KEY_TOKEN = re.compile(r"[A-Fa-f0-9]{32,}|(?=.*[a-z])(?=.*[0-9])[A-Za-z0-9_\-]{32,}")
 
 

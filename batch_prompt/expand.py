@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SpecError
 from .model_args import request_args
-from .spec import Keywords, Spec, Template, canonical_json
+from .spec import Spec, canonical_json
+from .templates import raw_messages as raw_messages
+from .templates import render as render
 
 HASH_VERSION = "bp1"
 
@@ -58,23 +59,6 @@ def request_hash(api: str, body: dict[str, Any], sample_index: int = 0) -> str:
 
 def hash_text(text: str) -> str:
     return hashlib.sha256(f"{HASH_VERSION}:{text}".encode()).hexdigest()
-
-
-def render(template: Template, keywords: Keywords) -> Any:
-    """Fill a template's `str.format` fields: a string, or a list of messages. Raises `SpecError`."""
-    try:
-        if isinstance(template, str):
-            return template.format(**keywords)
-        return [{"role": m["role"], "content": m["content"].format(**keywords)} for m in template]
-    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-        raise SpecError(f"cannot fill template {template!r} with {keywords!r}: {exc!r}") from None
-
-
-def raw_messages(template: Template) -> list[dict[str, str]]:
-    """Chat template as messages: a string becomes one user message."""
-    if isinstance(template, str):
-        return [{"role": "user", "content": template}]
-    return template
 
 
 class Occurrences:

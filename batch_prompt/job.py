@@ -58,9 +58,9 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, **fields:
     """Expand a spec and record every prompt in `db_path` before anything is sent.
 
     Give the spec's fields as keyword arguments (`templates=`, `keywords=`, `model=`, `api=`,
-    `model_args=`, `name=`, `repeats=`, `prompts_per_request=`, `base_url=`, `rpm=`, `tpm=`), or a
-    spec file path (keyword arguments then override its fields). The same spec again is a no-op (run
-    fields given anew are updated). Raises `SpecError`,
+    `model_args=`, `name=`, `repeats=`, `dedupe=`, `prompts_per_request=`, `base_url=`, `endpoints=`,
+    `rpm=`, `tpm=`, `max_cost=`, `prices=`), or a spec file path (keyword arguments then override its
+    fields). The same spec again is a no-op (run fields given anew are updated). Raises `SpecError`,
     `JobConflictError` or `StoreError`; on any error nothing is left behind: not a row, and, when
     `db_path` did not exist, not a file (see `_record`).
     """

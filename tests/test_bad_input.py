@@ -86,6 +86,31 @@ BAD_SPECS = [
      "model_args `extra_headers` is an SDK request option, not a request parameter"),
     ("extra_body_prompt.json", OK + ', "api": "completions", "model_args": {"extra_body": {"prompt": "x"}}}',
      "model_args.extra_body may not set `prompt`: it is part of the spec itself"),
+    # accepted today, but meaning nothing or something else
+    ("ppr_chat.json", OK + ', "prompts_per_request": 5}', "spec field 'prompts_per_request' is for api 'completions'"),
+    ("base_url_ftp.json", OK + ', "base_url": "ftp://example.com/v1"}',
+     "spec field 'base_url' must start with http:// or https://, not 'ftp://example.com/v1'"),
+    ("base_url_port.json", OK + ', "base_url": "http://127.0.0.1:8089chat"}', "spec field 'base_url' has a bad port"),
+    ("base_url_key.json", OK + ', "base_url": "https://me:sk-SECRET-123@api.example.com/v1"}',
+     "spec field 'base_url' holds credentials (https://...@api.example.com): a key is never written down"),
+    ("duplicate_key.json", OK + ', "model_args": {"n": 1, "max_tokens": 5, "n": 2}}',
+     "duplicate_key.json: key 'n' appears twice in one JSON object (the last would silently win)"),
+    ("attribute_field.json", OK.replace("hi {x}", "hi {x.upper}") + "}",
+     "template 'hi {x.upper}' field {x.upper} uses attribute access, which is not filled in"),
+    ("index_field.json", OK.replace("hi {x}", "hi {x[0]}") + "}", "template 'hi {x[0]}' field {x[0]} uses indexing"),
+    ("single_brace.json", OK.replace("hi {x}", "a {x} } b") + "}",
+     "is not a valid format string: Single '}' encountered in format string (a literal brace is written {{ or }})"),
+    ("render_error.json", OK.replace("hi {x}", "{x:d}").replace("[1, 2]", '[1, 2, "three"]') + "}",
+     "cannot fill template '{x:d}' with keyword dict {\"x\": \"three\"}: ValueError: Unknown format code 'd' for "
+     "object of type 'str'"),
+    # run fields
+    ("endpoint_key.json", OK + ', "endpoints": {"m": {"base_url": "http://h:8000", "api_key_env": "sk-SECRET-123"}}}',
+     "endpoints['m'].api_key_env looks like an API key: a key is never written in a spec"),
+    ("endpoint_model.json", OK + ', "endpoints": {"other": {"base_url": "http://h:8000", "api_key_env": "K"}}}',
+     "spec field 'endpoints' names model 'other', which is not one of the spec's models ('m')"),
+    ("rpm_model.json", OK + ', "rpm": {"m": 60, "other": 5}}', "spec field 'rpm' names model 'other'"),
+    ("max_cost_zero.json", OK + ', "max_cost": 0}', "spec field 'max_cost' must be a positive number (finite), not 0"),
+    ("dedupe_string.json", OK + ', "dedupe": "true"}', "spec field 'dedupe' must be true or false, not 'true'"),
 ]
 
 
@@ -95,7 +120,7 @@ def test_bad_spec_is_one_line_and_creates_nothing(tmp_path: Path, name: str, tex
     spec.write_text(text, encoding="utf-8", errors="surrogatepass")
     out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
     assert_one_line_error(out, message)
-    assert "Traceback" not in out.stderr
+    assert "SECRET" not in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal, no private file
     # estimate reads the same spec: it used to crash on max_tokens and loop for ever on huge repeats
     assert_one_line_error(run_cli("estimate", str(spec), cwd=tmp_path, timeout=30), message)
@@ -113,6 +138,15 @@ def test_bad_spec_leaves_an_existing_database_unchanged(tmp_path: Path, name: st
         out = run_cli(command, str(spec), "--db", str(db), env=cli_env(tmp_path=tmp_path), cwd=tmp_path)
         assert_one_line_error(out, message)
     assert file_digest(db) == before
+
+
+def test_a_render_error_quotes_a_long_value_shortened(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"model": "m", "templates": ["{x:d}"], "keywords": [{"x": 1}, {"x": "y" * 200_000}]}))
+    out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
+    assert_one_line_error(out, "cannot fill template '{x:d}' with keyword dict {\"x\": \"yyyyyyyy")
+    assert len(out.stderr) < 300, len(out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
 
 
 BAD_OPTIONS = [

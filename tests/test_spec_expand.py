@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from batch_prompt.errors import MissingFieldError, SpecError
 from batch_prompt.expand import Occurrences, expand, request_body, request_hash
-from batch_prompt.spec import Spec, canonical_json
+from batch_prompt.spec import Spec, canonical_json, load_spec, rate_for
 
 
 def spec(**fields: object) -> Spec:
@@ -300,6 +301,51 @@ def test_a_model_listed_twice_is_refused() -> None:
         spec(model=["m", "other", "m"])
 
 
+# ---- templates
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("x {x.upper}", "template 'x {x.upper}' field {x.upper} uses attribute access, which is not filled in: "
+                        "use a plain field such as {x} and put the value you mean in the keyword dict"),
+        ("x {x[0]}", "template 'x {x[0]}' field {x[0]} uses indexing, which is not filled in"),
+        ("x {x[0].real}", "field {x[0].real} uses indexing"),
+        ("x {x:>{w.y}}", "field {w.y} uses attribute access"),
+        ("a {b", "template 'a {b' is not a valid format string: expected '}' before end of string "
+                 "(a literal brace is written {{ or }})"),
+        ("a } b", "template 'a } b' is not a valid format string: Single '}' encountered in format string "
+                  "(a literal brace is written {{ or }})"),
+        ("a { b", "(a literal brace is written {{ or }})"),
+    ],
+)
+def test_template_fields_that_mean_nothing_are_refused(template: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        spec(templates=[template], keywords=[{"x": "abc", "b": 1, "w": 3}])
+    assert message in str(info.value)
+    with pytest.raises(SpecError) as info:  # in a chat message too, naming the whole template
+        spec(templates=[[{"role": "user", "content": template}]], keywords=[{"x": "abc", "b": 1, "w": 3}])
+    chat = json.dumps([{"role": "user", "content": template}])
+    assert message.replace(f"template {template!r}", f"template {chat}") in str(info.value)
+
+
+def test_conversions_format_specs_and_nested_fields_are_filled() -> None:
+    s = spec(templates=["{x!r} {n:03d} {x:>{w}}"], keywords=[{"x": "ab", "n": 7, "w": 4}])
+    assert json.loads(next(expand(s)).request_json)["messages"][0]["content"] == "'ab' 007   ab"
+    with pytest.raises(MissingFieldError) as info:  # a nested field is a field the keyword dict needs
+        spec(templates=["{x:>{w}}"], keywords=[{"x": "ab"}])
+    assert info.value.field == "w"
+
+
+def test_render_error_quotes_a_long_value_shortened() -> None:
+    s = spec(templates=["{food:d}"], keywords=[{"food": "x" * 200_000}])
+    with pytest.raises(SpecError) as info:
+        list(expand(s))
+    assert str(info.value) == (
+        "cannot fill template '{food:d}' with keyword dict {\"food\": \"" + "x" * 47 + "...: "
+        "ValueError: Unknown format code 'd' for object of type 'str'"
+    )
+
+
 # ---- model args in the request: extra_body
 
 
@@ -314,3 +360,87 @@ def test_extra_body_is_merged_into_the_request_and_its_hash() -> None:
     # a known parameter given in extra_body is sent as given: the same request, the same hash
     (same,) = expand(spec(model_args={"extra_body": {"temperature": 0.7, "top_k": 5, "min_p": 0.1}}))
     assert same.hash == record.hash
+
+
+# ---- spec fields: run fields, JSON duplicates, what means nothing
+
+
+def test_run_fields_are_parsed_normalized_and_stored(tmp_path: Path) -> None:
+    s = spec(model=["a", "b"], base_url="HTTP://Localhost:8000/", rpm={"a": 60}, tpm=1e6, max_cost=2, prices="p.json",
+             endpoints={"b": {"base_url": "http://10.0.0.5:8001", "api_key_env": "VLLM_KEY"}})
+    assert s.run_fields() == {
+        "base_url": "http://localhost:8000/v1", "endpoints": {"b": {"base_url": "http://10.0.0.5:8001/v1",
+                                                                    "api_key_env": "VLLM_KEY"}},
+        "rpm": {"a": 60.0}, "tpm": 1e6, "max_cost": 2.0, "prices": str(Path.cwd() / "p.json"),
+    }
+    assert (rate_for(s.rpm, "a"), rate_for(s.rpm, "b"), rate_for(s.tpm, "b")) == (60.0, None, 1e6)
+    assert s.identity() == spec(model=["a", "b"]).identity()  # none of them is the job's identity
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "spec.json"
+    path.write_text(json.dumps({"model": "m", "templates": ["hi"], "prices": "prices.toml"}))
+    assert load_spec(path).prices == str(tmp_path / "sub" / "prices.toml")
+    assert load_spec(path, prices="/etc/p.toml").prices == "/etc/p.toml"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"prompts_per_request": 5}, "spec field 'prompts_per_request' is for api 'completions' only"),
+        ({"base_url": "ftp://example.com"}, "spec field 'base_url' must start with http:// or https://"),
+        ({"base_url": "sk-abcdefghijklmnop"}, "spec field 'base_url' looks like an API key, not a URL"),
+        ({"dedupe": "yes"}, "spec field 'dedupe' must be true or false, not 'yes'"),
+        ({"rpm": {"other": 5}}, "spec field 'rpm' names model 'other', which is not one of the spec's models ('m')"),
+        ({"tpm": {"m": 0}}, "tpm['m'] must be a positive number (finite), not 0"),
+        ({"rpm": {}}, "spec field 'rpm' is an empty mapping"),
+        ({"max_cost": -1}, "spec field 'max_cost' must be a positive number (finite), not -1"),
+        ({"max_cost": float("inf")}, "spec field 'max_cost' must be a positive number (finite), not Infinity"),
+        ({"prices": " "}, "spec field 'prices' must be a non-empty string"),
+        ({"endpoints": {"m": {"base_url": "http://h", "api_key_env": "sk-proj-abc123"}}},
+         "endpoints['m'].api_key_env looks like an API key: a key is never written in a spec; put it in an "
+         "environment variable and give that variable's name as api_key_env"),
+        ({"endpoints": {"m": {"base_url": "http://h", "api_key_env": "K", "api_key": "0123456789abcdef" * 2}}},
+         "endpoints['m'].api_key looks like an API key"),
+        ({"endpoints": {"m": {"base_url": "http://h", "api_key_env": "K", "headers": {}}}},
+         "endpoints['m'] has unknown key 'headers' (known keys: base_url, api_key_env)"),
+        ({"endpoints": {"m": {"base_url": "http://h"}}}, "endpoints['m'] needs 'api_key_env'"),
+        ({"endpoints": {"m": {"base_url": "http://h", "api_key_env": "MY-KEY"}}},
+         "endpoints['m'].api_key_env must name an environment variable"),
+        ({"endpoints": {"m": {"base_url": "http://h:0", "api_key_env": "K"}}},
+         "endpoints['m'].base_url has a bad port (1-65535): 'http://h:0'"),
+        ({"endpoints": {"x": {"base_url": "http://h", "api_key_env": "K"}}},
+         "spec field 'endpoints' names model 'x', which is not one of the spec's models ('m')"),
+        ({"endpoints": []}, "spec field 'endpoints' must map model names to"),
+    ],
+)
+def test_bad_run_fields(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        spec(**fields)
+    assert message in str(info.value)
+    assert "abc123" not in str(info.value) and "0123456789abcdef" not in str(info.value)  # a key is never echoed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"model": "m", "templates": ["hi"], "model": "other"}',
+        '{"model": "m", "templates": ["hi"], "model_args": {"temperature": 1, "temperature": 0}}',
+        '{"model": "m", "templates": ["{x}"], "keywords": [{"x": 1}, {"x": 2, "x": 3}]}',
+    ],
+)
+def test_a_key_given_twice_in_json_is_refused_at_any_depth(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    key = "model" if '"model": "other"' in text else "temperature" if "temperature" in text else "x"
+    assert str(info.value) == f"{path}: key {key!r} appears twice in one JSON object (the last would silently win)"
+    (tmp_path / "spec").write_text(text)  # no suffix: JSON first
+    with pytest.raises(SpecError, match="appears twice"):
+        load_spec(tmp_path / "spec")
+
+
+def test_a_key_given_twice_in_toml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text('model = "m"\ntemplates = ["hi"]\nmodel = "n"\n')
+    with pytest.raises(SpecError, match="is not valid TOML: Cannot overwrite a value"):
+        load_spec(path)
