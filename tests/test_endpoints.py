@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+import batch_prompt as bp
 from batch_prompt.endpoints import (
     DEFAULT_BASE_URL,
     Endpoint,
@@ -14,6 +18,9 @@ from batch_prompt.endpoints import (
 )
 from batch_prompt.errors import ConfigError, SpecError
 from batch_prompt.spec import Spec
+from batch_prompt.testing import FakeServer
+
+from .conftest import cli_env, run_cli
 
 NORMALIZED = [
     ("http://127.0.0.1:8089", "http://127.0.0.1:8089/v1"),
@@ -130,3 +137,20 @@ def test_endpoint_for_other_models_falls_back_to_the_environment_and_openai() ->
     assert endpoint_for({}, "m", {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://h:1"}).base_url == "http://h:1/v1"
     with pytest.raises(ConfigError, match=r"^no API key"):
         endpoint_for(spec, "m", {})
+
+
+def test_a_base_url_without_v1_reaches_the_server(fake: FakeServer, tmp_path: Path) -> None:
+    """`--base-url http://host:port` (no path) used to end in `InvalidURL: Invalid port: '8089chat'`."""
+    root = fake.url.removesuffix("/v1")
+    db = tmp_path / "jobs.db"
+    for name, base_url, args in (("option", None, ["--base-url", root]), ("spec", root + "/", [])):
+        spec = tmp_path / f"{name}.json"
+        spec.write_text(json.dumps({"name": name, "model": "m", "templates": [name + " {x}"],
+                                    "keywords": {"x": [1, 2]}, "base_url": base_url}))
+        out = run_cli("run", str(spec), "--db", str(db), "--quiet", *args, env=cli_env(tmp_path=tmp_path),
+                      cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert sorted(prompt for entry in fake.record for prompt in entry["prompts"]) == [
+        "option 1", "option 2", "spec 1", "spec 2"]
+    assert [(r["job"], r["messages"][0]["content"]) for r in bp.export(db)] == [
+        ("option", "option 1"), ("option", "option 2"), ("spec", "spec 1"), ("spec", "spec 2")]
