@@ -1,10 +1,10 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
-Data flow, one module per step: `spec` -> `expand` -> `store` (SQLite, `schema` + migrations/) ->
-`runner` + `worker` (`options`, `client`, `failures`, `retry`, `limiter`, `cache`, `progress`) -> `results`
-(export: `table`, `writer`). Before a run `preview` estimates a spec; after, `report` tells where jobs
-stand; `pricing` prices both. `job` and `cli` are the Python and command-line entry points; `testing`
-holds the fake server.
+Data flow, one module per step: `spec` (with `templates`, `model_args`, `endpoints`) -> `expand` -> `store`
+(SQLite, `schema` + migrations/) -> `runner` + `worker` (`options`, `client`, `failures`, `retry`,
+`limiter`, `cache`, `progress`) -> `results` (export: `table`, `writer`). Before a run `preview` estimates a
+spec; after, `report` tells where jobs stand; `pricing` prices both. `job` and `cli` are the Python and
+command-line entry points; `testing` holds the fake server.
 """
 
 import typing

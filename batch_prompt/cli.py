@@ -12,11 +12,12 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import job as jobs
-from .errors import BatchPromptError
+from .endpoints import normalize_base_url
+from .errors import BatchPromptError, ConfigError
 from .options import RunOptions, RunSummary
 from .pricing import unknown_price_message
 from .progress import usd
@@ -33,15 +34,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
+def _positive_int(name: str) -> Callable[[str], int]:
+    """An argparse type: a positive integer; the error names the option's value, as `RunOptions` does."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, not {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    """An argparse type: a finite positive number (`inf`, `nan`, `1e999`, 0 and below are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{name} must be positive and finite, not {text!r}")
+        return value
+
+    return parse
+
+
+def _base_url(text: str) -> str:
+    try:
+        return normalize_base_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", type=int, default=100, help="requests in flight (default 100)")
-    parser.add_argument("--rpm", type=float, help="requests per minute (default: learned from the server)")
-    parser.add_argument("--tpm", type=float, help="tokens per minute (default: learned from the server)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    parser.add_argument("--max-attempts", type=int, default=8, help="calls per prompt before it fails (default 8)")
+    parser.add_argument("--concurrency", type=_positive_int("concurrency"), default=100,
+                        help="requests in flight (default 100)")
+    learned = "(default: learned from the server)"
+    parser.add_argument("--rpm", type=_positive_float("rpm"), help=f"requests per minute {learned}")
+    parser.add_argument("--tpm", type=_positive_float("tpm"), help=f"tokens per minute {learned}")
+    parser.add_argument("--timeout", type=_positive_float("timeout"), default=120.0,
+                        help="seconds per request (default 120)")
+    parser.add_argument("--max-attempts", type=_positive_int("max attempts"), default=8,
+                        help="calls per prompt before it fails (default 8)")
     parser.add_argument("--no-cache", action="store_true", help="do not answer from the cache (fresh samples)")
     parser.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
-    parser.add_argument("--base-url", help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--base-url", type=_base_url, help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--yes", action="store_true", help="do not ask before sending (nothing asks today)")
 

@@ -11,59 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import ssl
-import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2  # the openai SDK's HTTP layer (its aiohttp transport plugs in below it)
 import openai
 
-from .errors import ConfigError
+from .endpoints import Endpoint as Endpoint  # where it lives; imported from here by the runner
+from .endpoints import resolve_endpoint as resolve_endpoint
 from .failures import MalformedResponse, RequestTimeout
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The SDK's exception class for each status (`openai._client._make_status_error`), built here the same way.
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
     404: openai.NotFoundError, 409: openai.ConflictError, 422: openai.UnprocessableEntityError,
     429: openai.RateLimitError,
 }
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where requests go. The key is kept out of `repr` and never written anywhere."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-
-    @property
-    def identity(self) -> str:
-        """The cache's name for this endpoint: the normalized base URL, never the key."""
-        return self.base_url.rstrip("/").lower()
-
-
-def resolve_endpoint(base_url: str | None, api_key: str | None) -> Endpoint:
-    """Options first, then `OPENAI_BASE_URL` / `OPENAI_API_KEY`. Raises `ConfigError` when there is no key."""
-    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"base URL must start with http:// or https://, got {url!r}")
-    try:
-        host = urllib.parse.urlsplit(url).hostname
-    except ValueError as exc:
-        raise ConfigError(f"base URL {url!r} is not a valid URL: {exc}") from None
-    if not host:
-        raise ConfigError(f"base URL {url!r} has no host")
-    key = api_key or os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise ConfigError("no API key: set OPENAI_API_KEY (or pass api_key=...)")
-    if not key.isascii() or not key.isprintable() or key != key.strip() or " " in key:
-        raise ConfigError("the API key has a space, newline or non-ASCII character: check OPENAI_API_KEY")
-    return Endpoint(url, key)
 
 
 def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClient:

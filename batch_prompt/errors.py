@@ -20,6 +20,7 @@ Each class's docstring is its default message.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -99,3 +100,12 @@ class RetryExhausted(BatchPromptError):
 
 class ExportError(BatchPromptError):
     """The export could not be written."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`value` as a message quotes it: JSON (a string as its repr), cut to `limit` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str(), or a value that contains itself
+        text = f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 from .errors import ConfigError
 from .options import RunOptions, RunSummary
 from .spec import Spec, load_spec
-from .store import Store
+from .store import JobRow, Store
 
 # The runner (and with it the openai SDK, ~0.4 s to import) loads on the first run, so that create,
 # status and export start at once.
@@ -53,9 +56,11 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, **fields:
     """Expand a spec and record every prompt in `db_path` before anything is sent.
 
     Give the spec's fields as keyword arguments (`templates=`, `keywords=`, `model=`, `api=`,
-    `model_args=`, `name=`, `repeats=`, `prompts_per_request=`, `base_url=`), or a spec file path.
-    The same spec again is a no-op. Raises `SpecError`, `JobConflictError` or `StoreError`; on any
-    error nothing is left behind.
+    `model_args=`, `name=`, `repeats=`, `dedupe=`, `prompts_per_request=`, `base_url=`, `endpoints=`,
+    `rpm=`, `tpm=`, `max_cost=`, `prices=`), or a spec file path (keyword arguments then override its
+    fields). The same spec again is a no-op (run fields given anew are updated). Raises `SpecError`,
+    `JobConflictError` or `StoreError`; on any error nothing is left behind: not a row, and, when
+    `db_path` did not exist, not a file (see `_record`).
     """
     if isinstance(spec, Spec):
         parsed = spec
@@ -63,9 +68,49 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, **fields:
         parsed = load_spec(spec, **fields)
     else:
         parsed = Spec.from_dict(fields)
-    with Store(db_path) as store:
-        row, created = store.create_job(parsed)
+    row, created = _record(Path(db_path), parsed)
     return Job(str(db_path), row.name, row.n_prompts, created, parsed.base_url)
+
+
+CREATING = ".creating"  # the suffix of a new database's private name while its first job is recorded
+
+
+def _record(path: Path, spec: Spec) -> tuple[JobRow, bool]:
+    """Record `spec`'s job in the database at `path`.
+
+    A database that does not exist yet is made under a private name beside it
+    (`.NAME.PID.TOKEN.creating`) and hard-linked into place once its job is complete, so a create that
+    fails or is killed leaves no empty database behind, and no other process ever sees, or writes into,
+    a file that this one might remove. If the path appears meanwhile (another process created it first),
+    or the file system has no hard links, the job is recorded into the file at `path` as usual.
+    """
+    if not os.path.lexists(path) and path.parent.is_dir():
+        _remove_stale_private_files(path)
+        private = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{CREATING}"
+        try:
+            with Store(private) as store:
+                result = store.create_job(spec)
+                store.checkpoint()
+            with contextlib.suppress(OSError):  # FileExistsError: another process was first
+                os.link(private, path)
+                return result
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{private}{suffix}")
+    with Store(path) as store:
+        return store.create_job(spec)
+
+
+def _remove_stale_private_files(path: Path) -> None:
+    """Private files of creates killed before their link: those whose process is gone."""
+    if not Path("/proc/self").exists():  # no way to tell here whether a process lives
+        return
+    for stale in path.parent.glob(f".{path.name}.*{CREATING}*"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def resume(db_path: str | Path, **options: Any) -> RunSummary:

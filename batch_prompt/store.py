@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import schema
-from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError
+from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError, shown
 from .expand import PromptRecord, expand, hash_text
+from .spec import RUN_FIELDS as SPEC_RUN_FIELDS
 from .spec import Spec, canonical_json
 
-INSERT_BATCH = 20_000
+INSERT_BATCH = 5_000  # rows per executemany: a few MB of row tuples in memory at a time
 BUSY_TIMEOUT_MS = 60_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
-RUN_FIELDS = ("name", "base_url", "rpm", "tpm")  # stored with a job's spec, not part of its identity
+# Stored with a job's spec, not part of its identity: "name" and the spec's run fields (base_url, endpoints,
+# rpm, tpm, max_cost, prices). Creating the same spec again with other values updates them.
+RUN_FIELDS = ("name", *SPEC_RUN_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ class Store:
         identity = spec.identity()
         spec_hash = hash_text(canonical_json(identity))
         name = spec.name or f"job-{spec_hash[:12]}"
-        stored = {"name": name, **identity, "base_url": spec.base_url, "rpm": spec.rpm, "tpm": spec.tpm}
+        stored = {"name": name, **identity, **spec.run_fields()}
         with self.transaction() as conn:
             row = conn.execute("SELECT id, spec_hash, spec, state FROM jobs WHERE name = ?", (name,)).fetchone()
             if row is not None and row[1] != spec_hash:
@@ -338,6 +341,14 @@ class Store:
         job = self.job(name)
         assert job is not None
         return job, True
+
+    def checkpoint(self) -> None:
+        """Copy everything committed from the WAL into the database file itself (`create` does this
+        before it links a new database into place). Raises `StoreError` when a reader holds it back."""
+        with self.errors():
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreError(f"{self.path}: the write-ahead log could not be checkpointed", path=self.path)
 
     @staticmethod
     def _insert_prompts(conn: sqlite3.Connection, job_id: int, records: Iterable[PromptRecord]) -> None:
@@ -595,8 +606,38 @@ def _now_iso() -> str:
 
 
 def _conflict_message(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    differ = [key for key in new if key not in RUN_FIELDS and old.get(key) != new.get(key)]
+    """Which parts of the job's identity differ, each with its two values (the first three)."""
+    keys = [key for key in [*new, *(k for k in old if k not in new)] if key not in RUN_FIELDS]
+    differ = [text for key in keys for text in _differences(key, old.get(key, _ABSENT), new.get(key, _ABSENT))]
+    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
     return (
-        f"job {name!r} already exists in this database with a different spec ({', '.join(differ)} differ): "
+        f"job {name!r} already exists in this database with a different spec: {'; '.join(differ[:3])}{more}; "
         "give the new spec another name"
     )
+
+
+_ABSENT = object()
+
+
+def _differences(path: str, old: Any, new: Any) -> Iterator[str]:
+    """`path differs: OLD recorded, NEW in this spec` for each leaf where the two differ, in order;
+    dicts by key, lists of one length by index."""
+    if old == new and type(old) is type(new):
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*new, *(k for k in old if k not in new)]:
+            yield from _differences(f"{path}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT))
+        return
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _differences(f"{path}[{i}]", a, b)
+        return
+    yield f"{path} differs: {_value(old)} recorded, {_value(new)} in this spec"
+
+
+def _value(value: Any) -> str:
+    if value is _ABSENT:
+        return "not set"
+    if isinstance(value, list) and len(value) > 3:
+        return f"{len(value)} items"
+    return shown(value, 40)

@@ -59,13 +59,58 @@ BAD_SPECS = [
     ("deep.json", "[" * 100_000, "deep.json is not valid JSON: nested too deeply"),
     # token limits the estimate reads
     ("max_tokens_lots.json", OK + ', "model_args": {"max_tokens": "lots"}}',
-     "model_args 'max_tokens' must be a non-negative integer, not 'lots'"),
-    ("max_tokens_negative.json", OK + ', "model_args": {"max_tokens": -5}}', "'max_tokens' must be a non-negative"),
-    ("max_tokens_float.json", OK + ', "model_args": {"max_tokens": 1e300}}', "'max_tokens' must be a non-negative"),
+     "model_args `max_tokens` must be a positive integer or null, not 'lots'"),
+    ("max_tokens_negative.json", OK + ', "model_args": {"max_tokens": -5}}',
+     "model_args `max_tokens` must be a positive integer or null, not -5"),
+    ("max_tokens_zero.json", OK + ', "model_args": {"max_completion_tokens": 0}}',
+     "model_args `max_completion_tokens` must be a positive integer or null, not 0"),
+    ("max_tokens_float.json", OK + ', "model_args": {"max_tokens": 1e300}}',
+     "model_args `max_tokens` must be a positive integer or null, not 1e+300"),
     ("max_tokens_bool.json", OK + ', "model_args": {"max_completion_tokens": true}}',
-     "'max_completion_tokens' must be a non-negative integer, not true"),
+     "model_args `max_completion_tokens` must be a positive integer or null, not true"),
     # a grid with an empty list makes no prompts
     ("empty_grid.json", OK.replace("[1, 2]", "[]") + "}", "keywords['x'] is empty"),
+    # model args: names and types of the SDK's request parameters, obvious ranges
+    ("typo_model_arg.json", OK + ', "model_args": {"temprature": 0.5}}',
+     "model_args `temprature`: not a chat completions parameter; did you mean `temperature`?"),
+    ("vllm_arg_at_top.json", OK + ', "model_args": {"min_p": 0.1}}',
+     "(a server-specific parameter goes under model_args.extra_body, which is sent as given)"),
+    ("n_string.json", OK + ', "model_args": {"n": "2"}}', "model_args `n` must be a positive integer or null, not '2'"),
+    ("temperature_hot.json", OK + ', "model_args": {"temperature": "hot"}}',
+     "model_args `temperature` must be a number from 0 to 2 or null, not 'hot'"),
+    ("logprobs_chat.json", OK + ', "model_args": {"logprobs": 5}}',
+     "model_args `logprobs` must be true, false or null for chat completions, not 5"),
+    ("stop_number.json", OK + ', "model_args": {"stop": 5}}',
+     "model_args `stop` must be a string, a list of strings or null for chat completions, not 5"),
+    ("extra_headers.json", OK + ', "model_args": {"extra_headers": {"X-Trace": "1"}}}',
+     "model_args `extra_headers` is an SDK request option, not a request parameter"),
+    ("extra_body_prompt.json", OK + ', "api": "completions", "model_args": {"extra_body": {"prompt": "x"}}}',
+     "model_args.extra_body may not set `prompt`: it is part of the spec itself"),
+    # accepted today, but meaning nothing or something else
+    ("ppr_chat.json", OK + ', "prompts_per_request": 5}', "spec field 'prompts_per_request' is for api 'completions'"),
+    ("base_url_ftp.json", OK + ', "base_url": "ftp://example.com/v1"}',
+     "spec field 'base_url' must start with http:// or https://, not 'ftp://example.com/v1'"),
+    ("base_url_port.json", OK + ', "base_url": "http://127.0.0.1:8089chat"}', "spec field 'base_url' has a bad port"),
+    ("base_url_key.json", OK + ', "base_url": "https://me:sk-SECRET-123@api.example.com/v1"}',
+     "spec field 'base_url' holds credentials (https://...@api.example.com): a key is never written down"),
+    ("duplicate_key.json", OK + ', "model_args": {"n": 1, "max_tokens": 5, "n": 2}}',
+     "duplicate_key.json: key 'n' appears twice in one JSON object (the last would silently win)"),
+    ("attribute_field.json", OK.replace("hi {x}", "hi {x.upper}") + "}",
+     "template 'hi {x.upper}' field {x.upper} uses attribute access, which is not filled in"),
+    ("index_field.json", OK.replace("hi {x}", "hi {x[0]}") + "}", "template 'hi {x[0]}' field {x[0]} uses indexing"),
+    ("single_brace.json", OK.replace("hi {x}", "a {x} } b") + "}",
+     "is not a valid format string: Single '}' encountered in format string (a literal brace is written {{ or }})"),
+    ("render_error.json", OK.replace("hi {x}", "{x:d}").replace("[1, 2]", '[1, 2, "three"]') + "}",
+     "cannot fill template '{x:d}' with keyword dict {\"x\": \"three\"}: ValueError: Unknown format code 'd' for "
+     "object of type 'str'"),
+    # run fields
+    ("endpoint_key.json", OK + ', "endpoints": {"m": {"base_url": "http://h:8000", "api_key_env": "sk-SECRET-123"}}}',
+     "endpoints['m'].api_key_env looks like an API key: a key is never written in a spec"),
+    ("endpoint_model.json", OK + ', "endpoints": {"other": {"base_url": "http://h:8000", "api_key_env": "K"}}}',
+     "spec field 'endpoints' names model 'other', which is not one of the spec's models ('m')"),
+    ("rpm_model.json", OK + ', "rpm": {"m": 60, "other": 5}}', "spec field 'rpm' names model 'other'"),
+    ("max_cost_zero.json", OK + ', "max_cost": 0}', "spec field 'max_cost' must be a positive number (finite), not 0"),
+    ("dedupe_string.json", OK + ', "dedupe": "true"}', "spec field 'dedupe' must be true or false, not 'true'"),
 ]
 
 
@@ -75,7 +120,8 @@ def test_bad_spec_is_one_line_and_creates_nothing(tmp_path: Path, name: str, tex
     spec.write_text(text, encoding="utf-8", errors="surrogatepass")
     out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
     assert_one_line_error(out, message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal
+    assert "SECRET" not in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no database, no journal, no private file
     # estimate reads the same spec: it used to crash on max_tokens and loop for ever on huge repeats
     assert_one_line_error(run_cli("estimate", str(spec), cwd=tmp_path, timeout=30), message)
 
@@ -94,13 +140,73 @@ def test_bad_spec_leaves_an_existing_database_unchanged(tmp_path: Path, name: st
     assert file_digest(db) == before
 
 
+def test_a_render_error_quotes_a_long_value_shortened(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"model": "m", "templates": ["{x:d}"], "keywords": [{"x": 1}, {"x": "y" * 200_000}]}))
+    out = run_cli("create", str(spec), "--db", str(tmp_path / "jobs.db"), cwd=tmp_path)
+    assert_one_line_error(out, "cannot fill template '{x:d}' with keyword dict {\"x\": \"yyyyyyyy")
+    assert len(out.stderr) < 300, len(out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+
+
+BAD_OPTIONS = [
+    (["--timeout", "inf"], "argument --timeout: timeout must be positive and finite, not 'inf'"),
+    (["--timeout", "nan"], "argument --timeout: timeout must be positive and finite, not 'nan'"),
+    (["--timeout", "0"], "argument --timeout: timeout must be positive and finite, not '0'"),
+    (["--timeout", "1e999"], "argument --timeout: timeout must be positive and finite, not '1e999'"),
+    (["--timeout", "soon"], "argument --timeout: invalid number: 'soon'"),
+    (["--concurrency", "0"], "argument --concurrency: concurrency must be a positive integer, not '0'"),
+    (["--concurrency", "1.5"], "argument --concurrency: invalid int value: '1.5'"),
+    (["--rpm", "-1"], "argument --rpm: rpm must be positive and finite, not '-1'"),
+    (["--tpm", "inf"], "argument --tpm: tpm must be positive and finite, not 'inf'"),
+    (["--max-attempts", "0"], "argument --max-attempts: max attempts must be a positive integer, not '0'"),
+    (["--base-url", "http://127.0.0.1:8089chat"], "argument --base-url: base URL has a bad port (1-65535)"),
+    (["--base-url", "https://u:sk-SECRET-1@h/v1"], "argument --base-url: base URL holds credentials"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_OPTIONS, ids=[" ".join(case[0]) for case in BAD_OPTIONS])
+def test_bad_numeric_options_are_refused_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    out = run_cli("run", str(spec), "--db", str(tmp_path / "new.db"), *args, env=cli_env(tmp_path=tmp_path),
+                  cwd=tmp_path)
+    assert_one_line_error(out, message)
+    assert "SECRET" not in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    assert_one_line_error(run_cli("resume", str(db), *args, env=cli_env(tmp_path=tmp_path), cwd=tmp_path), message)
+    assert file_digest(db) == before
+
+
+def test_a_failed_create_into_a_new_path_leaves_no_file(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bad = {**SPEC, "templates": ["{food:d}"], "keywords": {"food": [1] * 30_000 + ["pizza"]}}
+    with pytest.raises(bp.SpecError, match="cannot fill template"):
+        bp.create(db, **bad)
+    assert list(tmp_path.iterdir()) == []
+    # a private file of a create killed before its link (its process gone) is cleared; a live one is not
+    stale = tmp_path / ".jobs.db.999999999.abcd.creating"
+    live = tmp_path / f".jobs.db.{os.getpid()}.efgh.creating"
+    for path in (stale, Path(f"{stale}-wal"), live):
+        path.write_bytes(b"half a job")
+    job = bp.create(db, **SPEC)
+    assert (job.created, job.n_prompts) == (True, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "jobs.db"]
+    assert bp.create(db, **SPEC).created is False
+
+
 def test_limits_themselves_are_accepted() -> None:
     base: dict[str, Any] = {"model": "m", "templates": ["hi"]}
     assert Spec.from_dict({**base, "repeats": 100_000}).count_prompts() == 100_000
     assert Spec.from_dict({**base, "api": "completions", "prompts_per_request": 2048}).prompts_per_request == 2048
     assert Spec.from_dict({**base, "rpm": 10**300, "tpm": 0.5}).rpm == 1e300
-    args = {"max_tokens": 0, "max_completion_tokens": None}
+    args = {"max_tokens": 1, "max_completion_tokens": None, "temperature": 2, "top_p": 0, "n": 128}
     assert Spec.from_dict({**base, "model_args": args}).model_args == args
+    scoring = {"max_tokens": 0, "echo": True, "logprobs": 5}  # legacy: a prompt's own logprobs, no new tokens
+    assert Spec.from_dict({**base, "api": "completions", "model_args": scoring}).model_args == scoring
     grid = {"x": list(range(10_000)), "y": list(range(10_000))}
     assert Spec.from_dict({**base, "templates": ["{x}{y}"], "keywords": grid}).count_prompts() == 100_000_000
 

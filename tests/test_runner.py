@@ -203,10 +203,14 @@ def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path:
         assert (fourth.done, fourth.cached, len(second_server.record)) == (30, 0, 30)
 
 
-def test_duplicate_requests_in_one_job_are_sent_once(fake: FakeServer, tmp_path: Path) -> None:
+def test_duplicate_requests_in_one_job_are_each_a_draw_unless_deduped(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, name="dup", model="m", templates=["same {w}", "same {w}"], keywords={"w": ["a", "b"]})
     summary = run(db, fake, tmp_path, "dup")
+    assert summary.done == 4 and len(fake.record) == 4
+    fake.reset()
+    bp.create(db, name="once", model="m", templates=["once {w}", "once {w}"], keywords={"w": ["a", "b"]}, dedupe=True)
+    summary = run(db, fake, tmp_path, "once")
     assert summary.done == 4 and len(fake.record) == 2
 
 

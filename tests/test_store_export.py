@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -154,7 +155,10 @@ BAD_SPECS = [
     ({**SPEC, "api": "embeddings"}, "unknown api"),
     ({**SPEC, "temprature": 1}, "unknown spec field 'temprature'"),
     ("{not json", "is not valid JSON"),
-    ({**SPEC, "templates": ["ok {food}", "bad {food.nope}"]}, "cannot fill template"),
+    ({**SPEC, "templates": ["ok {food}", "bad {food.nope}"]},
+     "template 'bad {food.nope}' field {food.nope} uses attribute access, which is not filled in"),
+    ({**SPEC, "templates": ["ok {food}", "bad {food:d}"]},
+     "cannot fill template 'bad {food:d}' with keyword dict {\"food\": \"pizza\"}: ValueError: Unknown format code"),
 ]
 
 
@@ -180,11 +184,47 @@ def test_conflicting_spec_names_the_difference(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **SPEC)
     before = file_digest(db)
-    changed = {**SPEC, "model_args": {"n": 1}, "templates": ["x {food}"]}
+    changed = {**SPEC, "model_args": {"n": 1, "max_tokens": 5}, "templates": ["x {food}", "I hate {food}"]}
     out = run_cli("create", str(write_spec(tmp_path, changed)), "--db", str(db), cwd=tmp_path)
     assert out.returncode == 2
-    assert "job 'likes' already exists" in out.stderr and "templates, model_args differ" in out.stderr
+    assert out.stderr == (
+        "batch-prompt: error: job 'likes' already exists in this database with a different spec: "
+        "templates[0] differs: 'I like {food}' recorded, 'x {food}' in this spec; "
+        "model_args.n differs: 2 recorded, 1 in this spec; "
+        "model_args.temperature differs: 1.0 recorded, not set in this spec; give the new spec another name\n"
+    )
     assert file_digest(db) == before
+    hotter = {**SPEC, "model_args": {**SPEC["model_args"], "temperature": 0.5}, "dedupe": True}  # type: ignore[dict-item]
+    out = run_cli("create", str(write_spec(tmp_path, hotter)), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2 and (
+        "model_args.temperature differs: 1.0 recorded, 0.5 in this spec; dedupe differs: not set recorded, "
+        "true in this spec; give the new spec another name"
+    ) in out.stderr, out.stderr
+    assert file_digest(db) == before
+
+
+def test_run_fields_given_anew_update_the_job(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    first = bp.create(db, **SPEC, rpm=60)
+    conn = sqlite3.connect(db)
+    hashes = conn.execute("SELECT hash FROM prompts ORDER BY id").fetchall()
+    (spec_hash,) = conn.execute("SELECT spec_hash FROM jobs").fetchone()
+    run = {"base_url": "http://gpu:8000", "rpm": {"gpt-4o-mini": 30}, "tpm": 1000, "max_cost": 2.5,
+           "prices": str(tmp_path / "prices.toml"),
+           "endpoints": {"gpt-4o-mini": {"base_url": "http://gpu:8001/v1/", "api_key_env": "GPU_KEY"}}}
+    again = bp.create(db, **SPEC, **run)
+    assert (first.created, again.created, again.base_url) == (True, False, "http://gpu:8000/v1")
+    stored = json.loads(conn.execute("SELECT spec FROM jobs").fetchone()[0])
+    assert {key: stored[key] for key in run} == {
+        **run, "base_url": "http://gpu:8000/v1", "rpm": {"gpt-4o-mini": 30.0}, "tpm": 1000.0,
+        "endpoints": {"gpt-4o-mini": {"base_url": "http://gpu:8001/v1", "api_key_env": "GPU_KEY"}},
+    }
+    assert conn.execute("SELECT base_url FROM jobs").fetchone() == ("http://gpu:8000/v1",)
+    assert conn.execute("SELECT spec_hash FROM jobs").fetchone() == (spec_hash,)
+    assert conn.execute("SELECT hash FROM prompts ORDER BY id").fetchall() == hashes
+    # dedupe is identity: the same name with it set is another spec
+    with pytest.raises(bp.JobConflictError, match="dedupe differs: not set recorded, true in this spec"):
+        bp.create(db, **SPEC, dedupe=True)
 
 
 @pytest.mark.parametrize("kind", ["text", "other-sqlite", "newer-schema", "directory", "missing"])
@@ -219,14 +259,18 @@ def test_bad_database_paths(tmp_path: Path, kind: str) -> None:
 
 def test_failed_create_mid_stream_leaves_no_job(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    # a rendering error only found while expanding (attribute access): the partial job is removed
-    bad = {**SPEC, "name": "bad", "keywords": [{"food": "pizza"}] * 50_000 + [{"food": 3}],
-           "templates": ["{food.upper}"]}
-    with pytest.raises(bp.SpecError):
+    bp.create(db, **SPEC)
+    before = file_digest(db)
+    # a rendering error only found while expanding (a format spec for numbers, and a string at the end)
+    bad = {**SPEC, "name": "bad", "keywords": [{"food": 1}] * 50_000 + [{"food": "pizza"}],
+           "templates": ["{food:03d}"]}
+    message = "cannot fill template '{food:03d}' with keyword dict {\"food\": \"pizza\"}: ValueError: Unknown format"
+    with pytest.raises(bp.SpecError, match=re.escape(message)):
         bp.create(db, **bad)
+    assert file_digest(db) == before
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (0,)
+    assert conn.execute("SELECT name FROM jobs").fetchall() == [("likes",)]
+    assert conn.execute("SELECT count(*) FROM prompts").fetchone() == (4,)
 
 
 def test_export_round_trips_in_a_bare_python(tmp_path: Path) -> None:
