@@ -8,6 +8,7 @@ The cache is shared by all jobs: a request once paid for is answered from here i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from typing import Any
 
 import diskcache
 
+from .endpoints import DEFAULT_BASE_URL, Endpoint, normalize_base_url
 from .errors import CacheError, ConfigError
 
 
@@ -25,14 +27,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "batch-prompt"
 
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-
 def endpoint_identity(base_url: str | None = None) -> str:
     """The cache's name for an endpoint: the base URL (given, else `$OPENAI_BASE_URL`, else OpenAI's),
-    normalized (no trailing slash, lower case). Never the key."""
+    normalized as the runner normalizes it (`Endpoint.identity`). Never the key."""
     url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    return url.rstrip("/").lower()
+    return Endpoint(normalize_base_url(url), "").identity
+
+
+# What reading a damaged cache raises: an entry whose file is gone or not UTF-8, pages of its SQLite index
+# that are corrupt, a value diskcache cannot decode.
+UNREADABLE = (OSError, UnicodeDecodeError, sqlite3.DatabaseError, ValueError, EOFError)
 
 
 def _checksum(text: str) -> str:
@@ -51,7 +55,9 @@ class ResponseCache:
                 str(self.directory), eviction_policy="none", size_limit=2**62, cull_limit=0
             )
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"cannot use cache folder {self.directory}: {exc}") from None
+            raise ConfigError(
+                f"cannot use cache folder {self.directory}: {exc} (move it away, or give another with --cache-dir)"
+            ) from None
 
     @classmethod
     def existing(cls, directory: str | Path | None, endpoint: str) -> ResponseCache | None:
@@ -63,7 +69,10 @@ class ResponseCache:
 
     def contains(self, request_hash: str) -> bool:
         """Whether a response for this hash is cached (cheap: its checksum is checked only by `get`)."""
-        return self._key(request_hash) in self._cache
+        try:
+            return self._key(request_hash) in self._cache
+        except UNREADABLE:
+            return False
 
     def _key(self, request_hash: str) -> str:
         return f"{self.endpoint} {request_hash}"
@@ -72,15 +81,24 @@ class ResponseCache:
         """The cached response text, or None (missing or corrupt; a corrupt entry is deleted).
         With `tag`, only an entry written with that same tag counts (see `set`)."""
         key = self._key(request_hash)
-        value, stored_tag = self._cache.get(key, tag=True)
+        try:
+            value, stored_tag = self._cache.get(key, tag=True)
+        except UNREADABLE:  # a damaged entry (its file unreadable, not UTF-8; damaged index pages)
+            self._forget(key)
+            return None
         if value is None or (tag is not None and stored_tag != tag):
             return None
         if isinstance(value, str) and len(value) > 17 and value[16] == " ":
             text = value[17:]
             if value[:16] == _checksum(text):
                 return text
-        self._cache.delete(key)
+        self._forget(key)
         return None
+
+    def _forget(self, key: str) -> None:
+        """Delete a damaged entry, so it is asked again; if even that fails, it is asked again anyway."""
+        with contextlib.suppress(*UNREADABLE):
+            self._cache.delete(key)
 
     def set(self, request_hash: str, text: str, tag: str | None = None) -> None:
         """Store a response (with `tag`: whose row it was bought for), committed when this returns;

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -81,7 +82,13 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="seconds per request (default 120)")
     parser.add_argument("--max-attempts", type=_positive_int("max attempts"), default=8,
                         help="calls per prompt before it fails (default 8)")
-    parser.add_argument("--no-cache", action="store_true", help="do not answer from the cache (fresh samples)")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                       help="fresh samples: do not answer from the cache; the job remembers it for every resume")
+    cache.add_argument("--cache", dest="cache", action="store_true",
+                       help="answer from the cache again (a job run with --no-cache)")
+    parser.add_argument("--grace", type=_positive_float("grace"),
+                        help="seconds requests in flight get to arrive after Ctrl-C (default: --timeout)")
     parser.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
     parser.add_argument("--base-url", type=_base_url, help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -165,10 +172,27 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
-        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout,
-        max_attempts=args.max_attempts, cache=not args.no_cache, cache_dir=args.cache_dir,
+        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
+        max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir,
         base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
+
+
+# Run options a resume needs again to do what the run did (--no-cache is kept with the job itself).
+_RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "quiet")
+
+
+def resume_command(db: str, args: argparse.Namespace) -> str:
+    """The command that continues this run as it was given."""
+    defaults = vars(build_parser().parse_args(["resume", db]))
+    words = ["python", "-m", "batch_prompt.resume", db]
+    for name in _RESUMED:
+        value = getattr(args, name, None)
+        if value == defaults.get(name):
+            continue
+        option = "--" + name.replace("_", "-")
+        words += [option] if value is True else [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
@@ -180,25 +204,27 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     job = jobs.create(args.db, args.spec)
-    return _report(job.run(**vars(_options(args))), args.db)
+    return _report(job.run(**vars(_options(args))), args.db, args)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _report(jobs.resume(args.db, **vars(_options(args))), args.db)
+    return _report(jobs.resume(args.db, **vars(_options(args))), args.db, args)
 
 
-def _report(summary: RunSummary, db: str) -> int:
+def _report(summary: RunSummary, db: str, args: argparse.Namespace) -> int:
     line = (
         f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}, "
         f"tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
     )
     print(line, file=sys.stderr)
     for kind, count in summary.errors.most_common():
-        print(f"  {count} x {kind}", file=sys.stderr)
+        print(_short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"), file=sys.stderr)
+    if summary.abandoned:
+        print(f"{summary.abandoned} requests in flight were abandoned: their answers are lost", file=sys.stderr)
     if summary.running_elsewhere:
         print(f"{summary.running_elsewhere} prompts are being answered by another process", file=sys.stderr)
     if summary.interrupted or summary.unfinished:
-        print(f"interrupted: resume with: python -m batch_prompt.resume {db}", file=sys.stderr)
+        print(f"interrupted: resume with: {resume_command(db, args)}", file=sys.stderr)
     elif summary.failed_total:
         print(f"{summary.failed_total} prompts failed: python -m batch_prompt retry-failed {db}, then resume",
               file=sys.stderr)

@@ -8,7 +8,6 @@ public exception types (status errors built with their public constructors, as t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 import httpx2  # the openai SDK's HTTP layer (its aiohttp transport plugs in below it)
 import openai
 
+from .clock import RunClock
 from .endpoints import Endpoint as Endpoint  # where it lives; imported from here by the runner
 from .endpoints import resolve_endpoint as resolve_endpoint
 from .failures import MalformedResponse, RequestTimeout
@@ -31,14 +31,15 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 }
 
 
-def make_client(endpoint: Endpoint, timeout: float, connections: int) -> ApiClient:
-    """One client per run and endpoint: aiohttp transport, pool sized to the concurrency, SDK retries off."""
+def make_client(endpoint: Endpoint, timeout: float, connections: int, clock: RunClock | None = None) -> ApiClient:
+    """One client per run and endpoint: aiohttp transport, pool sized to the concurrency, SDK retries off.
+    With a `clock`, the whole-request deadline counts only time the process ran."""
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     http = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
     sdk = openai.AsyncOpenAI(
         api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=timeout, http_client=http
     )
-    return ApiClient(sdk, http, timeout)
+    return ApiClient(sdk, http, timeout, clock or RunClock())
 
 
 class ApiClient:
@@ -53,10 +54,15 @@ class ApiClient:
     for it (scripts/bench_throughput.py).
     """
 
-    def __init__(self, sdk: openai.AsyncOpenAI, http: openai.DefaultAioHttpClient, timeout: float) -> None:
+    def __init__(
+        self, sdk: openai.AsyncOpenAI, http: openai.DefaultAioHttpClient, timeout: float, clock: RunClock
+    ) -> None:
         self.sdk = sdk
         self.timeout = timeout
-        self._extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout)}
+        self.clock = clock
+        # Only connecting has a timeout of its own (nothing is bought before the request is sent); the
+        # rest is the whole-request deadline's, which does not count time the process was stopped.
+        self._extensions = {"timeout": {"connect": timeout, "read": None, "write": None, "pool": None}}
         self._http = http
         base = str(sdk.base_url)  # the SDK keeps it with a trailing slash
         self._urls = {"chat": httpx2.URL(base + "chat/completions"), "completions": httpx2.URL(base + "completions")}
@@ -67,8 +73,9 @@ class ApiClient:
         """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
 
         The body goes out as stored (it was rendered and validated at create time), and the response
-        is parsed here, not into SDK models. `timeout` bounds each phase (connect, each read) and also
-        the whole request, so a body trickling in a byte at a time cannot hold a worker.
+        is parsed here, not into SDK models. `timeout` bounds connecting, and the whole request, so a
+        body trickling in a byte at a time cannot hold a worker; time the process was stopped (Ctrl-Z,
+        a laptop lid) does not count, so an answer that arrived meanwhile is read, not thrown away.
         """
         request = httpx2.Request(
             "POST",
@@ -78,7 +85,7 @@ class ApiClient:
             extensions=self._extensions,
         )
         try:
-            async with asyncio.timeout(self.timeout):
+            async with self.clock.deadline(self.timeout):
                 response = await self._http.send(request)
         except TimeoutError:
             raise RequestTimeout(f"no complete response within {self.timeout:g} s") from None
@@ -139,14 +146,26 @@ def status_error(response: httpx2.Response) -> openai.APIStatusError:
     return cls(message, response=response, body=data)
 
 
-def check_choices(data: Any, expected: int) -> list[dict[str, Any]]:
-    """The response's choices, sorted by index, when there are exactly `expected` with indexes 0..expected-1."""
+def split_choices(data: Any, n: int, prompts: int) -> list[list[dict[str, Any]] | None]:
+    """Each prompt's choices (prompt i, sample j is index i*n + j), or None for a prompt whose n choices
+    are not all there (a server may drop some: the rest of a packed answer is still good).
+
+    Raises `MalformedResponse` when the body has no choices list, or an index that is not an integer,
+    out of range or repeated: then which choice belongs to which prompt cannot be trusted at all.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise MalformedResponse("response has no choices list")
     choices = data["choices"]
-    if not all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+    if not all(isinstance(c, dict) and type(c.get("index")) is int for c in choices):
         raise MalformedResponse("response choices lack an integer index")
-    indexes = sorted(c["index"] for c in choices)
-    if indexes != list(range(expected)):
-        raise MalformedResponse(f"response has {len(choices)} choices (indexes {indexes[:5]}...), expected {expected}")
-    return sorted(choices, key=lambda c: int(c["index"]))
+    by_index = {c["index"]: c for c in choices}
+    if len(by_index) != len(choices) or not all(0 <= i < n * prompts for i in by_index):
+        indexes = sorted(c["index"] for c in choices)
+        raise MalformedResponse(
+            f"response has {len(choices)} choices with indexes {indexes[:6]}..., expected {n * prompts} (0..)"
+        )
+    parts: list[list[dict[str, Any]] | None] = []
+    for i in range(prompts):
+        own = [by_index.get(i * n + j) for j in range(n)]
+        parts.append(None if None in own else [c for c in own if c is not None])
+    return parts

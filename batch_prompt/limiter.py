@@ -7,6 +7,9 @@
   `x-ratelimit-reset-*` (when the allowance is whole again) agrees with a per-minute refill; when it says the
   server refills far slower (a daily cap in the same headers), the pool waits, once the allowance is spent,
   until the server will have refilled one request's worth, instead of collecting 429s.
+- A careful start: until a limit is known (told, or read from a header), requests ramp up as TCP's slow
+  start does: one in flight, then one more for every answer (the window doubles every round trip),
+  instead of the whole concurrency at once into a limit enforced over a window shorter than a minute.
 - A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
 - A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
   with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
@@ -18,6 +21,7 @@ Clock and sleep are injected so tests drive it with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import re
 import time
@@ -86,6 +90,7 @@ class Limiter:
         tpm: float | None = None,
         *,
         learn: bool = True,
+        slow_start: bool = True,
         burst_seconds: float = 1.0,
         breaker_threshold: int = 8,
         breaker_max_pause: float = 60.0,
@@ -110,9 +115,18 @@ class Limiter:
         self.half_open = False
         self._probe: asyncio.Future[None] | None = None
         self.in_flight = [0, 0.0]  # requests and tokens acquired and not yet released
+        # slow start: most requests in flight until a limit is known (None: no such cap)
+        self.window: float | None = 1.0 if slow_start and learn and rpm is None and tpm is None else None
+        self.max_window = 10_000.0
+        self._window_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.pause_reason = ""  # why the pool is paused: "rate limited", "server unreachable", "allowance spent"
 
     async def acquire(self, tokens: float) -> bool:
         """Wait until a request costing `tokens` may go. Returns True when it is the breaker's probe."""
+        while self.window is not None and self.in_flight[0] >= self.window:
+            waiter = asyncio.get_running_loop().create_future()
+            self._window_waiters.append(waiter)
+            await waiter
         now = self.clock()
         while True:
             now = self.clock()
@@ -148,6 +162,23 @@ class Limiter:
         """The request `acquire` let through has its answer (whatever it was): no longer in flight."""
         self.in_flight[0] -= 1
         self.in_flight[1] -= tokens
+        self._open_window()
+
+    def _open_window(self) -> None:
+        """Let through as many window waiters as the window now allows."""
+        room = None if self.window is None else self.window - self.in_flight[0]
+        while self._window_waiters and (room is None or room >= 1):
+            waiter = self._window_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if room is not None:
+                    room -= 1
+
+    def _known_limit(self) -> None:
+        """A limit is known: the buckets govern from now on, not the slow-start window."""
+        if self.window is not None:
+            self.window = None
+            self._open_window()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn limits and remaining capacity from a response's `x-ratelimit-*` headers."""
@@ -158,6 +189,8 @@ class Limiter:
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             bucket = self.requests if kind == "requests" else self.tokens
+            if limit:
+                self._known_limit()
             if limit and not told and (bucket is None or bucket.per_minute != limit):
                 if bucket is None:
                     bucket = Bucket(limit, self.burst_seconds, now)
@@ -193,6 +226,7 @@ class Limiter:
         if not 0 < server_rate < bucket.rate / 2 or needed <= 0:
             return
         self.pause_until = max(self.pause_until, now + min(needed / server_rate, self.max_pause))
+        self.pause_reason = "allowance spent"
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: pause the whole pool for `retry_after` (1 s when unsaid or unreadable, at most
@@ -201,14 +235,24 @@ class Limiter:
         if retry_after is None or not math.isfinite(retry_after) or retry_after < 0:
             retry_after = 1.0
         self.pause_until = max(self.pause_until, now + min(retry_after, self.max_pause))
+        self.pause_reason = "rate limited"
         self.pauses += 1
+        if self.window is not None:  # limited before any header said how much: halve, as TCP does
+            self.window = max(1.0, self.window / 2)
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
                 bucket.drain(self.pause_until)
         self._release_probe()
 
     def succeeded(self) -> None:
-        """The server answered (any answer that is not transient): the outage, if any, is over."""
+        """The server answered (any answer that is not transient): the outage, if any, is over; in the
+        careful start, one more request may be in flight."""
+        if self.window is not None:
+            self.window += 1
+            if self.window >= self.max_window:
+                self._known_limit()
+            else:
+                self._open_window()
         self.failures_in_a_row = 0
         self.breaker_pause = 0.0
         self.half_open = False
@@ -224,6 +268,7 @@ class Limiter:
         if probe or (not self.half_open and self.failures_in_a_row >= self.breaker_threshold):
             self.breaker_pause = min(self.breaker_max_pause, max(1.0, self.breaker_pause * 2))
             self.pause_until = max(self.pause_until, self.clock() + self.breaker_pause)
+            self.pause_reason = "server unreachable"
             self.half_open = True
             self.pauses += 1
         if probe:
@@ -242,6 +287,17 @@ class Limiter:
     @property
     def breaker_open(self) -> bool:
         return self.half_open
+
+    def health(self) -> str | None:
+        """What holds the pool back right now, for a person: None when nothing does."""
+        wait = self.pause_until - self.clock()
+        if wait > 0:
+            if self.pause_reason == "server unreachable":
+                return f"paused: server unreachable, next probe in {wait:.0f} s"
+            return f"{self.pause_reason or 'paused'}: waiting {wait:.0f} s"
+        if self._probe is not None:
+            return "paused: server unreachable, probing"
+        return None
 
 
 def _number(value: str | None) -> float | None:

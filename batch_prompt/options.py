@@ -3,6 +3,7 @@ pool and the entry points."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,63 +21,86 @@ FILES_BESIDES_CONNECTIONS = 64  # databases, their WAL and shared-memory files, 
 
 @dataclass
 class RunOptions:
-    """How to run. Every field has a CLI flag of the same name where it makes sense."""
+    """How to run. Every field has a command-line option of the same name where it makes sense."""
 
-    concurrency: int = 100
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 120.0
-    # False: fresh samples: no answer is taken from the cache (but one bought for this very row by a run
-    # that died before recording it); responses are still written to it
-    cache: bool = True
+    concurrency: int = 100  # requests in flight, all jobs and models together
+    rpm: float | dict[str, float] | None = None  # a number (every model) or a mapping by model
+    tpm: float | dict[str, float] | None = None
+    timeout: float = 120.0  # seconds a request may take (time the process was stopped does not count)
+    # None: as the job says (as it was last run); False: fresh samples, no answer is taken from the cache
+    # (but one bought for this very row by a run that died before recording it), and the job remembers
+    # it; True: answer from the cache again. Responses are always written to it.
+    cache: bool | None = None
     cache_dir: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    mode: str | None = None  # "live" or "batch"; None: the mode the job was last run in
     max_attempts: int = 8
     quiet: bool = False
     progress: Progress | None = None
     retry: RetryPolicy | None = None
     limiter: Limiter | None = None
     lease_seconds: float = 300.0
-    grace: float = 10.0  # seconds in-flight requests get to finish after a stop
+    grace: float | None = None  # seconds in-flight requests get to finish after a stop (None: `timeout`)
     flush_interval: float = 0.2
     flush_batch: int = 256
     # Process-wide policy, which only the command line turns on (a notebook's `await job.arun()` did not
-    # ask for it): SIGINT/SIGTERM handlers; raising the soft open-file limit to fit the connections;
-    # keeping the garbage collector out of the event loop's way.
+    # ask for it): SIGINT/SIGTERM/SIGHUP handlers; raising the soft open-file limit to fit the
+    # connections; keeping the garbage collector out of the event loop's way.
     handle_signals: bool = False
     raise_open_files: bool = False
     tune_gc: bool = False
 
     def validate(self) -> None:
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+        if not _positive_int(self.concurrency):
             raise ConfigError(f"concurrency must be a positive integer, not {self.concurrency!r}")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be positive, not {value!r}")
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout must be positive, not {self.timeout!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            for rate in value.values() if isinstance(value, dict) else [value]:
+                if rate is not None and not _positive(rate):
+                    raise ConfigError(f"{name} must be a positive number, not {rate!r}")
+        for name in ("timeout", "grace", "lease_seconds"):
+            value = getattr(self, name)
+            if (value is not None or name != "grace") and not _positive(value):
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not _positive_int(self.max_attempts):
             raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
         if self.concurrency > MAX_CONCURRENCY:
             raise ConfigError(f"concurrency {self.concurrency} is more than {MAX_CONCURRENCY:,}")
+        if self.mode not in (None, "live", "batch"):
+            raise ConfigError(f"mode must be 'live' or 'batch', not {self.mode!r}")
 
+    @property
+    def grace_seconds(self) -> float:
+        return self.timeout if self.grace is None else self.grace
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
 class RunSummary:
-    """What a run did. `exit_code`: 0 all done, 1 some prompts failed, 130 interrupted."""
+    """What a run did (derived from its ledger). `exit_code`: 0 all done, 1 some prompts failed or left
+    pending, 130 interrupted."""
 
-    done: int = 0
-    cached: int = 0
+    done: int = 0  # answered in this run: by a call, from the cache, or shared with another row
+    cached: int = 0  # of done: from the cache
+    shared: int = 0  # of done: the answer of another row of this run asking the same
     failed: int = 0  # failed in this run
-    requests: int = 0
-    prompt_tokens: int = 0
+    requests: int = 0  # calls made
+    paid: int = 0  # responses paid for
+    prompt_tokens: int = 0  # of the responses paid for
     completion_tokens: int = 0
-    cost_usd: float | None = None  # the tokens paid for at list price (tokens.PRICES); None: no model priced
-    errors: Counter[str] = field(default_factory=Counter)
+    cost_usd: float | None = None  # what they cost at list price; None: no model priced
+    errors: Counter[str] = field(default_factory=Counter)  # prompts failed, by error kind
+    error_examples: dict[str, str] = field(default_factory=dict)  # the first message of each kind
     interrupted: bool = False
+    abandoned: int = 0  # requests in flight when a second signal abandoned them (their answers lost)
     unfinished: int = 0  # pending in the file after the run
     running_elsewhere: int = 0  # claimed by another process that is still working on them
     failed_total: int = 0  # failed in the file after the run

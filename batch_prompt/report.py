@@ -79,7 +79,7 @@ def status(db_path: str | Path, prices: str | Path | None = None) -> list[JobSta
     """Every job of `db_path`, in creation order. `prices`: a price override file, on top of each job's
     spec's `prices` (when that file can still be read). Raises `StoreError`, `ConfigError` (bad `prices`)."""
     base = Prices.load(prices)
-    with Store(db_path, create=False) as store:
+    with Store(db_path, create=False, readonly=True) as store:
         return [_job_status(store, job, _job_prices(job, base, prices)) for job in store.jobs()]
 
 
@@ -170,7 +170,7 @@ def show(db_path: str | Path, job: str | None = None, status: str | None = None,
     Raises `JobNotFoundError` for an unknown job name, `ValueError` for an unknown status."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-    with Store(db_path, create=False) as store:
+    with Store(db_path, create=False, readonly=True) as store:
         views: list[PromptView] = []
         for row in store.select(job):
             views += [_view(row, prompt) for prompt in store.prompts(row, status, limit)]

@@ -47,7 +47,7 @@ class ExportSummary:
 
 def iter_results(db_path: str | Path, job: str | None = None) -> Iterator[dict[str, Any]]:
     """Yield result items in stable order (job, template, keyword dict, model, sample, choice)."""
-    with Store(db_path, create=False) as store:
+    with Store(db_path, create=False, readonly=True) as store:
         for row in _ready(store, job):
             for done in store.iter_done(row):
                 yield from result_items(row.name, row.api, done)
@@ -105,7 +105,7 @@ def export(
         raise SpecError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "parquet":
         require_pyarrow()
-    with Store(db_path, create=False) as store:
+    with Store(db_path, create=False, readonly=True) as store:
         jobs = _ready(store, job)
         counts = [store.counts(row) for row in jobs]  # O(rows not done)
         jobs = [row for row, count in zip(jobs, counts, strict=True) if count["done"]]  # their keyword columns

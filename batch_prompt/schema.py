@@ -54,16 +54,21 @@ def current_version(conn: sqlite3.Connection, path: str) -> int:
     return int(row[0] or 0)
 
 
+def migrate_check(version: int, path: str) -> None:
+    """Refuse a database from a newer schema: never half-read."""
+    if version > head():
+        raise SchemaTooNewError(
+            f"{path} has schema version {version}, newer than this batch-prompt knows ({head()}): "
+            "upgrade batch-prompt to read it",
+            path=path,
+        )
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> int:
     """Bring the database to the newest schema; returns the version. The connection is in autocommit mode."""
     version = current_version(conn, path)
     newest = head()
-    if version > newest:
-        raise SchemaTooNewError(
-            f"{path} has schema version {version}, newer than this batch-prompt knows ({newest}): "
-            "upgrade batch-prompt to read it",
-            path=path,
-        )
+    migrate_check(version, path)
     if version == newest:
         return version
     conn.execute("BEGIN IMMEDIATE")

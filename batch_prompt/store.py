@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import os
-import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,11 +26,13 @@ from typing import Any, NamedTuple
 from . import schema
 from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError, shown
 from .expand import PromptRecord, expand, hash_text
+from .leases import owner_is_dead
 from .spec import RUN_FIELDS as SPEC_RUN_FIELDS
 from .spec import Spec, canonical_json
 
 INSERT_BATCH = 5_000  # rows per executemany: a few MB of row tuples in memory at a time
 BUSY_TIMEOUT_MS = 60_000
+PATIENT_BUSY_MS = 2_000  # a run's store reports a lock held elsewhere this often while it waits it out
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Stored with a job's spec, not part of its identity: "name" and the spec's run fields (base_url, endpoints,
 # rpm, tpm, max_cost, prices). Creating the same spec again with other values updates them.
@@ -144,50 +144,6 @@ class PromptRow(NamedTuple):
     cached: int
 
 
-def lease_owner() -> str:
-    """An identity for this process's leases: machine scope, pid, process start time, a per-run token."""
-    return f"{_scope()}:{os.getpid()}:{_start_time(os.getpid())}:{os.urandom(4).hex()}"
-
-
-def _scope() -> str:
-    """Where a pid means this process: host name, boot and pid namespace (two containers sharing a
-    volume and a host name are different scopes; so is the same machine after a reboot)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-        pidns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        boot = pidns = "-"
-    return f"{socket.gethostname()}/{boot}/{pidns}"
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it;
-    "-" when unknown, "Z" for a zombie (killed, not yet reaped: as dead as it gets)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[-1].split()
-    except OSError:
-        return "-"
-    return "Z" if fields[0] == b"Z" else fields[19].decode()
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True when a lease owner is a process in this machine scope that no longer exists."""
-    scope, pid_text, start, _ = [*owner.split(":"), "", "", ""][:4]
-    if scope != _scope() or "-" in scope.split("/")[1:] or not pid_text.isdigit():
-        return False  # another machine, boot or container (or unknown): only the lease's expiry tells
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return start not in ("-", "") and _start_time(pid) not in ("-", start)
-
-
 _NOT_A_DATABASE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)  # "not a database", "malformed"
 
 
@@ -216,9 +172,19 @@ def _wal_mode(conn: sqlite3.Connection) -> None:
 class Store:
     """An open job database. Use as a context manager or call `close()`."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, *, create: bool = True, on_locked: Callable[[float], None] | None = None,
+        readonly: bool = False,
+    ) -> None:
+        """Open (and migrate) a job database. With `on_locked`, write transactions never give up on a lock
+        another process holds: they wait on, calling `on_locked(seconds waited so far)` every few seconds
+        (a run waits out a big create; a command gives up after the busy timeout). `readonly` (status,
+        show, export) reads a database on read-only media too: results archived on a share or a snapshot."""
         self.path = str(path)
-        _check_file(self.path, create)
+        self.on_locked = on_locked
+        _check_file(self.path, create and not readonly)
+        if readonly and self._open_readonly():
+            return
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
@@ -229,6 +195,8 @@ class Store:
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
             schema.migrate(self.conn, self.path)
+            if on_locked is not None:
+                self.conn.execute(f"PRAGMA busy_timeout = {PATIENT_BUSY_MS}")
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             if _primary_code(exc) in _NOT_A_DATABASE:
@@ -239,6 +207,40 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
+
+    def _open_readonly(self) -> bool:
+        """Open for reading only; False when the schema needs migrating first (then open as usual).
+
+        `mode=ro` reads a WAL database while its `-shm` can be had; on read-only media it cannot, and a
+        cleanly closed database (no write-ahead log left) is then read as `immutable` (no locks, no -shm)."""
+        uri = Path(self.path).resolve().as_uri()
+        try:
+            self.conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
+                                        timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                version = schema.current_version(self.conn, self.path)
+            except sqlite3.OperationalError:
+                self.conn.close()
+                wal = Path(self.path + "-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise StoreError(
+                        f"cannot read {self.path}: its write-ahead log ({wal.name}) holds changes, and its folder "
+                        "cannot be written: copy the database and its -wal file somewhere writable",
+                        path=self.path) from None
+                self.conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+                version = schema.current_version(self.conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            if _primary_code(exc) in _NOT_A_DATABASE:
+                raise NotADatabaseError(f"{self.path} is not a batch-prompt job database ({exc})",
+                                        path=self.path) from None
+            raise StoreError(f"cannot read {self.path}: {exc}", path=self.path) from None
+        if version > schema.head():
+            self.conn.close()
+            schema.migrate_check(version, self.path)
+        if version < schema.head():
+            self.conn.close()
+            return False
+        return True
 
     def close(self) -> None:
         self.conn.close()
@@ -257,7 +259,7 @@ class Store:
         the rollback keeps everything committed before intact.
         """
         with self.errors():
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 yield self.conn
                 self.conn.execute("COMMIT")
@@ -265,6 +267,20 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+
+    def _begin(self) -> None:
+        if self.on_locked is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        started = time.monotonic()
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")  # waits up to PATIENT_BUSY_MS for the lock
+                return
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) != sqlite3.SQLITE_BUSY:
+                    raise
+                self.on_locked(time.monotonic() - started)
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -450,18 +466,34 @@ class Store:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def claim(self, job: JobRow, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
-        """Atomically move up to `limit` pending rows of a job to `running` under this owner's lease."""
+    def claim(self, job: JobRow, model: str, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        """Atomically move up to `limit` pending rows of a job's model to `running` under this owner's
+        lease. A row whose request (hash) is in flight in another process right now is left pending:
+        that answer is on its way, to the cache, and no one pays for it twice."""
         with self.transaction() as conn:
             rows = conn.execute(
                 "UPDATE prompts SET status = 'running', lease_owner = ?, lease_expires = ?"
-                " WHERE id IN (SELECT id FROM prompts WHERE job_id = ? AND status != 'done'"
-                "   AND status = 'pending' ORDER BY id LIMIT ?)"
+                " WHERE id IN (SELECT p.id FROM prompts p WHERE p.job_id = ? AND p.model = ?"
+                "   AND p.status != 'done' AND p.status = 'pending'"
+                "   AND NOT EXISTS (SELECT 1 FROM prompts q WHERE q.hash = p.hash AND q.status = 'running'"
+                "                   AND q.lease_owner != ?)"
+                "   ORDER BY p.id LIMIT ?)"
                 " RETURNING id, hash, model, request, attempts",
-                (owner, time.time() + lease_seconds, job.id, limit),
+                (owner, time.time() + lease_seconds, job.id, model, owner, limit),
             ).fetchall()
         rows.sort()
         return [Claimed(r[0], job.id, r[1], r[2], r[3], r[4]) for r in rows]
+
+    def pending(self, job: JobRow, model: str) -> int:
+        """How many rows of the job's model are pending: claimable, or waiting for an answer in flight
+        elsewhere."""
+        with self.errors():
+            row = self.conn.execute(
+                "SELECT count(*) FROM prompts WHERE job_id = ? AND model = ? AND status != 'done'"
+                " AND status = 'pending'",
+                (job.id, model),
+            ).fetchone()
+        return int(row[0])
 
     def reclaim(self, job: JobRow) -> int:
         """Return `running` rows whose lease expired, or whose owner process is gone, to `pending`."""
@@ -482,14 +514,16 @@ class Store:
             )
         return cur.rowcount
 
-    def renew(self, owner: str, lease_seconds: float) -> None:
-        """Extend every lease this owner holds (a heartbeat while requests are in flight)."""
+    def renew(self, owner: str, lease_seconds: float) -> set[int]:
+        """Extend every lease this owner still holds; returns the ids of those rows (any other row it
+        claimed has been taken over, or finished, by another process)."""
         with self.transaction() as conn:
-            conn.execute(
+            rows = conn.execute(
                 "UPDATE prompts SET lease_expires = ? WHERE job_id IN (SELECT id FROM jobs)"
-                " AND status != 'done' AND status = 'running' AND lease_owner = ?",
+                " AND status != 'done' AND status = 'running' AND lease_owner = ? RETURNING id",
                 (time.time() + lease_seconds, owner),
-            )
+            ).fetchall()
+        return {row[0] for row in rows}
 
     def record(self, outcomes: list[Outcome], owner: str, charges: Iterable[Charge] = ()) -> None:
         """Commit a batch of outcomes and charges in one transaction; a row already done is left as it is.
@@ -540,6 +574,11 @@ class Store:
                 " WHERE id = ? AND status = 'running' AND lease_owner = ?",
                 [(i, owner) for i in ids],
             )
+
+    def set_run_choices(self, job: JobRow, mode: str, fresh: bool) -> None:
+        """Remember how the job was last run: its mode, and whether it asks for fresh samples."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET mode = ?, fresh = ? WHERE id = ?", (mode, int(fresh), job.id))
 
     def retry_failed(self, job: JobRow) -> int:
         with self.transaction() as conn:

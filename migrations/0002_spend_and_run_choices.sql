@@ -33,5 +33,10 @@ ALTER TABLE jobs ADD COLUMN creator TEXT;
 -- A failed prompt's error kind ("BadRequestError 400", "RetryExhausted", ...), for grouping and retry-failed.
 ALTER TABLE prompts ADD COLUMN error_kind TEXT;
 
+-- Claims are per job and model (each model may have its own endpoint and limits): the unfinished rows'
+-- index leads with both. Like the one it replaces, it holds only rows not done: O(rows not done).
+DROP INDEX prompts_unfinished;
+CREATE INDEX prompts_unfinished ON prompts (job_id, model, status, id) WHERE status != 'done';
+
 -- A request in flight anywhere holds its hash here: no other process sends the same request meanwhile.
 CREATE INDEX prompts_running_hash ON prompts (hash) WHERE status = 'running';

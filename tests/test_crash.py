@@ -230,7 +230,7 @@ def fill_done(db: Path, limit: int) -> None:
     with Store(db) as store:
         job = store.jobs()[0]
         outcomes = []
-        for row in store.claim(job, "test:1:x", limit, 60):
+        for row in store.claim(job, job.spec["models"][0], "test:1:x", limit, 60):
             request = json.loads(row.request)
             text = request["messages"][-1]["content"]
             choices = [{"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},

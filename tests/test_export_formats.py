@@ -154,7 +154,7 @@ def test_first_token_and_its_top_logprobs(tmp_path: Path) -> None:
               model_args={"logprobs": 2, "max_tokens": 1})
     with Store(db) as store:
         for job in store.jobs():
-            rows = store.claim(job, "test:1:x", 10, 60)
+            rows = store.claim(job, job.spec["models"][0], "test:1:x", 10, 60)
             outcomes = []
             for row in rows:
                 if job.api == "chat":

@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pytest
 
-from batch_prompt.client import check_choices, make_client, resolve_endpoint, status_error
+from batch_prompt.client import make_client, resolve_endpoint, split_choices, status_error
 from batch_prompt.errors import RetryExhausted
 from batch_prompt.failures import (
     Failure,
@@ -99,9 +99,14 @@ def test_transport_and_body_failures() -> None:
     malformed = status_free_malformed()
     assert classify(malformed).verdict is R and classify(malformed).kind == "MalformedResponse"
     with pytest.raises(MalformedResponse, match="3 choices"):
-        check_choices({"choices": [{"index": i} for i in range(3)]}, 2)  # a wrong choice count
+        split_choices({"choices": [{"index": i} for i in range(3)]}, 2, 1)  # one too many: which is whose?
+    with pytest.raises(MalformedResponse, match="3 choices"):
+        split_choices({"choices": [{"index": i} for i in (0, 1, 1)]}, 3, 1)  # a repeated index
     with pytest.raises(MalformedResponse, match="no choices"):
-        check_choices({"id": "x"}, 1)
+        split_choices({"id": "x"}, 1, 1)
+    # packed: prompt i, sample j is index i*n + j; a prompt missing a choice is incomplete, the rest are kept
+    parts = split_choices({"choices": [{"index": i} for i in (5, 0, 1, 4, 2)]}, 2, 3)
+    assert parts == [[{"index": 0}, {"index": 1}], None, [{"index": 4}, {"index": 5}]]
     assert classify(ValueError("a bug of ours")).verdict is L
     assert classify(KeyError("x")).verdict is L
 

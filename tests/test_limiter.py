@@ -26,6 +26,7 @@ class FakeClock:
 
 
 def limiter(clock: FakeClock, **kw: object) -> Limiter:
+    kw.setdefault("slow_start", False)  # tested on its own below
     return Limiter(clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
 
 

@@ -61,7 +61,7 @@ def fill_done(db: Path) -> None:
     """Mark every prompt done with a response shaped like the API's (what a run would have written)."""
     with Store(db) as store:
         for job in store.jobs():
-            rows = store.claim(job, "test:1:x", 10_000, 60)
+            rows = [row for model in job.spec["models"] for row in store.claim(job, model, "test:1:x", 10_000, 60)]
             outcomes = []
             for row in rows:
                 request = json.loads(row.request)
@@ -88,7 +88,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     tables = {t.name: [c.name for c in t.columns] for t in database.tables}
     assert tables == INTENDED_SCHEMA
     indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
-    assert indexes == {"prompts_unfinished": ["job_id", "status", "id"], "prompts_job_order": ["job_id", "id"],
+    assert indexes == {"prompts_unfinished": ["job_id", "model", "status", "id"], "prompts_job_order": ["job_id", "id"],
                        "prompts_running_hash": ["hash"], "prompts_cached": ["job_id", "model"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
     assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3]
@@ -96,15 +96,34 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
 
 
 def test_claims_and_counts_use_the_unfinished_index(tmp_path: Path) -> None:
+    """The statements the store runs on unfinished rows, as it runs them (traced), all go through the
+    partial indexes: none scans the done rows."""
     db = tmp_path / "jobs.db"
     bp.create(db, **SPEC)
+    statements: list[str] = []
+    with Store(db) as store:
+        job = store.jobs()[0]
+        store.conn.set_trace_callback(statements.append)
+        rows = store.claim(job, "gpt-4o-mini", "test:1:x", 2, 60)
+        store.counts(job)
+        store.pending(job, "gpt-4o-mini")
+        store.reclaim(job)
+        store.renew("test:1:x", 60)
+        store.release([row.id for row in rows], "test:1:x")
     conn = sqlite3.connect(db)
-    for sql in (
-        "SELECT id FROM prompts WHERE job_id = 1 AND status != 'done' AND status = 'pending' ORDER BY id LIMIT 5",
-        "SELECT status, count(*) FROM prompts WHERE job_id = 1 AND status != 'done' GROUP BY status",
-    ):
+    checked = 0
+    for sql in statements:
+        if "prompts" not in sql or sql.startswith(("BEGIN", "COMMIT")) or "FROM spend" in sql:
+            continue
         plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
-        assert "prompts_unfinished" in plan, plan
+        if "WHERE id = " in sql:  # by primary key
+            assert "INTEGER PRIMARY KEY" in plan, (sql, plan)
+        else:
+            assert "INDEX prompts_unfinished" in plan and "prompts_job_order" not in plan, (sql, plan)
+        if "q.hash" in sql:  # the in-flight elsewhere check
+            assert "prompts_running_hash" in plan, plan
+        checked += 1
+    assert checked >= 5
 
 
 def test_create_records_every_prompt_and_is_idempotent(tmp_path: Path) -> None:
@@ -390,7 +409,7 @@ def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
 def test_lease_owner_liveness() -> None:
     import signal as sig
 
-    from batch_prompt.store import _scope, _start_time, lease_owner, owner_is_dead
+    from batch_prompt.leases import _scope, _start_time, lease_owner, owner_is_dead
 
     assert not owner_is_dead(lease_owner())  # ourselves
     assert not owner_is_dead("another-host/b00t/4026531836:1:1:x")  # elsewhere: only its lease can expire
@@ -452,9 +471,9 @@ def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
     bp.create(db, **SPEC)
     with Store(db) as a, Store(db) as b:
         job = a.jobs()[0]
-        rows = a.claim(job, "host/a/1:1:1:a", 10, lease_seconds=-1)  # claimed, lease already expired
+        rows = a.claim(job, "gpt-4o-mini", "host/a/1:1:1:a", 10, lease_seconds=-1)  # claimed, lease already expired
         assert a.reclaim(job) == 4  # ...so it is reclaimed
-        taken = b.claim(job, "host/b/1:2:2:b", 10, 60)
+        taken = b.claim(job, "gpt-4o-mini", "host/b/1:2:2:b", 10, 60)
         assert [r.id for r in taken] == [r.id for r in rows]
         a.release([r.id for r in rows], "host/a/1:1:1:a")  # A wakes up late: B's rows are not A's to hand back
         a.record([Outcome(rows[0].id, job.id, "failed", error="late", attempts=1)], "host/a/1:1:1:a")
@@ -467,7 +486,7 @@ def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
 
 def test_redaction_and_tolerant_usage() -> None:
     from batch_prompt.failures import redact
-    from batch_prompt.worker import _count
+    from batch_prompt.ledger import count as _count
 
     key = "0123456789abcdef0123456789abcdef"  # an Azure-style key: no sk- prefix to recognize
     assert key not in redact(f"Access denied: invalid subscription key {key}.", key)

@@ -1,0 +1,346 @@
+"""The live worker pool: every job's models, each at its endpoint, worked side by side in one concurrency.
+
+Each (job, model) is a `Lane`. Its feeder claims rows in chunks (one `UPDATE ... RETURNING` each, through
+the store's thread), answers what the cache holds at once, lets rows asking what another row of this run
+already asks follow it, packs the rest into requests (legacy completions) and queues them. Its workers
+take requests; each attempt waits for the lane's limiter (one per endpoint and model: its own limits,
+learned from its own headers, a careful start), then for a fair share of the run's `concurrency`
+(`Slots`), makes sure this process still holds the rows' leases, sends, and hands every answer to the
+ledger. Nothing per request waits for the database.
+
+Stopping (`stop()`: Ctrl-C, a store or cache failing): no lane claims or starts anything more; requests
+in flight finish and their answers are kept; once none is in flight the pool ends. A refused key, an
+exhausted quota or an endpoint that never answers stops the lanes of that endpoint only (`Endpoint
+State.fatal`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) cancels what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from . import tokens
+from .asyncstore import AsyncStore
+from .cache import ResponseCache
+from .client import ApiClient, Endpoint, split_choices
+from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
+from .failures import MalformedResponse, Verdict, classify, redact
+from .leases import LeaseKeeper
+from .ledger import Ledger
+from .limiter import Limiter
+from .retry import RetryPolicy
+from .slots import Slots
+from .store import Claimed, JobRow
+
+UNREACHABLE_AFTER = 12  # connection failures with no answer yet after which the endpoint is called wrong
+BLOCKED_WAIT = 1.0  # seconds between claims while the only rows left wait for an answer in flight elsewhere
+PACK_COMPLETION_TOKENS = 4096  # a packed request asks at most this many completion tokens (max_tokens x n each)
+Item = list[Claimed]  # the prompts of one request (one for chat; several packed for legacy completions)
+
+
+@dataclass
+class EndpointState:
+    """What the run knows of one endpoint (base URL and key): shared by the lanes sent there."""
+
+    endpoint: Endpoint
+    reached: bool = False  # some request got an answer: the endpoint exists
+    unreached: int = 0  # connection failures before any answer
+    fatal: BatchPromptError | None = None  # it refused the run: its lanes stop
+
+
+@dataclass(eq=False)
+class Lane:
+    """One job's prompts for one model, at its endpoint."""
+
+    job: JobRow
+    model: str
+    state: EndpointState
+    client: ApiClient
+    cache: ResponseCache
+    limiter: Limiter
+    fresh: bool  # fresh samples: the cache is not read (but for an answer bought for this very row)
+    workers: int
+    queue: asyncio.Queue[Item | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.workers)
+        self.pack = 1
+        if self.job.api == "completions":  # at most prompts_per_request, and short enough to wait for
+            per_prompt = _completion_tokens(self.job.spec.get("model_args") or {})
+            self.pack = max(1, min(self.job.prompts_per_request, PACK_COMPLETION_TOKENS // per_prompt))
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.state.endpoint
+
+    def items(self, rows: list[Claimed]) -> Iterator[Item]:
+        for start in range(0, len(rows), self.pack):
+            yield rows[start : start + self.pack]
+
+    def body(self, rows: Item) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(rows[0].request)
+        if len(rows) > 1:
+            body["prompt"] = [json.loads(row.request)["prompt"] for row in rows]
+        return body
+
+
+def _completion_tokens(model_args: dict[str, Any]) -> int:
+    """Most completion tokens one prompt may ask: max_tokens x n (the legacy default of 16 when unset)."""
+    n = model_args.get("n") if isinstance(model_args.get("n"), int) else 1
+    limit = model_args.get("max_tokens")
+    limit = limit if isinstance(limit, int) and limit > 0 else tokens.DEFAULT_MAX_TOKENS
+    return max(1, int(n or 1) * limit)
+
+
+class _Stopped(Exception):
+    """Raised instead of a new attempt once its lane, or the run, is stopping."""
+
+
+class LivePool:
+    """Runs the lanes: see the module docstring. Dependencies come in; nothing is built here."""
+
+    def __init__(
+        self, lanes: list[Lane], *, store: AsyncStore, ledger: Ledger, leases: LeaseKeeper, slots: Slots,
+        policy: RetryPolicy, estimator: tokens.TokenEstimator, owner: str, lease_seconds: float,
+    ) -> None:
+        self.lanes, self.store, self.ledger, self.leases, self.slots = lanes, store, ledger, leases, slots
+        self.policy, self.estimator, self.owner, self.lease_seconds = policy, estimator, owner, lease_seconds
+        self.stopping = False
+        self.in_flight = 0  # requests sent and not yet answered, all lanes
+        self._deadline: asyncio.Timeout | None = None
+        self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
+
+    def _halted(self, lane: Lane) -> bool:
+        return self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
+
+    async def run(self) -> None:
+        """Work every lane until its rows are done, or the pool is stopped."""
+        try:
+            async with asyncio.timeout(None) as self._deadline:
+                async with asyncio.TaskGroup() as group:
+                    for lane in self.lanes:
+                        group.create_task(self._feed(lane), name=f"feed-{lane.job.name}-{lane.model}")
+                        for i in range(lane.workers):
+                            group.create_task(self._work(lane), name=f"work-{lane.job.name}-{lane.model}-{i}")
+        except TimeoutError:
+            pass  # abandoned, or stopped with nothing left in flight
+
+    def stop(self) -> None:
+        """Claim and start nothing more; let what is in flight finish (`abandon` ends it sooner)."""
+        self.stopping = True
+        for lane in self.lanes:
+            while not lane.queue.empty():
+                lane.queue.get_nowait()
+            for _ in range(lane.workers):
+                if not lane.queue.full():
+                    lane.queue.put_nowait(None)
+        self._end_if_idle()
+
+    def abandon(self) -> None:
+        """Cancel everything now, in-flight requests included (their answers, if they come, are lost)."""
+        self.stopping = True
+        if self._deadline is not None and not self._deadline.expired():
+            self.abandoned = self.in_flight
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    def _end_if_idle(self) -> None:
+        # Stopping and nothing in flight: whatever still waits (a limiter's pause, a slot) has nothing
+        # paid for to lose, so the pool ends now instead of waiting for it.
+        if self.stopping and self.in_flight == 0:
+            self.abandon()
+
+    # --- feeding ----------------------------------------------------------------------------------
+
+    async def _feed(self, lane: Lane) -> None:
+        chunk = max(64, 2 * self.slots.total // max(1, len(self.lanes))) * lane.pack
+        while not self._halted(lane):
+            wall = time.time()
+            rows = await self.store.claim(lane.job, lane.model, self.owner, chunk, self.lease_seconds)
+            if not rows:
+                if await self.store.reclaim(lane.job):
+                    continue
+                if not await self.store.pending(lane.job, lane.model):
+                    break
+                await asyncio.sleep(BLOCKED_WAIT)  # the rows left wait for an answer in flight elsewhere
+                continue
+            self.leases.claimed([row.id for row in rows], wall)
+            self.ledger.claim(rows)
+            todo = []
+            for row in rows:
+                tag = self.ledger.cache_tag(lane.job, row.id)
+                text = lane.cache.get(row.hash, tag if lane.fresh else None)
+                if text is not None:
+                    self.ledger.from_cache(row, text)
+                elif self.ledger.lead(row, lane.endpoint.identity):
+                    todo.append(row)
+            for item in lane.items(todo):
+                if self._halted(lane):
+                    break
+                await lane.queue.put(item)
+        for _ in range(lane.workers):
+            await lane.queue.put(None)
+
+    # --- working ----------------------------------------------------------------------------------
+
+    async def _work(self, lane: Lane) -> None:
+        while True:
+            item = await lane.queue.get()
+            if item is None:
+                return
+            if not self._halted(lane):
+                await self._request(lane, item)
+
+    async def _request(self, lane: Lane, rows: Item) -> None:
+        """Send one request until it is answered, refused, or out of attempts; record what became of it."""
+        n = int(json.loads(rows[0].request).get("n") or 1)
+        remaining = list(rows)
+        calls = 0
+        probe_failed = False  # the last attempt was the breaker's probe, and failed: the outage's fault
+        tally = self.ledger.tally(lane.job.id, lane.model)
+
+        async def attempt() -> None:
+            nonlocal remaining, calls, probe_failed
+            if self._halted(lane):
+                raise _Stopped
+            cost, ours = self.estimator.cost(lane.body(remaining))
+            probe = probe_failed = await lane.limiter.acquire(cost)
+            try:
+                try:
+                    async with self.slots.hold(lane):
+                        remaining = await self._still_ours(lane, remaining)
+                        if self._halted(lane) or not remaining:
+                            raise _Stopped
+                        calls += 1
+                        tally.retries += int(calls > 1)
+                        data, headers = await self._send(lane, remaining, tally)
+                finally:
+                    lane.limiter.release(cost)
+                    self._end_if_idle()
+            except _Stopped:
+                if probe:
+                    lane.limiter.abandon_probe()
+                raise
+            except Exception as exc:
+                self._observe_failure(lane, exc, probe)
+                raise
+            except BaseException:  # cancelled: let another request be the probe
+                if probe:
+                    lane.limiter.abandon_probe()
+                raise
+            lane.limiter.observe(headers)
+            lane.state.reached = True
+            try:
+                parts = split_choices(data, n, len(remaining))
+            except MalformedResponse:
+                lane.limiter.failed(probe)
+                raise
+            probe_failed = False
+            lane.limiter.succeeded()
+            self.estimator.observe(ours, data.get("usage"))
+            self.ledger.paid(lane.job.id, lane.model, "live", len(remaining), data.get("usage"))
+            incomplete = []
+            for i, (row, choices) in enumerate(zip(remaining, parts, strict=True)):
+                if choices is None:
+                    incomplete.append(row)
+                    continue
+                response = _response_for(data, choices, len(remaining), i)
+                text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+                tag = self.ledger.cache_tag(lane.job, row.id)
+                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, calls)
+            if incomplete:  # ask again only for the prompts whose choices did not all come
+                missing, remaining = len(incomplete), incomplete
+                raise MalformedResponse(f"{missing} of {len(parts)} prompts lack some of their {n} choices")
+
+        try:
+            await self.policy.call(attempt, lane.limiter.sleep, free=lambda exc: probe_failed)
+        except _Stopped:
+            return  # the rows stay claimed and are handed back when the run ends
+        except Exception as exc:
+            if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
+                raise  # not about this request: the run stops
+            await self._give_up(lane, remaining, exc, calls)
+
+    async def _give_up(self, lane: Lane, rows: Item, exc: Exception, calls: int) -> None:
+        failure = classify(exc)
+        error = redact(failure.message, lane.endpoint.api_key)
+        if failure.verdict is Verdict.FATAL:
+            if lane.state.fatal is None:
+                lane.state.fatal = FatalAPIError(
+                    f"the API refused the run at {lane.endpoint.base_url}: {error}", status_code=failure.status,
+                    endpoint=lane.endpoint.base_url,
+                )
+            return  # its rows stay unfinished, not failed
+        if failure.verdict is Verdict.LOCAL:  # not an answer from the server: our side is broken
+            raise BatchPromptError(f"the run stopped on an unexpected error: {error}") from None
+        if failure.verdict is Verdict.FAIL and len(rows) > 1:  # find the bad prompt(s), spare the rest
+            half = len(rows) // 2
+            await self._request(lane, rows[:half])
+            await self._request(lane, rows[half:])
+            return
+        for row in rows:
+            self.ledger.failed(row, lane.endpoint.identity, error, failure.kind, calls)
+
+    async def _send(self, lane: Lane, rows: Item, tally: Any) -> tuple[dict[str, Any], Any]:
+        tally.requests += 1
+        tally.in_flight += len(rows)
+        self.in_flight += 1
+        try:
+            return await lane.client.send(lane.job.api, lane.body(rows))
+        finally:
+            tally.in_flight -= len(rows)
+            self.in_flight -= 1
+
+    async def _still_ours(self, lane: Lane, rows: Item) -> Item:
+        """The rows whose leases this process still holds (after a long stop, another may have taken some)."""
+        await self.leases.ensure()
+        if not self.leases.lost:
+            return rows
+        kept = []
+        for row in rows:
+            if row.id in self.leases.lost:  # another process answers it: never pay for it twice
+                self.ledger.lose(row)
+                self.ledger.abandon(row, lane.endpoint.identity)  # its followers are handed back at the end
+            else:
+                kept.append(row)
+        return kept
+
+    def _observe_failure(self, lane: Lane, exc: Exception, probe: bool) -> None:
+        failure = classify(exc)
+        state = lane.state
+        if isinstance(exc, openai.APIConnectionError) and not state.reached:
+            state.unreached += 1
+            if state.unreached >= UNREACHABLE_AFTER and state.fatal is None:  # never answered: a wrong URL
+                error = redact(failure.message, lane.endpoint.api_key)
+                state.fatal = ConfigError(
+                    f"cannot reach {lane.endpoint.base_url} (nothing answered yet): {error}",
+                    endpoint=lane.endpoint.base_url,
+                )
+        if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
+            lane.limiter.observe(exc.response.headers)
+            lane.limiter.rate_limited(failure.retry_after)
+        elif failure.verdict is Verdict.RETRY:
+            lane.limiter.failed(probe)
+        elif not isinstance(exc, _Stopped):  # the server answered: not an outage
+            lane.limiter.succeeded()
+
+
+def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int) -> dict[str, Any]:
+    """One prompt's own response: the completion with only its choices, indexed 0..n-1.
+
+    For a packed request the usage is split evenly among its prompts (the API reports only the total).
+    """
+    response = {key: value for key, value in data.items() if key != "choices"}
+    response["choices"] = [{**choice, "index": j} for j, choice in enumerate(choices)] if packed > 1 else choices
+    if packed > 1 and isinstance(data.get("usage"), dict):
+        usage = {}
+        for key, total in data["usage"].items():
+            if isinstance(total, int):
+                usage[key] = total // packed + (1 if position < total % packed else 0)
+        response["usage"] = usage
+    return response
