@@ -24,11 +24,11 @@ from .errors import (
     SpecError,
     StoreError,
 )
-from .job import Job, aresume, create, resume, retry_failed
+from .job import Job, aresume, cancel, create, resume, retry_failed
 from .options import RunOptions, RunSummary
 from .preview import Estimate, ModelEstimate, estimate
 from .pricing import Prices
-from .report import ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
+from .report import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
 from .results import ExportSummary, export, iter_results, load_results, to_dataframe
 from .spec import Spec, load_spec
 
@@ -50,6 +50,7 @@ def __getattr__(name: str) -> typing.Any:
 
 __all__ = [
     "BatchPromptError",
+    "BatchStatus",
     "CacheError",
     "ConfigError",
     "ErrorGroup",
@@ -76,6 +77,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "aresume",
+    "cancel",
     "create",
     "estimate",
     "export",

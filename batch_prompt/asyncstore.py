@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import Charge, Claimed, JobRow, Outcome, Spend, Store
+from .store import BatchRow, Charge, Claimed, JobRow, Outcome, Spend, Store
 
 T = TypeVar("T")
 
@@ -58,6 +58,10 @@ class AsyncStore:
         finally:
             self.locked_for = 0.0
 
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        """`fn(store)` in the store's thread (any `Store` method not wrapped here)."""
+        return await self._write(lambda: fn(self.store))
+
     async def jobs(self) -> list[JobRow]:
         return await self._call(self.store.jobs)
 
@@ -84,6 +88,12 @@ class AsyncStore:
 
     async def release(self, ids: list[int], owner: str) -> None:
         await self._write(self.store.release, ids, owner)
+
+    async def batches(self, job: JobRow, open_only: bool = False) -> list[BatchRow]:
+        return await self._call(self.store.batches, job, open_only)
+
+    async def in_batches(self, job: JobRow) -> int:
+        return await self._call(self.store.in_batches, job)
 
     async def set_mode(self, job: JobRow, mode: str, fresh: bool) -> None:
         await self._write(self.store.set_run_choices, job, mode, fresh)

@@ -91,6 +91,16 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="seconds requests in flight get to arrive after Ctrl-C (default: --timeout)")
     parser.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
     parser.add_argument("--base-url", type=_base_url, help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--mode", choices=("live", "batch"),
+                        help="live calls, or the provider's Batch API (default: the mode the job last ran in)")
+    parser.add_argument("--batch-size", type=_positive_int("batch size"), default=50_000,
+                        help="batch mode: most requests per batch (default 50,000)")
+    parser.add_argument("--batch-bytes", type=_positive_int("batch bytes"), default=200_000_000,
+                        help="batch mode: most bytes per batch file (default 200 MB)")
+    parser.add_argument("--poll", type=_positive_float("poll"), default=10.0,
+                        help="batch mode: seconds between first polls (backs off to under a minute; default 10)")
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="batch mode: submit the batches, record them and exit; a later resume collects")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--yes", action="store_true", help="do not ask before sending (nothing asks today)")
 
@@ -120,6 +130,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="finish every unfinished prompt of every job in the file")
     p.add_argument("db")
+    _run_options(p)
+
+    p = sub.add_parser("cancel", help="cancel the open batches (batch mode); what they completed is kept")
+    p.add_argument("db")
+    p.add_argument("--job", metavar="NAME", help="only this job's batches")
     _run_options(p)
 
     p = sub.add_parser("status", help="per job: prompts by status, cached, tokens, cost so far, errors")
@@ -173,13 +188,15 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
-        max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir,
+        max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir, mode=args.mode,
+        batch_size=args.batch_size, batch_bytes=args.batch_bytes, poll=args.poll, wait=args.wait,
         base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
 
 
 # Run options a resume needs again to do what the run did (--no-cache is kept with the job itself).
-_RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "quiet")
+_RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "batch_size",
+            "batch_bytes", "poll", "quiet")
 
 
 def resume_command(db: str, args: argparse.Namespace) -> str:
@@ -223,12 +240,27 @@ def _report(summary: RunSummary, db: str, args: argparse.Namespace) -> int:
         print(f"{summary.abandoned} requests in flight were abandoned: their answers are lost", file=sys.stderr)
     if summary.running_elsewhere:
         print(f"{summary.running_elsewhere} prompts are being answered by another process", file=sys.stderr)
+    if summary.batches_submitted:
+        print(f"{summary.batches_submitted} batches submitted", file=sys.stderr)
+    if summary.in_batches and not summary.interrupted:
+        print(f"{summary.in_batches} prompts are in open batches at the provider: collect them with "
+              f"{resume_command(db, args)}", file=sys.stderr)
     if summary.interrupted or summary.unfinished:
         print(f"interrupted: resume with: {resume_command(db, args)}", file=sys.stderr)
     elif summary.failed_total:
         print(f"{summary.failed_total} prompts failed: python -m batch_prompt retry-failed {db}, then resume",
               file=sys.stderr)
     return summary.exit_code
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    result = jobs.cancel(args.db, job=args.job, **vars(_options(args)))
+    print(f"{result.asked} open batches asked to cancel; {result.summary.done} prompts answered by what they "
+          f"completed, {result.summary.unfinished} pending again", file=sys.stderr)
+    if result.summary.in_batches:
+        print(f"{result.summary.in_batches} prompts are still in batches being cancelled: "
+              f"{resume_command(args.db, args)} collects them", file=sys.stderr)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -263,6 +295,12 @@ def _status_lines(job: JobStatus) -> list[str]:
             lines.append(_short(f"  {m.model}: {m.done:,} of {m.total:,} done"
                                 + (f" ({m.cached:,} cached)" if m.cached else "") + _unfinished(m)
                                 + (tokens if m.requests else "")))
+    open_batches = [b for b in job.batches if b.state not in ("collected", "returned")]
+    if job.batches:
+        lines.append(f"  batches: {len(open_batches)} open, {len(job.batches) - len(open_batches)} settled")
+        for b in open_batches:
+            lines.append(_short(f"    {b.id or '(being submitted)'} {b.status or b.state}: {b.completed + b.failed:,} "
+                                f"of {b.requests:,} requests done"))
     for group in job.errors:
         lines += [f"  {group.count:,} failed with {group.kind}, e.g.:", _short(f"    {group.example}")]
     return lines
@@ -370,6 +408,7 @@ def _money(cost: float, scale: float | None = None) -> str:
 COMMANDS = {
     "run": _cmd_run, "create": _cmd_create, "resume": _cmd_resume, "status": _cmd_status,
     "export": _cmd_export, "retry-failed": _cmd_retry_failed, "estimate": _cmd_estimate, "show": _cmd_show,
+    "cancel": _cmd_cancel,
 }
 
 

@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 import os
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
 from .options import RunOptions, RunSummary
 from .spec import Spec, load_spec
 from .store import JobRow, Store
+
+if TYPE_CHECKING:
+    from .runner import CancelResult
+
+T = TypeVar("T")
 
 # The runner (and with it the openai SDK, ~0.4 s to import) loads on the first run, so that create,
 # status and export start at once.
@@ -124,6 +130,14 @@ async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
     return await run_jobs(str(db_path), None, RunOptions(**options))
 
 
+def cancel(db_path: str | Path, job: str | None = None, **options: Any) -> CancelResult:
+    """Cancel the open batches (batch mode) of every job in `db_path`, or of `job`: what they completed is
+    recorded, the rest is pending again. Options: see `RunOptions` (where the endpoint is, how to poll)."""
+    from .runner import cancel_jobs
+
+    return run_blocking(cancel_jobs(str(db_path), [job] if job else None, RunOptions(**options)))
+
+
 def retry_failed(db_path: str | Path, job: str | None = None, error_kind: str | None = None) -> int:
     """Move failed prompts back to pending: every one, or those of the job named `job`, or of one error
     kind (as `status` groups them, e.g. "BadRequestError 400"); returns how many.
@@ -135,11 +149,10 @@ def retry_failed(db_path: str | Path, job: str | None = None, error_kind: str | 
         return sum(store.retry_failed_kind(row, error_kind) for row in rows)
 
 
-def run_blocking(coro: Any) -> RunSummary:
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        result: RunSummary = asyncio.run(coro)
-        return result
+        return asyncio.run(coro)
     coro.close()
     raise ConfigError("run() was called inside a running event loop (a notebook?): use `await job.arun()`")

@@ -27,6 +27,7 @@ from typing import Any
 from .asyncstore import AsyncStore
 from .cache import ResponseCache
 from .errors import BatchPromptError, CacheError
+from .pricing import Prices
 from .store import Charge, Claimed, JobRow, Outcome
 
 
@@ -44,6 +45,8 @@ class Tally:
     paid: int = 0  # responses paid for
     prompt_tokens: int = 0  # of the responses paid for
     completion_tokens: int = 0
+    cost_usd: float = 0.0  # of the responses paid for, at their mode's list price
+    priced: int = 0  # responses paid for whose price is known
 
     def add(self, other: Tally) -> None:
         for name in self.__dataclass_fields__:
@@ -58,8 +61,11 @@ def count(value: Any) -> int:
 class Ledger:
     """See the module docstring. `run()` is its commit loop (a task); `close()` commits the rest."""
 
-    def __init__(self, store: AsyncStore, owner: str, *, flush_interval: float = 0.2, flush_batch: int = 256) -> None:
-        self.store, self.owner = store, owner
+    def __init__(
+        self, store: AsyncStore, owner: str, *, prices: Prices | None = None, flush_interval: float = 0.2,
+        flush_batch: int = 256,
+    ) -> None:
+        self.store, self.owner, self.prices = store, owner, prices
         self.flush_interval, self.flush_batch = flush_interval, flush_batch
         self.tallies: dict[tuple[int, str], Tally] = {}
         self.errors: dict[str, list[Any]] = {}  # error kind -> [prompts failed with it, first message]
@@ -130,10 +136,22 @@ class Ledger:
     def from_cache(self, row: Claimed, text: str) -> None:
         self._done(row, text, cached=True)
 
-    def failed(self, row: Claimed, endpoint: str, error: str, kind: str, attempts: int) -> None:
-        """`row` failed for good (the server refused it, or every attempt failed); its followers too."""
+    def shared(self, row: Claimed, text: str) -> None:
+        """`row` asks what another row answered in this run (a batch's rows with one request)."""
+        self._done(row, text, shared=True)
+
+    def retry(self, row: Claimed, error: str, kind: str, owner: str | None = None) -> None:
+        """`row` goes back to pending to be asked again (a batch line expired, cancelled, transient)."""
+        self._queue(Outcome(row.id, row.job_id, "retry", error=error, attempts=1, error_kind=kind, owner=owner))
+
+    def failed(
+        self, row: Claimed, endpoint: str, error: str, kind: str, attempts: int, owner: str | None = None
+    ) -> None:
+        """`row` failed for good (the server refused it, or every attempt failed); its followers too.
+        `owner`: the lease it is held under, when not this process's (a batch's)."""
         for one in [row, *self.followers.pop((endpoint, row.hash), [])]:
-            self._queue(Outcome(one.id, one.job_id, "failed", error=error, attempts=attempts, error_kind=kind))
+            self._queue(Outcome(one.id, one.job_id, "failed", error=error, attempts=attempts, error_kind=kind,
+                                owner=owner))
             self.tally(one.job_id, one.model).failed += 1
             record = self.errors.setdefault(kind, [0, error])
             record[0] += 1
@@ -144,15 +162,20 @@ class Ledger:
         Returns them (they are handed back with it)."""
         return self.followers.pop((endpoint, row.hash), [])
 
-    def paid(self, job_id: int, model: str, mode: str, answers: int, usage: Any) -> None:
-        """A response was paid for (its usage as the server reported it)."""
+    def paid(self, job_id: int, model: str, mode: str, answers: int, usage: Any, row_id: int | None = None) -> None:
+        """A response was paid for (its usage as the server reported it). A batch line's charge names its
+        row (`row_id`): it is committed only with that row's answer, so collecting twice pays once."""
         usage = usage if isinstance(usage, dict) else {}
         prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
-        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion))
+        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion, row_id))
         tally = self.tally(job_id, model)
         tally.paid += 1
         tally.prompt_tokens += prompt
         tally.completion_tokens += completion
+        cost = self.prices.cost(model, mode, prompt, completion) if self.prices is not None else None
+        if cost is not None:
+            tally.cost_usd += cost
+            tally.priced += 1
 
     def _done(self, row: Claimed, text: str, *, cached: bool = False, shared: bool = False, attempts: int = 0) -> None:
         usage = json.loads(text).get("usage")

@@ -35,6 +35,12 @@ class RunOptions:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     mode: str | None = None  # "live" or "batch"; None: the mode the job was last run in
+    # Batch mode: most requests and bytes per batch file (the Batch API's limits), the first poll interval
+    # (it backs off to a minute), and whether to wait for the batches (False: submit, record, return).
+    batch_size: int = 50_000
+    batch_bytes: int = 200_000_000
+    poll: float = 10.0
+    wait: bool = True
     max_attempts: int = 8
     quiet: bool = False
     progress: Progress | None = None
@@ -67,6 +73,12 @@ class RunOptions:
             raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
         if self.concurrency > MAX_CONCURRENCY:
             raise ConfigError(f"concurrency {self.concurrency} is more than {MAX_CONCURRENCY:,}")
+        for name, most in (("batch_size", 50_000), ("batch_bytes", 200 * 1024 * 1024)):
+            value = getattr(self, name)
+            if not _positive_int(value) or value > most:
+                raise ConfigError(f"{name} must be a positive integer of at most {most:,}, not {value!r}")
+        if not _positive(self.poll):
+            raise ConfigError(f"poll must be a positive number of seconds, not {self.poll!r}")
         if self.mode not in (None, "live", "batch"):
             raise ConfigError(f"mode must be 'live' or 'batch', not {self.mode!r}")
 
@@ -102,6 +114,8 @@ class RunSummary:
     interrupted: bool = False
     abandoned: int = 0  # requests in flight when a second signal abandoned them (their answers lost)
     unfinished: int = 0  # pending in the file after the run
+    in_batches: int = 0  # held by open batches at the provider after the run (a resume collects them)
+    batches_submitted: int = 0  # batches this run submitted
     running_elsewhere: int = 0  # claimed by another process that is still working on them
     failed_total: int = 0  # failed in the file after the run
 
@@ -109,4 +123,4 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed_total or self.unfinished else 0
+        return 1 if self.failed_total or self.unfinished else 0  # prompts in open batches are on their way

@@ -49,6 +49,21 @@ class ModelStatus:
 
 
 @dataclass(frozen=True)
+class BatchStatus:
+    """A batch the job submitted (batch mode), as last seen."""
+
+    id: str | None  # the provider's batch id (None: not created yet)
+    state: str  # ours: preparing, uploaded, submitted, collected, returned
+    status: str | None  # the provider's: validating, in_progress, finalizing, completed, expired, ...
+    model: str
+    requests: int
+    completed: int
+    failed: int
+    created_at: float
+    error: str | None
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """Where a job stands. `cost` is None (and `unpriced` names the models) when some spend has no price."""
 
@@ -69,6 +84,7 @@ class JobStatus:
     unpriced: tuple[str, ...]
     models: tuple[ModelStatus, ...]
     errors: tuple[ErrorGroup, ...]
+    batches: tuple[BatchStatus, ...] = ()  # open and past, oldest first
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples)."""
@@ -125,6 +141,8 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
         prompt_tokens=sum(s.prompt_tokens for s in spend), completion_tokens=sum(s.completion_tokens for s in spend),
         cost=None if None in model_costs else sum(c or 0.0 for c in model_costs), unpriced=tuple(unpriced),
         models=tuple(per_model), errors=tuple(ErrorGroup(*group) for group in store.error_groups(job)),
+        batches=tuple(BatchStatus(b.batch_id, b.state, b.status, b.model, b.requests, b.completed, b.failed,
+                                  b.created_at, b.error) for b in store.batches(job)),
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import tokens
 from .asyncstore import AsyncStore
+from .batch import BatchEngine, BatchLane
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, make_client
 from .clock import RunClock
@@ -73,16 +74,34 @@ def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
         ) from None
 
 
+@dataclass(frozen=True)
+class CancelResult:
+    asked: int  # open batches asked to cancel
+    summary: RunSummary  # what collecting them did
+
+
+async def cancel_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> CancelResult:
+    """Cancel the open batches of the named jobs (all when None), then collect them: what they completed is
+    recorded, the rest goes back to pending. Sends nothing new."""
+    run = _Run(AsyncStore(db_path), opts, cancel=True)
+    summary = await _open_and(run, names)
+    return CancelResult(run.cancelled, summary)
+
+
 async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
     """Run the named jobs of `db_path` (all jobs when `names` is None) until done, failed or stopped."""
+    return await _open_and(_Run(AsyncStore(db_path), opts), names)
+
+
+async def _open_and(run: _Run, names: list[str] | None) -> RunSummary:
+    opts, store = run.opts, run.store
     opts.validate()
     ensure_open_files(opts.concurrency, opts.raise_open_files)
     gc_tuning = _collector_out_of_the_way() if opts.tune_gc else contextlib.nullcontext()
-    store = AsyncStore(db_path)
     with gc_tuning:
         await store.open()
         try:
-            return await _Run(store, opts).go(names)
+            return await run.go(names)
         finally:
             await store.close()
 
@@ -98,6 +117,7 @@ class _View:
     lanes: list[Lane]
     prices: Prices
     store: AsyncStore
+    engine: BatchEngine | None = None
 
     def tally(self) -> Tally:
         return self.ledger.total()
@@ -109,10 +129,8 @@ class _View:
         return result
 
     def cost(self) -> float | None:
-        costs = [self.prices.cost(model, "live", t.prompt_tokens, t.completion_tokens)
-                 for (_, model), t in self.ledger.tallies.items() if t.paid]
-        known = [c for c in costs if c is not None]
-        return sum(known) if known else None
+        total = self.ledger.total()
+        return total.cost_usd if total.priced else None
 
     def health(self) -> list[str]:
         seen: dict[str, str] = {}
@@ -122,6 +140,8 @@ class _View:
                 say = f"stopped: {lane.state.fatal}"
             if say:
                 seen.setdefault(f"{lane.endpoint.base_url} {lane.model}", say)
+        if self.engine is not None:
+            seen.update({f"batch {i}": text for i, text in enumerate(self.engine.health())})
         if self.store.locked_for > 2:
             seen["database"] = f"the job database is locked by another process: waiting ({self.store.locked_for:.0f} s)"
         if len({key.split(" ")[0] for key in seen}) <= 1 and len(self.lanes) <= 1:
@@ -132,8 +152,9 @@ class _View:
 class _Run:
     """One call of `run_jobs`."""
 
-    def __init__(self, store: AsyncStore, opts: RunOptions) -> None:
+    def __init__(self, store: AsyncStore, opts: RunOptions, cancel: bool = False) -> None:
         self.store, self.opts = store, opts
+        self.cancelling, self.cancelled = cancel, 0
         self.owner = lease_owner()
         self.clock = RunClock()
         self.ledger = Ledger(store, self.owner, flush_interval=opts.flush_interval, flush_batch=opts.flush_batch)
@@ -144,6 +165,8 @@ class _Run:
         self.states: dict[tuple[str, str], EndpointState] = {}
         self.progress: Progress = opts.progress or auto_progress(opts.quiet)
         self.signals = 0
+        self.engine: BatchEngine | None = None
+        self.batching: asyncio.Task[None] | None = None
 
     async def go(self, names: list[str] | None) -> RunSummary:
         jobs = await self._jobs(names)
@@ -152,28 +175,47 @@ class _Run:
                      for job in jobs for model in job.spec["models"]}  # every key checked before any work
         jobs = [await self._remember_choices(job) for job in jobs]
         try:
-            lanes = [self._lane(job, model, endpoints[job.id, model]) for job in jobs for model in job.spec["models"]]
+            models = [(job, model) for job in jobs for model in job.spec["models"]]
+            live = not self.cancelling
+            lanes = [self._lane(job, model, endpoints[job.id, model]) for job, model in models
+                     if job.mode == "live" and live]
+            open_batches = {job.id: await self.store.batches(job, open_only=True) for job in jobs}
+            batch_lanes = [self._batch_lane(job, model, endpoints[job.id, model], submit=job.mode == "batch" and live)
+                           for job, model in models
+                           if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
             counts = [await self.store.counts(job) for job in jobs]
             prices = Prices.load().overlay(next((job.spec.get("prices") for job in jobs if job.spec.get("prices")),
                                                 None))
+            self.ledger.prices = prices
+            policy = self.opts.retry or RetryPolicy(max_attempts=self.opts.max_attempts)
+            engine = BatchEngine(
+                batch_lanes, store=self.store, ledger=self.ledger, leases=self.leases, owner=self.owner,
+                opts=self.opts, policy=policy, note=self.progress.note,
+            ) if batch_lanes else None
             view = _View(jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs", sum(c["total"] for c in counts),
-                         sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store)
+                         sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store, engine)
             pool = LivePool(
                 lanes, store=self.store, ledger=self.ledger, leases=self.leases, slots=Slots(self.opts.concurrency),
-                policy=self.opts.retry or RetryPolicy(max_attempts=self.opts.max_attempts),
-                estimator=tokens.TokenEstimator(), owner=self.owner, lease_seconds=self.opts.lease_seconds,
+                policy=policy, estimator=tokens.TokenEstimator(), owner=self.owner,
+                lease_seconds=self.opts.lease_seconds,
             )
             for job in jobs:
                 await self.store.reclaim(job)
+            if engine is not None and self.cancelling:
+                for batch_lane in batch_lanes:
+                    self.cancelled += await engine.cancel(batch_lane)
             self.progress.start(view)
-            await self._work(pool, view)
+            await self._work(pool, engine, view)
             summary = self._summary(view, pool)
+            summary.batches_submitted = engine.submitted if engine is not None else 0
         finally:
             await self._close()
         for job in jobs:
             counts_after = await self.store.counts(job)
-            summary.unfinished += counts_after["pending"]  # rows `running` here are another live resumer's
-            summary.running_elsewhere += counts_after["running"]
+            in_batches = await self.store.in_batches(job)
+            summary.unfinished += counts_after["pending"]
+            summary.in_batches += in_batches
+            summary.running_elsewhere += counts_after["running"] - in_batches  # another live resumer's
             summary.failed_total += counts_after["failed"]
         self._raise_what_stopped_it()
         return summary
@@ -189,6 +231,8 @@ class _Run:
 
     async def _remember_choices(self, job: JobRow) -> JobRow:
         """The run choices that decide what the results mean are kept with the job for every resume."""
+        if self.cancelling:
+            return job
         mode = self.opts.mode or job.mode
         fresh = job.fresh if self.opts.cache is None else not self.opts.cache
         if (mode, fresh) == (job.mode, job.fresh):
@@ -206,6 +250,11 @@ class _Run:
         return Lane(job, model, self.states[key], self.clients[key], self.caches[endpoint.identity],
                     self._limiter(job, model, endpoint), job.fresh, self.opts.concurrency)
 
+    def _batch_lane(self, job: JobRow, model: str, endpoint: Endpoint, submit: bool) -> BatchLane:
+        key = (endpoint.identity, endpoint.api_key)
+        lane = self._lane(job, model, endpoint)  # the same client, cache and endpoint state as live
+        return BatchLane(job, model, self.states[key], lane.client, lane.cache, submit)
+
     def _limiter(self, job: JobRow, model: str, endpoint: Endpoint) -> Limiter:
         """One per endpoint and model (providers limit per model), at the told limits: options first,
         then the job's spec (`rpm`, `tpm`: a number, or a mapping by model)."""
@@ -218,8 +267,9 @@ class _Run:
             self.limiters[key] = Limiter(rpm, tpm)
         return self.limiters[key]
 
-    async def _work(self, pool: LivePool, view: _View) -> None:
+    async def _work(self, pool: LivePool, engine: BatchEngine | None, view: _View) -> None:
         loop = asyncio.get_running_loop()
+        self.engine = engine
         if self.opts.handle_signals:
             for sig in SIGNALS:
                 loop.add_signal_handler(sig, self._on_signal, pool)
@@ -228,7 +278,10 @@ class _Run:
             ("ticker", self._tick(pool, view)),
         )]
         try:
-            await pool.run()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(pool.run(), name="live")
+                if engine is not None:
+                    self.batching = group.create_task(engine.run(), name="batch")
         finally:
             if self.opts.handle_signals:
                 for sig in SIGNALS:
@@ -252,7 +305,12 @@ class _Run:
             if pool.in_flight:
                 self.progress.note(f"abandoned {pool.in_flight} requests in flight: their answers, if they come, "
                                    "are lost")
-            pool.abandon()
+            self._abandon(pool)
+
+    def _abandon(self, pool: LivePool) -> None:
+        pool.abandon()
+        if self.batching is not None:
+            self.batching.cancel()  # what it was doing is recorded step by step: a resume goes on from there
 
     def stop(self, pool: LivePool) -> None:
         """Stop gracefully: nothing new is sent; what is in flight gets the grace to arrive."""
@@ -265,7 +323,9 @@ class _Run:
                 "press Ctrl-C again to abandon them"
             )
         pool.stop()
-        asyncio.get_running_loop().call_later(grace, pool.abandon)
+        if self.engine is not None:
+            self.engine.stop()
+        asyncio.get_running_loop().call_later(grace, self._abandon, pool)
 
     async def _tick(self, pool: LivePool, view: _View) -> None:
         """Redraw progress, say when the run's health changes, notice a database deleted under the run."""
@@ -281,6 +341,8 @@ class _Run:
             if self.ledger.failure is not None and not pool.stopping:
                 self.progress.note(f"stopping: {self.ledger.failure}")
                 pool.stop()
+                if self.engine is not None:
+                    self.engine.stop()
             now = view.health()
             if now != health:
                 health = now

@@ -72,7 +72,7 @@ class Outcome:
 
     id: int
     job_id: int
-    status: str  # "done" or "failed"
+    status: str  # "done", "failed", or "retry" (back to pending, to be asked again)
     response: str | None = None
     cached: bool = False
     prompt_tokens: int = 0
@@ -80,6 +80,7 @@ class Outcome:
     attempts: int = 0  # API calls made for it in this claim
     error: str | None = None
     error_kind: str | None = None
+    owner: str | None = None  # the lease it applies under (a batch's); None: the committing process's
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,37 @@ class Charge:
     answers: int
     prompt_tokens: int
     completion_tokens: int
+    row_id: int | None = None  # a batch line's charge: counted only if that row is answered by this commit
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A batch this database submitted (a row of the `batches` table)."""
+
+    id: int
+    job_id: int
+    model: str
+    endpoint: str
+    token: str
+    state: str  # preparing, uploaded, submitted, collected, returned
+    status: str | None  # the provider's, when last seen
+    input_file_id: str | None
+    batch_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    requests: int
+    completed: int
+    failed: int
+    error: str | None
+    files_left: bool
+    created_at: float
+    submitted_at: float | None
+    finished_at: float | None
+
+    @property
+    def owner(self) -> str:
+        """The lease owner of the prompts it holds."""
+        return f"batch:{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,32 +560,43 @@ class Store:
     def record(self, outcomes: list[Outcome], owner: str, charges: Iterable[Charge] = ()) -> None:
         """Commit a batch of outcomes and charges in one transaction; a row already done is left as it is.
 
-        A valid answer is recorded whoever holds the row's lease now (an answer is an answer); a failure
-        only while this owner still holds it (another process may since be answering it). Charges are
-        added to the job's spend whatever became of their answers."""
+        A valid answer is recorded whoever holds the row's lease now (an answer is an answer); a failure,
+        or a return to pending (`retry`), only while the lease is still the outcome's owner's (another
+        process may since be answering it). Charges are added to the job's spend whatever became of their
+        answers, except a batch line's (`row_id`), counted only with its row's answer (collecting a batch
+        again after a kill pays nothing twice)."""
         charges = list(charges)
         if not outcomes and not charges:
             return
         now = time.time()
         with self.transaction() as conn:
             ids = [o.id for o in outcomes]
-            fresh = {
-                row[0] for row in conn.execute(
-                    f"SELECT id FROM prompts WHERE id IN ({','.join('?' * len(ids))}) AND status != 'done'", ids
-                )
-            } if ids else set()
+            fresh: set[int] = set()
+            for start in range(0, len(ids), 900):  # SQLite's limit on bound parameters
+                part = ids[start : start + 900]
+                fresh.update(row[0] for row in conn.execute(
+                    f"SELECT id FROM prompts WHERE id IN ({','.join('?' * len(part))}) AND status != 'done'", part
+                ))
             outcomes = [o for o in outcomes if o.id in fresh]
+            done = {o.id for o in outcomes if o.status == "done"}
             conn.executemany(
                 "UPDATE prompts SET status = 'done', response = ?, cached = ?, prompt_tokens = ?,"
                 " completion_tokens = ?, attempts = attempts + ?, last_error = NULL, error_kind = NULL,"
-                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                " finished_at = ?, lease_owner = NULL, lease_expires = NULL, batch = NULL WHERE id = ?",
                 [(o.response, int(o.cached), o.prompt_tokens, o.completion_tokens, o.attempts, now, o.id)
                  for o in outcomes if o.status == "done"],
             )
             conn.executemany(
                 "UPDATE prompts SET status = 'failed', last_error = ?, error_kind = ?, attempts = attempts + ?,"
-                " finished_at = ?, lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?",
-                [(o.error, o.error_kind, o.attempts, now, o.id, owner) for o in outcomes if o.status == "failed"],
+                " finished_at = ?, lease_owner = NULL, lease_expires = NULL, batch = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                [(o.error, o.error_kind, o.attempts, now, o.id, o.owner or owner)
+                 for o in outcomes if o.status == "failed"],
+            )
+            conn.executemany(
+                "UPDATE prompts SET status = 'pending', last_error = ?, error_kind = ?, attempts = attempts + ?,"
+                " lease_owner = NULL, lease_expires = NULL, batch = NULL WHERE id = ? AND lease_owner = ?",
+                [(o.error, o.error_kind, o.attempts, o.id, o.owner or owner) for o in outcomes if o.status == "retry"],
             )
             conn.executemany(
                 "INSERT INTO spend (job_id, model, mode, requests, answers, prompt_tokens, completion_tokens)"
@@ -562,7 +605,7 @@ class Store:
                 " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
                 " completion_tokens = completion_tokens + excluded.completion_tokens",
                 [(c.job_id, c.model, c.mode, c.requests, c.answers, c.prompt_tokens, c.completion_tokens)
-                 for c in charges],
+                 for c in charges if c.row_id is None or c.row_id in done],
             )
 
     def release(self, ids: list[int], owner: str) -> None:
@@ -570,10 +613,99 @@ class Store:
         A row whose lease another process has taken over since is left alone."""
         with self.transaction() as conn:
             conn.executemany(
-                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL"
+                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL, batch = NULL"
                 " WHERE id = ? AND status = 'running' AND lease_owner = ?",
                 [(i, owner) for i in ids],
             )
+
+    # --- batches (the Batch API mode) ------------------------------------------------------------
+
+    def open_batch(self, job: JobRow, model: str, endpoint: str, token: str, ids: list[int], owner: str) -> BatchRow:
+        """Record a new batch and move the rows `ids` (claimed by `owner`) into it, in one transaction,
+        before anything is uploaded: from here on no resume claims them; only the batch settles them."""
+        with self.transaction() as conn:
+            batch_id = conn.execute(
+                "INSERT INTO batches (job_id, model, endpoint, token, state, requests, created_at)"
+                " VALUES (?, ?, ?, ?, 'preparing', 0, ?)",
+                (job.id, model, endpoint, token, time.time()),
+            ).lastrowid
+            moved = 0
+            for start in range(0, len(ids), 900):
+                part = ids[start : start + 900]
+                moved += conn.execute(
+                    f"UPDATE prompts SET lease_owner = ?, lease_expires = NULL, batch = ? WHERE id IN"
+                    f" ({','.join('?' * len(part))}) AND status = 'running' AND lease_owner = ?",
+                    (f"batch:{batch_id}", batch_id, *part, owner),
+                ).rowcount
+            conn.execute("UPDATE batches SET requests = ? WHERE id = ?", (moved, batch_id))
+        batch = self.batch(int(batch_id or 0))
+        assert batch is not None
+        return batch
+
+    def batch(self, batch_id: int) -> BatchRow | None:
+        rows = self._batches("id = ?", (batch_id,))
+        return rows[0] if rows else None
+
+    def batches(self, job: JobRow, open_only: bool = False) -> list[BatchRow]:
+        """A job's batches, oldest first (only those not yet settled, with `open_only`)."""
+        if open_only:
+            return self._batches("job_id = ? AND state NOT IN ('collected', 'returned')", (job.id,))
+        return self._batches("job_id = ?", (job.id,))
+
+    def _batches(self, where: str, params: tuple[Any, ...]) -> list[BatchRow]:
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT id, job_id, model, endpoint, token, state, status, input_file_id, batch_id, output_file_id,"
+                " error_file_id, requests, completed, failed, error, files_left, created_at, submitted_at,"
+                f" finished_at FROM batches WHERE {where} ORDER BY id",
+                params,
+            ).fetchall()
+        return [BatchRow(**{**dict(zip(BatchRow.__slots__, r, strict=True)), "files_left": bool(r[15])})
+                for r in rows]
+
+    def update_batch(self, row: int, /, **fields: Any) -> None:
+        """Set some of a batch's columns (names as in `BatchRow`)."""
+        names = [name for name in fields if name in BatchRow.__slots__ and name != "id"]
+        if len(names) != len(fields):
+            raise ValueError(f"unknown batch fields: {sorted(set(fields) - set(names))}")
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE batches SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
+                (*[int(v) if isinstance(v, bool) else v for v in fields.values()], row),
+            )
+
+    def batch_rows(self, batch_id: int) -> list[Claimed]:
+        """The prompts a batch still holds, in order."""
+        with self.errors():
+            rows = self.conn.execute(
+                "SELECT id, job_id, hash, model, request, attempts FROM prompts WHERE batch = ? AND status = 'running'"
+                " ORDER BY id",
+                (batch_id,),
+            ).fetchall()
+        return [Claimed(*row) for row in rows]
+
+    def in_batches(self, job: JobRow) -> int:
+        """How many of the job's prompts are held by open batches."""
+        with self.errors():
+            row = self.conn.execute(
+                "SELECT count(*) FROM prompts WHERE batch IN (SELECT id FROM batches WHERE job_id = ?"
+                " AND state NOT IN ('collected', 'returned')) AND status = 'running'",
+                (job.id,),
+            ).fetchone()
+        return int(row[0])
+
+    def return_batch(self, batch_id: int, error: str | None) -> int:
+        """A batch the provider refused (or that never reached it): its prompts back to pending, the batch
+        settled as `returned`. Returns how many prompts went back."""
+        with self.transaction() as conn:
+            moved = conn.execute(
+                "UPDATE prompts SET status = 'pending', lease_owner = NULL, lease_expires = NULL, batch = NULL,"
+                " last_error = coalesce(?, last_error) WHERE batch = ? AND status = 'running'",
+                (error, batch_id),
+            ).rowcount
+            conn.execute("UPDATE batches SET state = 'returned', error = ?, finished_at = ? WHERE id = ?",
+                         (error, time.time(), batch_id))
+        return int(moved)
 
     def set_run_choices(self, job: JobRow, mode: str, fresh: bool) -> None:
         """Remember how the job was last run: its mode, and whether it asks for fresh samples."""

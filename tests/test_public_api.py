@@ -18,11 +18,11 @@ from .conftest import cli_env
 
 PUBLIC = {
     # entry points
-    "create", "estimate", "export", "iter_results", "load_results", "load_spec", "resume", "aresume",
+    "cancel", "create", "estimate", "export", "iter_results", "load_results", "load_spec", "resume", "aresume",
     "retry_failed", "show", "status", "to_dataframe",
     # data
-    "ErrorGroup", "Estimate", "ExportSummary", "Job", "JobStatus", "ModelEstimate", "ModelStatus", "Prices",
-    "PromptView", "RunOptions", "RunSummary", "Spec",
+    "BatchStatus", "ErrorGroup", "Estimate", "ExportSummary", "Job", "JobStatus", "ModelEstimate", "ModelStatus",
+    "Prices", "PromptView", "RunOptions", "RunSummary", "Spec",
     # errors
     "BatchPromptError", "CacheError", "ConfigError", "ExportError", "FatalAPIError", "JobConflictError",
     "JobNotFoundError", "MissingFieldError", "NotADatabaseError", "RetryExhausted", "SchemaTooNewError",

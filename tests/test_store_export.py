@@ -34,8 +34,11 @@ INTENDED_SCHEMA = {
     "prompts": ["id", "job_id", "hash", "template_index", "keywords_index", "model_index", "sample_index", "model",
                 "template", "keywords", "request", "status", "attempts", "last_error", "response", "cached",
                 "prompt_tokens", "completion_tokens", "lease_owner", "lease_expires", "created_at", "finished_at",
-                "error_kind"],
+                "error_kind", "batch"],
     "spend": ["job_id", "model", "mode", "requests", "answers", "prompt_tokens", "completion_tokens"],
+    "batches": ["id", "job_id", "model", "endpoint", "token", "state", "status", "input_file_id", "batch_id",
+                "output_file_id", "error_file_id", "requests", "completed", "failed", "error", "files_left",
+                "created_at", "submitted_at", "finished_at"],
     "batch_prompt_migrations": ["version", "name", "applied_at"],
 }
 
@@ -89,9 +92,12 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert tables == INTENDED_SCHEMA
     indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
     assert indexes == {"prompts_unfinished": ["job_id", "model", "status", "id"], "prompts_job_order": ["job_id", "id"],
-                       "prompts_running_hash": ["hash"], "prompts_cached": ["job_id", "model"]}
+                       "prompts_running_hash": ["hash"], "prompts_cached": ["job_id", "model"],
+                       "prompts_batch": ["batch", "id"]}
+    assert {i.name: i.columns for i in database["batches"].indexes} == {  # type: ignore[union-attr]
+        "batches_open": ["job_id"], "sqlite_autoindex_batches_1": ["token"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4]
     assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
