@@ -3,7 +3,9 @@
 - Two token buckets, requests and tokens per minute (`--rpm`, `--tpm`). A request reserves its cost
   up front (levels may go negative) and sleeps once for the deficit: no polling.
 - It learns from the server: `x-ratelimit-limit-*` sets a limit it was not told, and
-  `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left.
+  `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left
+  (read in its units: in a minute's, while the server enforces over about a second as OpenAI does, it says
+  what the server is owed, and a second's window holds its capacity less that debt; see `server_level`).
   `x-ratelimit-reset-*` (when the allowance is whole again) agrees with a per-minute refill; when it says the
   server refills far slower (a daily cap in the same headers), the pool waits, once the allowance is spent,
   until the server will have refilled one request's worth, instead of collecting 429s.
@@ -207,7 +209,7 @@ class Limiter:
                 # still in flight (an over-estimate of it: some of it had arrived). Call after `release`.
                 in_flight = self.in_flight[0 if kind == "requests" else 1]
                 bucket.refill(now)
-                bucket.level = min(bucket.level, remaining - in_flight)
+                bucket.level = min(bucket.level, server_level(limit, remaining, bucket.capacity) - in_flight)
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
                 if limit and reset is not None:
                     self._slow_window(bucket, limit, remaining, in_flight, reset, now)
@@ -298,6 +300,21 @@ class Limiter:
         if self._probe is not None:
             return "paused: server unreachable, probing"
         return None
+
+
+def server_level(limit: float | None, remaining: float, capacity: float) -> float:
+    """What the server's enforcing window (of `capacity`, as ours) holds, from its headers.
+
+    `remaining` comes in one of two units. In the window's own (`limit - remaining` more than a window
+    holds), it is the level itself. In a minute's units while the server enforces over a window of about
+    a second (OpenAI's headers; the fake's `headers_per_minute`), it is `limit` less the server's debt:
+    what it took and has not refilled yet, the same in both units (both refill at `limit` per minute). A
+    window then holds `capacity - debt`, not the thousands `remaining` says: a client trusting it bursts
+    a whole window into a server that has only refilled part of it. For a server enforcing over a whole
+    minute the two readings coincide, and `capacity - debt` only keeps bursts a little smaller.
+    """
+    debt = (limit - remaining) if limit else math.inf
+    return capacity - debt if 0 <= debt <= capacity else remaining
 
 
 def _number(value: str | None) -> float | None:
