@@ -65,6 +65,25 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return parse
 
 
+def _rate(name: str) -> Callable[[str], float | dict[str, float]]:
+    """An argparse type: one rate for every model (`500`), or one per model (`gpt-4o-mini=500,llama=2000`)."""
+    number = _positive_float(name)
+
+    def parse(text: str) -> float | dict[str, float]:
+        if "=" not in text:
+            return number(text)
+        rates: dict[str, float] = {}
+        for item in text.split(","):
+            model, _, value = item.rpartition("=")
+            if not model.strip() or model.strip() in rates:
+                raise argparse.ArgumentTypeError(
+                    f"{name} must be a number, or MODEL=N for each model once, separated by commas, not {text!r}")
+            rates[model.strip()] = number(value.strip())
+        return rates
+
+    return parse
+
+
 def _base_url(text: str) -> str:
     try:
         return normalize_base_url(text)
@@ -75,9 +94,9 @@ def _base_url(text: str) -> str:
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_positive_int("concurrency"), default=100,
                         help="requests in flight (default 100)")
-    learned = "(default: learned from the server)"
-    parser.add_argument("--rpm", type=_positive_float("rpm"), help=f"requests per minute {learned}")
-    parser.add_argument("--tpm", type=_positive_float("tpm"), help=f"tokens per minute {learned}")
+    learned = "for every model, or MODEL=N,MODEL=N per model (default: the spec's, else learned from the server)"
+    parser.add_argument("--rpm", type=_rate("rpm"), metavar="N", help=f"requests per minute {learned}")
+    parser.add_argument("--tpm", type=_rate("tpm"), metavar="N", help=f"tokens per minute {learned}")
     parser.add_argument("--timeout", type=_positive_float("timeout"), default=120.0,
                         help="seconds per request (default 120)")
     parser.add_argument("--max-attempts", type=_positive_int("max attempts"), default=8,
@@ -191,6 +210,8 @@ def resume_command(db: str, args: argparse.Namespace) -> str:
         if value == defaults.get(name):
             continue
         option = "--" + name.replace("_", "-")
+        if isinstance(value, dict):
+            value = ",".join(f"{model}={rate:g}" for model, rate in value.items())
         words += [option] if value is True else [option, f"{value:g}" if isinstance(value, float) else str(value)]
     return shlex.join(words)
 
