@@ -1,7 +1,8 @@
 """Rate-limit benchmark: does the tool use a server's limit fully without hammering it, when not told it?
 
 Fake servers (separate processes) enforce a limit with OpenAI's `x-ratelimit-*` headers and 429s; the
-tool is run with no `--rpm`/`--tpm`, concurrency 100, and must learn the limit from the headers.
+tool is run with no `--rpm`/`--tpm` (but in `told`), concurrency 100, and must learn the limit from the
+headers.
 
 1. `rpm`: `--rpm-limit 6000 --burst-seconds 1 --latency 0.05`; N = 3,000 prompts, ideal = N / (rpm / 60)
    = 30 s.
@@ -10,7 +11,8 @@ tool is run with no `--rpm`/`--tpm`, concurrency 100, and must learn the limit f
 3. `minute`: as `rpm`, but the server reports its headers in a minute's units while it enforces 100 per
    second (`--headers-per-minute`, as OpenAI's do): `remaining` says thousands are left when a second's
    hundred are spent.
-4. `endpoints`: three servers side by side, each with its own key and limit (rpm / 2 each, per second,
+4. `told`: as `minute`, the tool told the limit (`--rpm`): no careful start, as fast as before it.
+5. `endpoints`: three servers side by side, each with its own key and limit (rpm / 2 each, per second,
    headers per minute), three jobs of one file (one model each, served by its own endpoint through the
    spec's `endpoints`) run by one `resume`; N / 2 prompts each, so one endpoint's ideal is the same 30 s.
 
@@ -38,7 +40,7 @@ MODEL = "fake-model"
 MAX_TOKENS = 10
 LATENCY = 0.05
 ENDPOINTS = 3
-CASES = ("rpm", "tpm", "minute", "endpoints")
+CASES = ("rpm", "tpm", "minute", "told", "endpoints")
 
 
 def prompt_text(i: int) -> str:
@@ -112,18 +114,20 @@ def one_server(report: Report, case: str, n: int, rpm: int, concurrency: int) ->
         limit_args = ["--rpm-limit", str(rpm)]
         ideal = n / (rpm / 60)
         report.figure(f"{case}_rpm_limit", rpm)
-    if case == "minute":
+    if case in ("minute", "told"):
         limit_args.append("--headers-per-minute")
+    told = ["--rpm", str(rpm)] if case == "told" else []
     with tempfile.TemporaryDirectory(prefix=f"bench-ratelimit-{case}-") as tmp_name:
         tmp = Path(tmp_name)
         env = bench_env(tmp)
         spec = write_json(tmp / "spec.json", make_spec(f"ratelimit-{case}", n))
         server_args = [*limit_args, "--burst-seconds", "1", "--latency", str(LATENCY)]
         with FakeServerProcess(server_args, env, tmp, tmp / "server.log") as server:
-            cmd = run_cmd(tmp, concurrency, "run", str(spec), "--db", str(tmp / "jobs.db"), "--base-url", server.url)
+            cmd = run_cmd(tmp, concurrency, "run", str(spec), "--db", str(tmp / "jobs.db"), "--base-url", server.url,
+                          *told)
             result = run_measured(cmd, env, tmp, timeout=max(120.0, 10 * ideal)).check()
             record = server.record()
-    loose = (1.0, 2.0) if case != "minute" else (2.0,)
+    loose = (1.0, 2.0) if case in ("rpm", "tpm") else (2.0,)
     figures(report, case, result, record, n, ideal, 1.05, loose)
 
 
