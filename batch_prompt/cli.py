@@ -278,12 +278,14 @@ def _status_lines(job: JobStatus) -> list[str]:
     else:
         lines.append("  nothing paid for yet")
     if len(job.models) > 1:
+        several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:
             cost = "no known price" if m.cost is None else f"~{_money(m.cost)}"
             tokens = f"; {m.prompt_tokens:,} + {m.completion_tokens:,} tokens: {cost}"
+            where = f" (at {m.endpoint or 'the default endpoint'})" if several else ""
             lines.append(_short(f"  {m.model}: {m.done:,} of {m.total:,} done"
                                 + (f" ({m.cached:,} cached)" if m.cached else "") + _unfinished(m)
-                                + (tokens if m.requests else "")))
+                                + (tokens if m.requests else "") + where))
     for group in job.errors:
         lines += [f"  {group.count:,} failed with {group.kind}, e.g.:", _short(f"    {group.example}")]
     return lines

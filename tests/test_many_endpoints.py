@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -273,3 +276,45 @@ def test_the_careful_start_ramps_up_until_a_limit_is_known(fake: FakeServer, ser
     bp.create(db, **spec("learnt", 40, ["m"]))
     run(db, "learnt", tmp_path, base_url=limited.url, api_key=API_KEY, cache_dir=str(tmp_path / "learnt"))
     assert waves(oks(limited), gap=0.12) == [1, 39]
+
+
+def test_status_and_progress_per_model_over_several_endpoints(
+    servers: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = ["a", "b", "c"]
+    fakes = keyed(monkeypatch, servers, models, latency=(0.0, 3.0, 0.0))  # b is slow
+    fakes["c"][0].configure(api_key="sk-not-the-key-in-the-environment")  # c refuses the run
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec("per-model", 10, models, endpoints=served(fakes))))
+    db = tmp_path / "jobs.db"
+    env = cli_env(None, tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-m", "batch_prompt", "run", str(spec_file), "--db", str(db), "--rpm", "60000",
+         "--cache-dir", str(tmp_path / "cache")], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        deadline = time.monotonic() + 30
+        while len(fakes["a"][0].record) < 10:  # a's answered (b's, sent with them, take 3 s more)
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        mid = run_cli("status", str(db), env=env, cwd=tmp_path)
+        assert fakes["b"][0].record == []  # (its server records a request once it has answered it)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    urls = {model: fake.url for model, (fake, _) in fakes.items()}
+    # while b's requests were in flight, its rows were running (c's too: held until the run ends)
+    assert f"  b: 0 of 10 done, 10 running (at {urls['b']})" in mid.stdout.splitlines()
+    # the run's last progress lines, one per model (stderr is not a terminal: plain lines)
+    final = [line.split(" ", 2)[2] for line in stderr.splitlines() if line[:2] == "20" and ": " in line][-3:]
+    assert [re.sub(r"\d+\.\d/s", "R/s", line) for line in final] == [  # the rates depend on the machine
+        "  a: 10 done, 0 failed, 0 cached, 0 in flight, R/s, tokens 10+30",
+        "  b: 10 done, 0 failed, 0 cached, 0 in flight, R/s, tokens 10+30",
+        "  c: 0 done, 0 failed, 0 cached, 0 in flight, R/s, tokens 0+0",
+    ]
+    after = {m.model: m for m in bp.status(db)[0].models}
+    assert {model: (m.done, m.pending, m.running, m.requests, m.endpoint) for model, m in after.items()} == {
+        "a": (10, 0, 0, 10, urls["a"]), "b": (10, 0, 0, 10, urls["b"]), "c": (0, 10, 0, 0, urls["c"])}
+    # told the rate, so no careful start: c's first ten went at once, each refused once, none retried
+    assert [outcomes(fakes[model][0]) for model in models] == [Counter(ok=10), Counter(ok=10), Counter(error_401=10)]
+    text = run_cli("status", str(db), env=env, cwd=tmp_path).stdout.splitlines()
+    assert f"  c: 0 of 10 done, 10 pending (at {urls['c']})" in text
+    assert f"  a: 10 of 10 done; 10 + 30 tokens: no known price (at {urls['a']})" in text
