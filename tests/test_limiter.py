@@ -294,7 +294,7 @@ def test_per_minute_remaining_holds_back_a_burst_the_short_window_cannot_take() 
     assert told.requests is not None and told.requests.level == 90  # a told bucket reads it the same way
 
 
-def test_careful_start_ramps_up_until_a_limit_is_known() -> None:
+def test_careful_start_ramps_up_until_the_window_holds_a_bucket() -> None:
     clock = FakeClock()
     lim = Limiter(clock=clock, sleep=clock.sleep)
 
@@ -308,14 +308,28 @@ def test_careful_start_ramps_up_until_a_limit_is_known() -> None:
             for _ in range(sent[-1]):  # every request of this round is answered
                 lim.release(1)
                 lim.succeeded()
-        lim.rate_limited(0.0)  # a 429 before any header: the window halves (16 -> 8)
+        lim.rate_limited(0.0)  # a 429 in the careful start: the window halves (16 -> 8)
         assert lim.window == 8
-        lim.observe({"x-ratelimit-limit-requests": "60000"})  # a limit: no window any more
+        # a limit read from a header (600/min: a bucket of 10) does not end it: a bucket's worth at
+        # once would reach the server over the time it takes to send, and the server refills nothing
+        # while its own window is full
+        lim.observe({"x-ratelimit-limit-requests": "600"})
+        assert lim.window == 8
+        lim.succeeded()
+        assert lim.window == 9
+        lim.succeeded()  # the window holds a bucket: the bucket alone decides from now on
+        assert lim.window is None
         await asyncio.gather(*tasks)
         return sent
 
     assert asyncio.run(go()) == [1, 2, 4, 8]  # one, then one more per answer: doubling per round trip
-    assert lim.window is None and lim.in_flight[0] == 40 - 15
+    assert lim.in_flight[0] == 40 - 15
+
+
+def test_a_header_saying_a_small_limit_ends_the_careful_start() -> None:
+    lim = Limiter()
+    lim.observe({"x-ratelimit-limit-requests": "30"})  # a bucket of one request: the window of 1 holds it
+    assert lim.window is None and lim.requests is not None and lim.requests.capacity == 1
 
 
 def test_a_told_limit_starts_at_full_speed() -> None:

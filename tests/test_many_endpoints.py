@@ -255,7 +255,7 @@ def test_concurrency_is_the_total_in_flight_shared_fairly_with_a_slow_endpoint(
     assert max(in_flight(spans, t)["slow"] for t in arrivals if t > quick_end) == 6
 
 
-def test_the_careful_start_ramps_up_until_a_limit_is_known(fake: FakeServer, servers: Start, tmp_path: Path) -> None:
+def test_the_careful_start_ramps_up_unless_told_the_limit(fake: FakeServer, servers: Start, tmp_path: Path) -> None:
     # a server that says nothing of its limits: one request, then two more per answer (the window doubles)
     fake.configure(latency=0.25)
     db = tmp_path / "ramp.db"
@@ -270,12 +270,13 @@ def test_the_careful_start_ramps_up_until_a_limit_is_known(fake: FakeServer, ser
     run(db, "told", tmp_path, base_url=fake.url, api_key=API_KEY, rpm=60_000, cache_dir=str(tmp_path / "told"))
     assert waves(oks(fake), gap=0.12) == [40]
 
-    # a server whose headers say the limit: one request, then the rest at that limit, at once
+    # a server whose headers say the limit (1,000 a second): the ramp goes on until its window holds that
+    # many (a whole second's worth sent at once would reach the server over the time it takes to send)
     limited = servers(latency=0.25, rpm_limit=60_000, burst_seconds=1, headers_per_minute=True)
     db = tmp_path / "learnt.db"
     bp.create(db, **spec("learnt", 40, ["m"]))
     run(db, "learnt", tmp_path, base_url=limited.url, api_key=API_KEY, cache_dir=str(tmp_path / "learnt"))
-    assert waves(oks(limited), gap=0.12) == [1, 39]
+    assert waves(oks(limited), gap=0.12) == [1, 2, 4, 8, 16, 9]
 
 
 def test_status_and_progress_per_model_over_several_endpoints(
