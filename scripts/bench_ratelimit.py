@@ -86,6 +86,9 @@ def figures(report: Report, case: str, result: Measured, record: list[dict[str, 
     report.figure(f"{case}_wall_over_ideal", result.wall / ideal)
     report.figure(f"{case}_send_span_s", span)
     report.figure(f"{case}_send_span_over_ideal", span / ideal)
+    # the rest of the wall: start-up before the first request, and the end after the last answer
+    report.figure(f"{case}_first_request_after_launch_s", min(e["t"] for e in record) - result.launched)
+    report.figure(f"{case}_exit_after_last_answer_s", result.launched + result.wall - (times[-1] + LATENCY))
     report.figure(f"{case}_requests", len(record))
     report.figure(f"{case}_429s", len(limited))
     report.figure(f"{case}_429_pct", share, 2)
