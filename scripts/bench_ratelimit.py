@@ -36,6 +36,8 @@ from typing import Any
 
 from benchkit import PYTHON, FakeServerProcess, Measured, Report, bench_env, run_measured, write_json
 
+import batch_prompt as bp
+
 MODEL = "fake-model"
 MAX_TOKENS = 10
 LATENCY = 0.05
@@ -156,8 +158,7 @@ def endpoints(report: Report, n: int, rpm: int, concurrency: int) -> None:
             model = f"model-{i}"
             spec = make_spec(f"endpoint-{i}", each_n, model,
                              endpoints={model: {"base_url": server.url, "api_key_env": variable}})
-            path = write_json(tmp / f"spec{i}.json", spec)
-            run_measured([PYTHON, "-m", "batch_prompt", "create", str(path), "--db", str(db)], env, tmp).check()
+            bp.create(db, write_json(tmp / f"spec{i}.json", spec))  # here: only the run is measured
         cmd = run_cmd(tmp, concurrency, "resume", str(db))
         result = run_measured(cmd, env, tmp, timeout=max(120.0, 10 * ideal)).check()
         records = [server.record() for server in started]
