@@ -65,6 +65,25 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return parse
 
 
+def _rate(name: str) -> Callable[[str], float | dict[str, float]]:
+    """An argparse type: one rate for every model (`500`), or one per model (`gpt-4o-mini=500,llama=2000`)."""
+    number = _positive_float(name)
+
+    def parse(text: str) -> float | dict[str, float]:
+        if "=" not in text:
+            return number(text)
+        rates: dict[str, float] = {}
+        for item in text.split(","):
+            model, _, value = item.rpartition("=")
+            if not model.strip() or model.strip() in rates:
+                raise argparse.ArgumentTypeError(
+                    f"{name} must be a number, or MODEL=N for each model once, separated by commas, not {text!r}")
+            rates[model.strip()] = number(value.strip())
+        return rates
+
+    return parse
+
+
 def _base_url(text: str) -> str:
     try:
         return normalize_base_url(text)
@@ -75,9 +94,9 @@ def _base_url(text: str) -> str:
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_positive_int("concurrency"), default=100,
                         help="requests in flight (default 100)")
-    learned = "(default: learned from the server)"
-    parser.add_argument("--rpm", type=_positive_float("rpm"), help=f"requests per minute {learned}")
-    parser.add_argument("--tpm", type=_positive_float("tpm"), help=f"tokens per minute {learned}")
+    learned = "for every model, or MODEL=N,MODEL=N per model (default: the spec's, else learned from the server)"
+    parser.add_argument("--rpm", type=_rate("rpm"), metavar="N", help=f"requests per minute {learned}")
+    parser.add_argument("--tpm", type=_rate("tpm"), metavar="N", help=f"tokens per minute {learned}")
     parser.add_argument("--timeout", type=_positive_float("timeout"), default=120.0,
                         help="seconds per request (default 120)")
     parser.add_argument("--max-attempts", type=_positive_int("max attempts"), default=8,
@@ -208,6 +227,8 @@ def resume_command(db: str, args: argparse.Namespace) -> str:
         if value == defaults.get(name):
             continue
         option = "--" + name.replace("_", "-")
+        if isinstance(value, dict):
+            value = ",".join(f"{model}={rate:g}" for model, rate in value.items())
         words += [option] if value is True else [option, f"{value:g}" if isinstance(value, float) else str(value)]
     return shlex.join(words)
 
@@ -289,12 +310,14 @@ def _status_lines(job: JobStatus) -> list[str]:
     else:
         lines.append("  nothing paid for yet")
     if len(job.models) > 1:
+        several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:
             cost = "no known price" if m.cost is None else f"~{_money(m.cost)}"
             tokens = f"; {m.prompt_tokens:,} + {m.completion_tokens:,} tokens: {cost}"
+            where = f" (at {m.endpoint or 'the default endpoint'})" if several else ""
             lines.append(_short(f"  {m.model}: {m.done:,} of {m.total:,} done"
                                 + (f" ({m.cached:,} cached)" if m.cached else "") + _unfinished(m)
-                                + (tokens if m.requests else "")))
+                                + (tokens if m.requests else "") + where))
     open_batches = [b for b in job.batches if b.state not in ("collected", "returned")]
     if job.batches:
         lines.append(f"  batches: {len(open_batches)} open, {len(job.batches) - len(open_batches)} settled")

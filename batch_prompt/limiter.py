@@ -3,13 +3,20 @@
 - Two token buckets, requests and tokens per minute (`--rpm`, `--tpm`). A request reserves its cost
   up front (levels may go negative) and sleeps once for the deficit: no polling.
 - It learns from the server: `x-ratelimit-limit-*` sets a limit it was not told, and
-  `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left.
+  `x-ratelimit-remaining-*`, less what is still in flight, lowers the bucket to what the server says is left
+  (read in its units: in a minute's, while the server enforces over about a second as OpenAI does, it says
+  what the server is owed, and a second's window holds its capacity less that debt; see `server_level`).
   `x-ratelimit-reset-*` (when the allowance is whole again) agrees with a per-minute refill; when it says the
   server refills far slower (a daily cap in the same headers), the pool waits, once the allowance is spent,
   until the server will have refilled one request's worth, instead of collecting 429s.
-- A careful start: until a limit is known (told, or read from a header), requests ramp up as TCP's slow
-  start does: one in flight, then one more for every answer (the window doubles every round trip),
-  instead of the whole concurrency at once into a limit enforced over a window shorter than a minute.
+- A careful start: unless told a limit, requests ramp up as TCP's slow start does: one in flight, then one
+  more for every answer (the window doubles every round trip), instead of the whole concurrency at once
+  into a limit enforced over a window shorter than a minute. A limit read from a header does not end it
+  at once: the window grows on until it holds a whole bucket of requests (then the bucket alone decides).
+  A bucket's worth sent at once reaches the server over the time it takes to send, while the server's
+  window, full until the first arrives, refills nothing; ours refilled from the moment we reserved: the
+  difference came back as 429s (3 to 5 at the start of a 3,000-prompt job, all in its first 0.2 s). Rounds
+  that double instead are each answered, with the server's count in their headers, before the next goes.
 - A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
 - A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
   with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
@@ -115,7 +122,7 @@ class Limiter:
         self.half_open = False
         self._probe: asyncio.Future[None] | None = None
         self.in_flight = [0, 0.0]  # requests and tokens acquired and not yet released
-        # slow start: most requests in flight until a limit is known (None: no such cap)
+        # the careful start: most requests in flight until the window holds a bucket (None: no such cap)
         self.window: float | None = 1.0 if slow_start and learn and rpm is None and tpm is None else None
         self.max_window = 10_000.0
         self._window_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -174,9 +181,11 @@ class Limiter:
                 if room is not None:
                     room -= 1
 
-    def _known_limit(self) -> None:
-        """A limit is known: the buckets govern from now on, not the slow-start window."""
-        if self.window is not None:
+    def _ramped(self) -> None:
+        """Once the window holds what the requests bucket lets go at once (without one: `max_window`),
+        the buckets govern from now on."""
+        end = self.requests.capacity if self.requests is not None else self.max_window
+        if self.window is not None and self.window >= end:
             self.window = None
             self._open_window()
 
@@ -189,8 +198,6 @@ class Limiter:
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             bucket = self.requests if kind == "requests" else self.tokens
-            if limit:
-                self._known_limit()
             if limit and not told and (bucket is None or bucket.per_minute != limit):
                 if bucket is None:
                     bucket = Bucket(limit, self.burst_seconds, now)
@@ -207,10 +214,11 @@ class Limiter:
                 # still in flight (an over-estimate of it: some of it had arrived). Call after `release`.
                 in_flight = self.in_flight[0 if kind == "requests" else 1]
                 bucket.refill(now)
-                bucket.level = min(bucket.level, remaining - in_flight)
+                bucket.level = min(bucket.level, server_level(limit, remaining, bucket.capacity) - in_flight)
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
                 if limit and reset is not None:
                     self._slow_window(bucket, limit, remaining, in_flight, reset, now)
+        self._ramped()
 
     def _slow_window(
         self, bucket: Bucket, limit: float, remaining: float, in_flight: float, reset: float, now: float
@@ -237,7 +245,7 @@ class Limiter:
         self.pause_until = max(self.pause_until, now + min(retry_after, self.max_pause))
         self.pause_reason = "rate limited"
         self.pauses += 1
-        if self.window is not None:  # limited before any header said how much: halve, as TCP does
+        if self.window is not None:  # limited during the careful start: halve, as TCP does
             self.window = max(1.0, self.window / 2)
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
@@ -249,10 +257,8 @@ class Limiter:
         careful start, one more request may be in flight."""
         if self.window is not None:
             self.window += 1
-            if self.window >= self.max_window:
-                self._known_limit()
-            else:
-                self._open_window()
+            self._ramped()
+            self._open_window()
         self.failures_in_a_row = 0
         self.breaker_pause = 0.0
         self.half_open = False
@@ -298,6 +304,21 @@ class Limiter:
         if self._probe is not None:
             return "paused: server unreachable, probing"
         return None
+
+
+def server_level(limit: float | None, remaining: float, capacity: float) -> float:
+    """What the server's enforcing window (of `capacity`, as ours) holds, from its headers.
+
+    `remaining` comes in one of two units. In the window's own (`limit - remaining` more than a window
+    holds), it is the level itself. In a minute's units while the server enforces over a window of about
+    a second (OpenAI's headers; the fake's `headers_per_minute`), it is `limit` less the server's debt:
+    what it took and has not refilled yet, the same in both units (both refill at `limit` per minute). A
+    window then holds `capacity - debt`, not the thousands `remaining` says: a client trusting it bursts
+    a whole window into a server that has only refilled part of it. For a server enforcing over a whole
+    minute the two readings coincide, and `capacity - debt` only keeps bursts a little smaller.
+    """
+    debt = (limit - remaining) if limit else math.inf
+    return capacity - debt if 0 <= debt <= capacity else remaining
 
 
 def _number(value: str | None) -> float | None:

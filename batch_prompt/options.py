@@ -82,6 +82,16 @@ class RunOptions:
         if self.mode not in (None, "live", "batch"):
             raise ConfigError(f"mode must be 'live' or 'batch', not {self.mode!r}")
 
+    def check_rates(self, models: set[str]) -> None:
+        """`ConfigError` for an `rpm`/`tpm` mapping naming a model that none of the run's jobs has (a typo
+        would silently leave that model unlimited, or at the spec's rate)."""
+        for name in ("rpm", "tpm"):
+            rates = getattr(self, name)
+            unknown = sorted(set(rates) - models) if isinstance(rates, dict) else []
+            if unknown:
+                raise ConfigError(f"{name} names model {unknown[0]!r}, which no job of this run has "
+                                  f"(its models: {', '.join(sorted(models))})")
+
     @property
     def grace_seconds(self) -> float:
         return self.timeout if self.grace is None else self.grace

@@ -46,6 +46,7 @@ class ModelStatus:
     prompt_tokens: int
     completion_tokens: int
     cost: float | None  # USD at list price (batch spend at the batch price); None: no known price
+    endpoint: str | None  # its spec's `endpoints` entry, else the spec's base_url; None: the run's own
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
     models = list(dict.fromkeys([*job.spec.get("models", []), *(m for m, _ in unfinished), *cached,
                                  *(s.model for s in spend)]))
     totals = _totals(store, job, models)
+    served = job.spec.get("endpoints") or {}
     per_model = []
     unpriced: list[str] = []
     for model in models:
@@ -131,6 +133,7 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
             requests=sum(s.requests for s in mine), prompt_tokens=sum(s.prompt_tokens for s in mine),
             completion_tokens=sum(s.completion_tokens for s in mine),
             cost=None if None in costs else sum(c or 0.0 for c in costs),
+            endpoint=(served.get(model) or {}).get("base_url") or job.base_url,
         ))
     pending, running, failed = (sum(getattr(m, k) for m in per_model) for k in ("pending", "running", "failed"))
     model_costs = [m.cost for m in per_model]

@@ -170,6 +170,7 @@ class _Run:
 
     async def go(self, names: list[str] | None) -> RunSummary:
         jobs = await self._jobs(names)
+        self.opts.check_rates({model for job in jobs for model in job.spec["models"]})
         endpoints = {(job.id, model): endpoint_for(job.spec, model, base_url=self.opts.base_url,
                                                    api_key=self.opts.api_key)
                      for job in jobs for model in job.spec["models"]}  # every key checked before any work

@@ -211,6 +211,35 @@ def test_tpm_limit(server: FakeServer) -> None:
     assert 400 <= int(headers["retry-after-ms"]) <= 500  # a full bucket is needed: 50 tokens at 100/s
 
 
+def test_per_model_limits_are_buckets_and_headers_of_their_own(server: FakeServer) -> None:
+    # as OpenAI's: each listed model has its own limit; the others share the server-wide one
+    server.configure(rpm_limit=60, rpm_limits={"a": 120, "b": 180}, tpm_limits={"b": 6000}, burst_seconds=1)
+
+    def post(model: str) -> tuple[int, Any]:
+        status, headers, _ = raw_post(server, "/v1/chat/completions",
+                                      {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5})
+        return status, headers
+
+    got = [(model, *post(model)) for model in ("a", "a", "a", "b", "b", "b", "b", "c", "c", "d")]
+    assert [(model, status) for model, status, _ in got] == [
+        ("a", 200), ("a", 200), ("a", 429),  # 2 a second
+        ("b", 200), ("b", 200), ("b", 200), ("b", 429),  # 3 a second, untouched by a's
+        ("c", 200), ("c", 429), ("d", 429),  # 1 a second, shared by every model not listed
+    ]
+    limits = [(model, h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) for model, _, h in got]
+    assert limits == [("a", "120", "1"), ("a", "120", "0"), ("a", "120", "0"), ("b", "180", "2"), ("b", "180", "1"),
+                      ("b", "180", "0"), ("b", "180", "0"), ("c", "60", "0"), ("c", "60", "0"), ("d", "60", "0")]
+    assert [h.get("x-ratelimit-limit-tokens") for model, _, h in got if model != "b"] == [None] * 6
+    assert {h["x-ratelimit-limit-tokens"] for model, _, h in got if model == "b"} == {"6000"}
+    _, _, body = raw_post(server, "/v1/chat/completions",
+                          {"model": "a", "messages": [{"role": "user", "content": "y"}]})
+    assert "Rate limit reached for requests per min (RPM) on a: Limit 120" in json.loads(body)["error"]["message"]
+    with pytest.raises(ValueError, match="rpm_limits must map model names to positive integers"):
+        server.configure(rpm_limits={"a": 0})
+    with pytest.raises(TypeError):
+        server.configure(tpm_limits=[("a", 1)])
+
+
 def test_random_rate_limit(server: FakeServer) -> None:
     server.configure(rate_limit_rate=1.0, rate_limit_retry_after=0.25)
     with pytest.raises(openai.RateLimitError) as info:
@@ -397,7 +426,8 @@ def test_format_duration() -> None:
 def test_cli_subprocess() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "batch_prompt.testing", "--port", "0", "--api-key", "k", "--seed", "1"]
-    cmd += ["--latency", "0.01", "--rpm-limit", "6000", "--burst-seconds", "1"]
+    cmd += ["--latency", "0.01", "--rpm-limit", "6000", "--burst-seconds", "1", "--rpm-limits", "m=600",
+            "--rpm-limits", "gpt-4o-mini=120", "--tpm-limits", "m=100000"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
@@ -416,7 +446,7 @@ def test_cli_subprocess() -> None:
 
             raw = asyncio.run(call())
             assert raw.parse().choices[0].message.content == "echo 0: cli"
-            assert raw.headers["x-ratelimit-limit-requests"] == "6000"
+            assert raw.headers["x-ratelimit-limit-requests"] == "600"  # model m's own
 
             async def config() -> Any:
                 base = url.removesuffix("/v1")
@@ -425,6 +455,7 @@ def test_cli_subprocess() -> None:
 
             cfg = asyncio.run(config())
             assert (cfg["api_key"], cfg["seed"], cfg["latency"], cfg["burst_seconds"]) == ("k", 1, 0.01, 1.0)
+            assert (cfg["rpm_limits"], cfg["tpm_limits"]) == ({"m": 600, "gpt-4o-mini": 120}, {"m": 100000})
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=5) == 0
             assert proc.stdout.read() == ""  # exactly one line on stdout

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from batch_prompt.errors import RetryExhausted
-from batch_prompt.limiter import Bucket, Limiter, parse_duration
+from batch_prompt.limiter import Bucket, Limiter, parse_duration, server_level
 from batch_prompt.retry import RetryPolicy
 
 
@@ -268,3 +268,70 @@ def test_a_prompt_the_server_always_rate_limits_fails_in_the_end() -> None:
         asyncio.run(policy.call(always_429, no_sleep))
     assert calls == policy.free_rate_limits * 2 + 2  # the free 429 retries, then the attempts proper
     assert raised.value.attempts == calls and isinstance(raised.value.last, openai.RateLimitError)
+
+
+@pytest.mark.parametrize(
+    ("limit", "remaining", "level"),
+    [
+        (6000, 5901, 1),  # a minute's units, enforced over a second: 99 taken and not refilled, 1 of 100 left
+        (6000, 6000, 100),  # a minute's units, nothing owed: the whole window
+        (6000, 40, 40),  # the window's own units: the level itself
+        (6000, 0, 0),
+        (None, 7, 7),  # no limit said: the level itself
+    ],
+)
+def test_remaining_is_read_in_its_units(limit: float | None, remaining: float, level: float) -> None:
+    assert server_level(limit, remaining, capacity=100) == level
+
+
+def test_per_minute_remaining_holds_back_a_burst_the_short_window_cannot_take() -> None:
+    clock = FakeClock()
+    lim = limiter(clock)  # not told: 6,000/min learnt, a bucket of one second (100)
+    lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5950"})
+    assert lim.requests is not None and lim.requests.level == 50  # not min(100, 5950): 50 owed
+    told = limiter(clock, rpm=6000)
+    told.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5990"})
+    assert told.requests is not None and told.requests.level == 90  # a told bucket reads it the same way
+
+
+def test_careful_start_ramps_up_until_the_window_holds_a_bucket() -> None:
+    clock = FakeClock()
+    lim = Limiter(clock=clock, sleep=clock.sleep)
+
+    async def go() -> list[int]:
+        sent: list[int] = []  # requests let through in each round trip
+        tasks = [asyncio.create_task(lim.acquire(1)) for _ in range(40)]
+        for _ in range(4):
+            await asyncio.sleep(0)
+            done = [t for t in tasks if t.done()]
+            sent.append(len(done) - sum(sent))
+            for _ in range(sent[-1]):  # every request of this round is answered
+                lim.release(1)
+                lim.succeeded()
+        lim.rate_limited(0.0)  # a 429 in the careful start: the window halves (16 -> 8)
+        assert lim.window == 8
+        # a limit read from a header (600/min: a bucket of 10) does not end it: a bucket's worth at
+        # once would reach the server over the time it takes to send, and the server refills nothing
+        # while its own window is full
+        lim.observe({"x-ratelimit-limit-requests": "600"})
+        assert lim.window == 8
+        lim.succeeded()
+        assert lim.window == 9
+        lim.succeeded()  # the window holds a bucket: the bucket alone decides from now on
+        assert lim.window is None
+        await asyncio.gather(*tasks)
+        return sent
+
+    assert asyncio.run(go()) == [1, 2, 4, 8]  # one, then one more per answer: doubling per round trip
+    assert lim.in_flight[0] == 40 - 15
+
+
+def test_a_header_saying_a_small_limit_ends_the_careful_start() -> None:
+    lim = Limiter()
+    lim.observe({"x-ratelimit-limit-requests": "30"})  # a bucket of one request: the window of 1 holds it
+    assert lim.window is None and lim.requests is not None and lim.requests.capacity == 1
+
+
+def test_a_told_limit_starts_at_full_speed() -> None:
+    assert Limiter(rpm=600).window is None and Limiter(tpm=10_000).window is None
+    assert Limiter().window == 1 and Limiter(learn=False).window is None

@@ -26,10 +26,24 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
     ints = "rpm-limit tpm-limit fail-first seed batch-expire-after batch-max-lines batch-max-bytes"
     for name in ints.split():
         p.add_argument(f"--{name}", type=int, default=None)
+    for name in ("rpm-limits", "tpm-limits"):
+        p.add_argument(f"--{name}", type=_model_limit, action="append", default=None, metavar="MODEL=N",
+                       help="a model's own limit (repeat for several models)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--quota-exhausted", action="store_true", default=None)
     p.add_argument("--headers-per-minute", action="store_true", default=None)
-    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    kw = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    for name in ("rpm_limits", "tpm_limits"):
+        if name in kw:
+            kw[name] = dict(kw[name])
+    return kw
+
+
+def _model_limit(text: str) -> tuple[str, int]:
+    model, equals, limit = text.rpartition("=")
+    if not equals or not model or not limit.isdigit() or int(limit) <= 0:
+        raise argparse.ArgumentTypeError(f"expected MODEL=N (a positive integer), not {text!r}")
+    return model, int(limit)
 
 
 async def _serve(server: FakeServer) -> None:

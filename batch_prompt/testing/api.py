@@ -1,12 +1,11 @@
-"""The fake server's API model: its settings, OpenAI-shaped request parsing, answers and error bodies,
-and the rate-limit buckets it enforces. The HTTP side (routes, faults, the record) is `server.py`.
+"""The fake server's API model: its settings, OpenAI-shaped request parsing, answers and error bodies.
+The rate-limit buckets it enforces are `limits.py`; the HTTP side (routes, faults, the record) is `server.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +32,8 @@ class FakeConfig:
     quota_exhausted: bool = False
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    rpm_limits: dict[str, int] | None = None  # model -> its own limit (as OpenAI's, per model): see limits.py
+    tpm_limits: dict[str, int] | None = None
     burst_seconds: float = 60.0
     headers_per_minute: bool = False
     fail_first: int = 0
@@ -56,6 +57,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "headers_per_minute": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
+    "rpm_limits": (dict, type(None)),
+    "tpm_limits": (dict, type(None)),
     "fail_first": (int,),
     "seed": (int,),
     "outage_until": (int, float, type(None)),
@@ -76,6 +79,10 @@ def check_config(kw: Mapping[str, Any]) -> None:
             raise TypeError(f"bad type for {key}: {type(value).__name__}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"{key} must be >= 0")
+        if isinstance(value, dict):
+            for model, limit in value.items():
+                if not isinstance(model, str) or isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                    raise ValueError(f"{key} must map model names to positive integers, not {model!r}: {limit!r}")
     if kw.get("burst_seconds") == 0:
         raise ValueError("burst_seconds must be > 0")
 
@@ -91,51 +98,6 @@ def format_duration(seconds: float) -> str:
     if minutes >= 60:
         return f"{int(minutes // 60)}h{int(minutes % 60)}m{text}"
     return f"{int(minutes)}m{text}" if minutes else text
-
-
-class Bucket:
-    """Continuously refilling token bucket; a request may overdraw a full bucket (debt).
-
-    The bucket enforces over ``burst_seconds`` (capacity ``limit * burst_seconds / 60``).  With
-    ``per_minute`` its headers count in a minute's units, as OpenAI's do while it enforces over
-    shorter windows: a second level, of capacity ``limit``, is debited and refilled alongside, so
-    ``remaining`` is the limit minus what was taken and not yet refilled at ``limit / 60`` per second
-    (one request after a long pause: ``limit - 1``) and ``reset`` is the time until that level is full
-    again (one request at 10,000 RPM: ``6ms``), whatever the burst window.  A client that trusts
-    ``remaining`` alone overruns the short window and meets 429s.
-    """
-
-    __slots__ = ("capacity", "level", "limit", "minute_level", "per_minute", "rate", "stamp")
-
-    def __init__(self, limit: int, burst_seconds: float, now: float, per_minute: bool = False) -> None:
-        self.limit = limit
-        self.rate = limit / 60.0
-        self.capacity = limit * burst_seconds / 60.0
-        self.level = self.capacity
-        self.per_minute = per_minute
-        self.minute_level = float(limit)
-        self.stamp = now
-
-    def wait(self, cost: float, now: float) -> float:
-        """Refill to ``now``; seconds until ``cost`` can be taken (0 = now)."""
-        refill = (now - self.stamp) * self.rate
-        self.level = min(self.capacity, self.level + refill)
-        self.minute_level = min(self.limit, self.minute_level + refill)
-        self.stamp = now
-        need = min(cost, self.capacity)
-        return 0.0 if self.level >= need or self.rate <= 0 else (need - self.level) / self.rate
-
-    def take(self, cost: float) -> None:
-        self.level -= cost
-        self.minute_level -= cost
-
-    def headers(self, kind: str) -> dict[str, str]:
-        level, capacity = (self.minute_level, self.limit) if self.per_minute else (self.level, self.capacity)
-        return {
-            f"x-ratelimit-limit-{kind}": str(self.limit),
-            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(level))),
-            f"x-ratelimit-reset-{kind}": format_duration((capacity - level) / self.rate) if self.rate > 0 else "0s",
-        }
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:

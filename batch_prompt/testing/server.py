@@ -17,7 +17,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
 * ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
   ``limit * burst_seconds / 60``), with OpenAI's ``x-ratelimit-*``, ``retry-after`` and
   ``retry-after-ms`` headers (``headers_per_minute``: counted in a minute's units, as OpenAI's
-  are while it enforces over shorter windows; see ``api.Bucket``).
+  are while it enforces over shorter windows; see ``limits.Bucket``); ``rpm_limits`` /
+  ``tpm_limits`` (model -> limit): a model's own buckets and headers, as OpenAI limits per model.
 
 Checks run in this order: auth (401), body validation (400 "invalid"), outage (503),
 fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
@@ -62,7 +63,6 @@ from .api import (
     FAIL400_ERROR,
     MODELS,
     SERVER_ERROR,
-    Bucket,
     FakeConfig,
     FakeRequest,
     check_config,
@@ -70,6 +70,7 @@ from .api import (
     format_duration,
 )
 from .batches import BatchAPI
+from .limits import Limits
 
 __all__ = ["FakeConfig", "FakeServer", "format_duration"]
 
@@ -112,10 +113,7 @@ class FakeServer:
         self._answered.update(prompts)  # the lock is held (BatchAPI's contract)
 
     def _make_buckets(self) -> None:
-        c, now = self._config, time.monotonic()
-        per_minute = c.headers_per_minute
-        self._rpm = Bucket(c.rpm_limit, c.burst_seconds, now, per_minute) if c.rpm_limit is not None else None
-        self._tpm = Bucket(c.tpm_limit, c.burst_seconds, now, per_minute) if c.tpm_limit is not None else None
+        self._limits = Limits(self._config, time.monotonic())
 
     # -- public API (thread-safe) ---------------------------------------------------------------
     @property
@@ -162,7 +160,8 @@ class FakeServer:
         check_config(kw)
         with self._lock:
             self._config = dataclasses.replace(self._config, **kw)
-            if kw.keys() & {"rpm_limit", "tpm_limit", "burst_seconds", "headers_per_minute"}:
+            if kw.keys() & {"rpm_limit", "tpm_limit", "rpm_limits", "tpm_limits", "burst_seconds",
+                            "headers_per_minute"}:
                 self._make_buckets()
             if "seed" in kw:
                 self._rng = random.Random(self._config.seed)
@@ -209,36 +208,26 @@ class FakeServer:
                 front = (400, "error_400", FAIL400_ERROR)
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
-                wait_r = self._rpm.wait(1, now) if self._rpm else 0.0
-                wait_t = self._tpm.wait(tokens, now) if self._tpm else 0.0
-                wait = max(wait_r, wait_t)
-                if wait > 0:
-                    kind, limit, cost = ("requests", c.rpm_limit, 1) if wait_r > 0 else ("tokens", c.tpm_limit, tokens)
+                refused = self._limits.admit(req.model, tokens, now)
+                if refused is not None:
+                    kind, limit, cost, wait = refused
                     unit = "RPM" if kind == "requests" else "TPM"
-                    too_large = " (Request too large)" if limit is not None and cost > limit else ""
+                    too_large = " (Request too large)" if cost > limit else ""
                     msg = (
                         f"Rate limit reached for {kind} per min ({unit}) on {req.model}{too_large}: "
                         f"Limit {limit}, Requested {cost}. Please try again in {format_duration(wait)}."
                     )
                     front = (429, "error_429", error_body(msg, kind, None, "rate_limit_exceeded"))
-                else:
-                    if self._rpm:
-                        self._rpm.take(1)
-                    if self._tpm:
-                        self._tpm.take(tokens)
-                    if draws[1] < c.rate_limit_rate:
-                        wait = c.rate_limit_retry_after
-                        msg = "Rate limit reached for requests (simulated). Try again in " + format_duration(wait) + "."
-                        front = (429, "error_429", error_body(msg, "requests", None, "rate_limit_exceeded"))
+                elif draws[1] < c.rate_limit_rate:
+                    wait = c.rate_limit_retry_after
+                    msg = "Rate limit reached for requests (simulated). Try again in " + format_duration(wait) + "."
+                    front = (429, "error_429", error_body(msg, "requests", None, "rate_limit_exceeded"))
                 if front is not None:
                     headers = {
                         "retry-after": str(math.ceil(wait)),
                         "retry-after-ms": str(math.ceil(wait * 1000)),
                     }
-            if self._rpm:
-                headers.update(self._rpm.headers("requests"))
-            if self._tpm:
-                headers.update(self._tpm.headers("tokens"))
+            headers.update(self._limits.headers(req.model))
             latency = 0.0
             if front is None:
                 latency = c.latency + draws[0] * c.latency_jitter
