@@ -8,6 +8,7 @@ interrupted (resume to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from .errors import BatchPromptError, ConfigError
 from .options import RunOptions, RunSummary
 from .pricing import unknown_price_message
 from .progress import usd
-from .report import STATUSES, JobStatus, ModelStatus, PromptView, show, status
+from .report import STATUSES, JobStatus, ModelStatus, PromptView, show, status, usage_doubts
 from .results import ExportSummary, export
 from .table import messages_text
 from .writer import FORMATS
@@ -231,7 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         later = _command(["python", "-m", "batch_prompt", "run", args.spec, "--db", args.db], args) + " --yes"
         print(f"nothing sent; job {job.name!r} is recorded in {args.db}: to send it later, {later}", file=sys.stderr)
         return 0
-    return _report(job.run(**vars(_options(args))), args.db, args)
+    return _report(job.run(**vars(_options(args))), args.db, args, [job.name])
 
 
 def _confirmed(job: jobs.Job, args: argparse.Namespace) -> bool:
@@ -268,12 +269,18 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _report(jobs.resume(args.db, **vars(_options(args))), args.db, args)
 
 
-def _report(summary: RunSummary, db: str, args: argparse.Namespace) -> int:
+def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[str] | None = None) -> int:
     line = (
         f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}, "
         f"tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
     )
     print(line, file=sys.stderr)
+    doubts: dict[str, str] = {}
+    if summary.paid:
+        with contextlib.suppress(BatchPromptError):  # the file gone or locked: the run's own outcome stands
+            doubts = usage_doubts(db, names)
+        for name, text in doubts.items():
+            print(_short(f"  {text}" if names and len(names) == 1 else f"  job {name!r}: {text}"), file=sys.stderr)
     for kind, count in summary.errors.most_common():
         print(_short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"), file=sys.stderr)
     if summary.abandoned:
@@ -313,6 +320,8 @@ def _status_lines(job: JobStatus) -> list[str]:
             lines.append(f"{paid}: ~{_money(job.cost)} at list price")
     else:
         lines.append("  nothing paid for yet")
+    if job.usage_doubt:
+        lines.append(f"  {job.usage_doubt}")
     if len(job.models) > 1:
         for m in job.models:
             cost = "no known price" if m.cost is None else f"~{_money(m.cost)}"
