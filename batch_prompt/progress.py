@@ -12,6 +12,7 @@ quiet.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -136,7 +137,7 @@ class BarProgress(_Shown):
         super().__init__(stream, clock)
         self.size = size or self._terminal_size
         self.display: LiveDisplay | None = None
-        self.last_note: tuple[str, float] | None = None
+        self.said: dict[str, float] = {}  # a note's shape (its numbers blanked) -> when it was last printed
 
     def _terminal_size(self) -> tuple[int, int]:
         try:
@@ -155,13 +156,14 @@ class BarProgress(_Shown):
             self._draw(lambda display: display.start(figures))
 
     def note(self, text: str) -> None:
-        """Printed above the display; a countdown ("waiting 3 s", "waiting 2 s", ...) once: the display
-        itself shows the run's health as it changes."""
+        """Printed above the display; a countdown ("waiting 3 s", "waiting 2 s", ...) once in
+        `REPEAT_AFTER` seconds: the display itself shows the run's health as it changes."""
         super().note(text)
         shape, now = re.sub(r"\d+", "#", text), self.clock()
-        if self.last_note is not None and self.last_note[0] == shape and now - self.last_note[1] < self.REPEAT_AFTER:
+        if now - self.said.get(shape, -math.inf) < self.REPEAT_AFTER:
             return
-        self.last_note = (shape, now)
+        self.said = {seen: at for seen, at in self.said.items() if now - at < self.REPEAT_AFTER}
+        self.said[shape] = now
         if self.display is None:
             self._write(text + "\n")
         else:

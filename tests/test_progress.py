@@ -130,13 +130,16 @@ def test_a_countdown_is_noted_above_the_display_once() -> None:
     now = [0.0]
     stream = Tty()
     bar = BarProgress(stream, clock=lambda: now[0], size=lambda: (80, 24))
-    for second, text in enumerate(["rate limited: waiting 3 s", "rate limited: waiting 2 s", "stopping: now"]):
+    countdowns = ["a: rate limited: waiting 3 s", "b: rate limited: waiting 3 s", "a: rate limited: waiting 2 s",
+                  "b: rate limited: waiting 2 s", "stopping: now"]
+    for second, text in enumerate(countdowns):
         now[0] = float(second)
         bar.note(text)
     now[0] = 20.0
-    bar.note("rate limited: waiting 3 s")  # a pause long after the last: said again
-    assert stream.getvalue().splitlines() == ["rate limited: waiting 3 s", "stopping: now", "rate limited: waiting 3 s"]
-    assert len(bar.notes) == 4  # every note is kept
+    bar.note("a: rate limited: waiting 3 s")  # a pause long after the last: said again
+    assert stream.getvalue().splitlines() == [
+        "a: rate limited: waiting 3 s", "b: rate limited: waiting 3 s", "stopping: now", "a: rate limited: waiting 3 s"]
+    assert len(bar.notes) == 6  # every note is kept
 
 
 class Gone(Tty):
