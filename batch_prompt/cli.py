@@ -8,13 +8,14 @@ interrupted (resume to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import job as jobs
 from .endpoints import normalize_base_url
@@ -22,12 +23,16 @@ from .errors import BatchPromptError, ConfigError
 from .options import RunOptions, RunSummary
 from .pricing import unknown_price_message
 from .progress import usd
-from .report import STATUSES, JobStatus, ModelStatus, PromptView, show, status
+from .report import STATUSES, JobStatus, ModelStatus, PromptView, show, status, usage_doubts
 from .results import ExportSummary, export
 from .table import messages_text
 from .writer import FORMATS
 
+if TYPE_CHECKING:  # the estimate (and its expansion) loads only for the commands that estimate
+    from .preview import Estimate
+
 PROG = "batch-prompt"
+CONFIRM_ABOVE = 1.0  # USD: `run` asks on a terminal before it may spend more than this
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +89,17 @@ def _rate(name: str) -> Callable[[str], float | dict[str, float]]:
     return parse
 
 
+def _usd(text: str) -> float:
+    """An argparse type: an amount in USD, zero or more and finite."""
+    try:
+        value = float(text.removeprefix("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid amount: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be zero or more (USD), not {text!r}")
+    return value
+
+
 def _base_url(text: str) -> str:
     try:
         return normalize_base_url(text)
@@ -121,7 +137,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="batch mode: submit the batches, record them and exit; a later resume collects")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--yes", action="store_true", help="do not ask before sending (nothing asks today)")
+    parser.add_argument("--yes", action="store_true",
+                        help="never ask before sending, and show no estimate (run asks on a terminal; resume never)")
 
 
 def _positive(text: str) -> int:
@@ -142,6 +159,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("spec", help="spec file (JSON or TOML)")
     p.add_argument("--db", required=True, help="job database (created if missing)")
     _run_options(p)
+    p.add_argument("--confirm-above", type=_usd, default=CONFIRM_ABOVE, metavar="USD",
+                   help=f"on a terminal, ask before sending when the most it can cost is above this "
+                        f"(default {CONFIRM_ABOVE:g}; a model with no known price always asks)")
 
     p = sub.add_parser("create", help="expand a spec and record its prompts; no API calls")
     p.add_argument("spec")
@@ -220,8 +240,12 @@ _RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "ca
 
 def resume_command(db: str, args: argparse.Namespace) -> str:
     """The command that continues this run as it was given."""
-    defaults = vars(build_parser().parse_args(["resume", db]))
-    words = ["python", "-m", "batch_prompt.resume", db]
+    return _command(["python", "-m", "batch_prompt.resume", db], args)
+
+
+def _command(words: list[str], args: argparse.Namespace) -> str:
+    """`words`, then the run options of `args` that are not their defaults."""
+    defaults = vars(build_parser().parse_args(["resume", "DB"]))
     for name in _RESUMED:
         value = getattr(args, name, None)
         if value == defaults.get(name):
@@ -242,19 +266,59 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     job = jobs.create(args.db, args.spec)
-    return _report(job.run(**vars(_options(args))), args.db, args)
+    if not args.yes and not _confirmed(job, args):
+        later = _command(["python", "-m", "batch_prompt", "run", args.spec, "--db", args.db], args) + " --yes"
+        print(f"nothing sent; job {job.name!r} is recorded in {args.db}: to send it later, {later}", file=sys.stderr)
+        return 0
+    return _report(job.run(**vars(_options(args))), args.db, args, [job.name])
+
+
+def _confirmed(job: jobs.Job, args: argparse.Namespace) -> bool:
+    """On a terminal: show the estimate, and ask when the most it can cost is above --confirm-above (or
+    unknown). With no terminal on stdin nothing can be asked: say so once, and go on."""
+    counts = job.status()
+    unsent = counts["pending"] + counts["running"]
+    if not unsent:
+        return True
+    if not sys.stdin.isatty():
+        print(f"{PROG}: not asking before sending: stdin is not a terminal (--yes: never ask)", file=sys.stderr)
+        return True
+    from .preview import estimate
+
+    result = estimate(args.spec, cache_dir=args.cache_dir, base_url=args.base_url)
+    for line in _estimate_lines(result):
+        print(line, file=sys.stderr)
+    most = result.max_cost_live
+    if most is not None and most <= args.confirm_above:
+        return True
+    what = _n(unsent, "prompt")
+    if unsent < result.prompts:
+        what += f" ({result.prompts - unsent:,} of {result.prompts:,} are finished)"
+    names = ", ".join(f"`{m}`" for m in result.unpriced)
+    cost = f"at most {_money(most)} at list price" if most is not None else f"cost unknown (no known price for {names})"
+    print(f"Send {what}, {cost}? [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        print(file=sys.stderr)  # end of input: the question's line ends, and the answer is no
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     return _report(jobs.resume(args.db, **vars(_options(args))), args.db, args)
 
 
-def _report(summary: RunSummary, db: str, args: argparse.Namespace) -> int:
+def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[str] | None = None) -> int:
     line = (
         f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}, "
         f"tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
     )
     print(line, file=sys.stderr)
+    doubts: dict[str, str] = {}
+    if summary.paid:
+        with contextlib.suppress(BatchPromptError):  # the file gone or locked: the run's own outcome stands
+            doubts = usage_doubts(db, names)
+        for name, text in doubts.items():
+            print(_short(f"  {text}" if names and len(names) == 1 else f"  job {name!r}: {text}"), file=sys.stderr)
     for kind, count in summary.errors.most_common():
         print(_short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"), file=sys.stderr)
     if summary.abandoned:
@@ -309,6 +373,8 @@ def _status_lines(job: JobStatus) -> list[str]:
             lines.append(f"{paid}: ~{_money(job.cost)} at list price")
     else:
         lines.append("  nothing paid for yet")
+    if job.usage_doubt:
+        lines.append(f"  {job.usage_doubt}")
     if len(job.models) > 1:
         several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:
@@ -358,16 +424,20 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    for m in result.models:
-        print(_estimate_line(f"{_n(m.prompts, 'prompt')} in {_n(m.requests, 'request')} to {m.model}", m,
-                             (m.model,)))
-    if len(result.models) > 1:
-        print(_estimate_line(f"in all: {_n(result.prompts, 'prompt')} in {_n(result.requests, 'request')}",
-                             result, result.unpriced))
-    if result.cached:
-        print(f"{result.cached:,} of {_n(result.prompts, 'prompt')} are already answered in the cache: free;"
-              " --no-cache for fresh samples")
+    print("\n".join(_estimate_lines(result)))
     return 0
+
+
+def _estimate_lines(result: Estimate) -> list[str]:
+    lines = [_estimate_line(f"{_n(m.prompts, 'prompt')} in {_n(m.requests, 'request')} to {m.model}", m, (m.model,))
+             for m in result.models]
+    if len(result.models) > 1:
+        lines.append(_estimate_line(f"in all: {_n(result.prompts, 'prompt')} in {_n(result.requests, 'request')}",
+                                    result, result.unpriced))
+    if result.cached:
+        lines.append(f"{result.cached:,} of {_n(result.prompts, 'prompt')} are already answered in the cache: free;"
+                     " --no-cache for fresh samples")
+    return lines
 
 
 def _estimate_line(head: str, figures: Any, unpriced: Sequence[str]) -> str:

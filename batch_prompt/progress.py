@@ -1,27 +1,34 @@
 """Progress reporters: the runner shows its state through a reporter, which decides what (if anything) to show.
 
 A reporter reads a `RunView` (the ledger's tallies, what holds the run back) when `render()` is called on
-a timer; it counts nothing itself. `note(text)` is a message for a person (stopping, a change of health).
-When the run has several models, each gets a line of its own below the run's (done, failed, cached, in
-flight, rate, tokens). `BarProgress` redraws that block in place on a terminal: every line cut to the
-terminal's width, at most as many lines as fit its height (the rest counted in one line), and a block
-left behind, not overwritten, when the width changes (a narrower terminal may have wrapped the old one);
-`LogProgress` prints plain lines, at the start, every `interval` seconds, at every note and at the end (a
-log, `nohup`, a notebook); `Progress` itself shows nothing (`--quiet`). Output goes to stderr; nothing
-here ever sees a key. Drawing never stops a run: a reporter whose stream fails (a closed pipe) goes quiet.
+a timer; it counts nothing itself: `figures()` is one reading of the view, the same for every reporter.
+`note(text)` is a message for a person (stopping, a change of health). `BarProgress` is a live display
+on a terminal, drawn by rich (`display.py`), never wider than the terminal; `LogProgress` prints plain
+lines, at the start, every `interval` seconds, at every note and at the end (a log, `nohup`, a
+notebook); `Progress` itself shows nothing (`--quiet`). Output goes to stderr; nothing here ever sees a
+key. Drawing never stops a run: a reporter whose stream fails (a closed pipe, a closed terminal) goes
+quiet.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .ledger import Tally
 
+if TYPE_CHECKING:  # rich loads only when a terminal shows the display
+    from .display import LiveDisplay
+
 Clock = Callable[[], float]
+Size = Callable[[], tuple[int, int]]  # the terminal's (columns, lines)
 
 
 class RunView(Protocol):
@@ -35,6 +42,21 @@ class RunView(Protocol):
     def per_model(self) -> dict[str, Tally]: ...
     def cost(self) -> float | None: ...
     def health(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One reading of a run, as every reporter shows it."""
+
+    label: str
+    total: int
+    finished: int  # done or failed, before this run and in it
+    tally: Tally  # this run's
+    rate: float  # prompts answered per second in this run, not counting free ones (cache, shared)
+    eta: float | None  # seconds until every prompt is finished at that rate; None: unknown or nothing left
+    cost: float | None  # USD at list price of what this run paid for; None: nothing priced
+    health: list[str]  # what holds the run back, if anything
+    models: dict[str, Tally]  # this run's, per model
 
 
 class Progress:
@@ -56,6 +78,34 @@ class Progress:
     def render(self, final: bool = False) -> None:
         """Show the current state (called on a timer, and once with final=True)."""
 
+    def figures(self) -> Figures | None:
+        view = self.view
+        if view is None:
+            return None
+        t = view.tally()
+        elapsed = max(self.clock() - self.started, 1e-9)
+        finished = t.done + t.failed
+        rate = (finished - t.cached - t.shared) / elapsed
+        remaining = view.total - view.already - finished
+        eta = remaining / rate if rate > 0 and remaining > 0 else None
+        return Figures(view.label, view.total, view.already + finished, t, rate, eta, view.cost(), view.health(),
+                       view.per_model())
+
+    def line(self) -> str:
+        """The state in one line (no width limit): what `LogProgress` prints."""
+        f = self.figures()
+        if f is None:
+            return ""
+        t = f.tally
+        text = (
+            f"{f.label}: {f.finished}/{f.total} done, {t.failed} failed, {t.cached} cached, "
+            f"{t.in_flight} in flight, {f.rate:.1f}/s, ETA {duration(f.eta)}, tokens {t.prompt_tokens}+"
+            f"{t.completion_tokens}" + usd(f.cost)
+        )
+        if t.retries:
+            text += f", {t.retries} retries"
+        return text + (" | " + "; ".join(f.health) if f.health else "")
+
     def _rate(self, t: Tally) -> float:
         """Prompts finished per second by calls (not from the cache, not shared) since the start."""
         return (t.done + t.failed - t.cached - t.shared) / max(self.clock() - self.started, 1e-9)
@@ -70,25 +120,6 @@ class Progress:
             f"{self._rate(t):.1f}/s, tokens {t.prompt_tokens}+{t.completion_tokens}"
             for model, t in models.items()
         ]
-
-    def line(self) -> str:
-        view = self.view
-        if view is None:
-            return ""
-        t = view.tally()
-        finished = t.done + t.failed
-        rate = self._rate(t)
-        remaining = view.total - view.already - finished
-        eta = f"{remaining / rate:.0f}s" if rate > 0 and remaining > 0 else "-"
-        text = (
-            f"{view.label}: {view.already + finished}/{view.total} done, {t.failed} failed, {t.cached} cached, "
-            f"{t.in_flight} in flight, {rate:.1f}/s, ETA {eta}, tokens {t.prompt_tokens}+{t.completion_tokens}"
-            + usd(view.cost())
-        )
-        if t.retries:
-            text += f", {t.retries} retries"
-        health = view.health()
-        return text + (" | " + "; ".join(health) if health else "")
 
 
 class _Shown(Progress):
@@ -110,52 +141,64 @@ class _Shown(Progress):
 
 
 class BarProgress(_Shown):
-    """A block redrawn in place on a terminal: the run's bar, then a line per model when there are several.
+    """A live display on a terminal (rich's, see `display.py`): a bar, then the counts, rate, ETA, tokens,
+    cost, retries, a line per model when there are several, and the run's health, redrawn in place at
+    every `render`; notes print above it. Its size is read again at every redraw (`size`, by default the
+    stream's own terminal), so it follows a resized window."""
 
-    The cursor rests at the end of the block's last line; `drawn` lines of it are above. A redraw goes back
-    up to its first line (`ESC [ n A`), writes every line cut to the width (`ESC [ K` clears what an older,
-    longer line left), and clears below (`ESC [ J`: a block that shrank).
-    """
+    REPEAT_AFTER = 10.0  # seconds before a note that differs from the last only in its numbers is printed again
 
-    def __init__(self, stream: TextIO | None = None, width: int = 24, clock: Clock = time.monotonic,
-                 columns: Callable[[], int] | None = None, rows: Callable[[], int] | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, clock: Clock = time.monotonic, size: Size | None = None) -> None:
         super().__init__(stream, clock)
-        self.width = width
-        self.columns = columns or (lambda: shutil.get_terminal_size((80, 24)).columns)
-        self.rows = rows or (lambda: shutil.get_terminal_size((80, 24)).lines)
-        self.drawn = 0  # lines of the block above the cursor's
-        self.drawn_width = 0  # the width it was drawn for (0: no block under the cursor)
+        self.size = size or self._terminal_size
+        self.display: LiveDisplay | None = None
+        self.said: dict[str, float] = {}  # a note's shape (its numbers blanked) -> when it was last printed
 
-    def _cut(self, text: str) -> str:
-        return text[: max(10, self.columns() - 1)]
+    def _terminal_size(self) -> tuple[int, int]:
+        try:
+            columns, lines = os.get_terminal_size(self.stream.fileno())
+        except (OSError, ValueError, AttributeError):  # not a file descriptor: the process's terminal
+            columns, lines = shutil.get_terminal_size((80, 24))
+        return columns or 80, lines or 24
 
-    def _home(self) -> str:
-        """Back to the start of the block's first line."""
-        return "\r" + (f"\x1b[{self.drawn}A" if self.drawn else "")
+    def start(self, view: RunView) -> None:
+        super().start(view)
+        from .display import LiveDisplay
+
+        self.display = LiveDisplay(self.stream, self.size, self.clock)
+        figures = self.figures()
+        if figures is not None:
+            self._draw(lambda display: display.start(figures))
 
     def note(self, text: str) -> None:
+        """Printed above the display; a countdown ("waiting 3 s", "waiting 2 s", ...) once in
+        `REPEAT_AFTER` seconds: the display itself shows the run's health as it changes."""
         super().note(text)
-        self._write(self._home() + "\x1b[J" + self._cut(text) + "\n")  # the block is drawn again below it
-        self.drawn = self.drawn_width = 0
+        shape, now = re.sub(r"\d+", "#", text), self.clock()
+        if now - self.said.get(shape, -math.inf) < self.REPEAT_AFTER:
+            return
+        self.said = {seen: at for seen, at in self.said.items() if now - at < self.REPEAT_AFTER}
+        self.said[shape] = now
+        if self.display is None:
+            self._write(text + "\n")
+        else:
+            self._draw(lambda display: display.note(text))
 
     def render(self, final: bool = False) -> None:
-        view = self.view
-        if view is None:
+        figures = self.figures()
+        if figures is not None:
+            self._draw(lambda display: display.show(figures, final))
+
+    def _draw(self, step: Callable[[LiveDisplay], None]) -> None:
+        display = self.display
+        if self.broken or display is None:
             return
-        t = view.tally()
-        share = (view.already + t.done + t.failed) / view.total if view.total else 1.0
-        filled = int(min(1.0, share) * self.width)
-        lines = [f"[{'#' * filled}{'.' * (self.width - filled)}] {self.line()}", *self.model_lines()]
-        room = max(1, self.rows() - 1)  # a block taller than the screen cannot be gone back up over
-        if len(lines) > room:
-            lines = [*lines[: room - 1], f"  ... and {len(lines) - room + 1} more models"] if room > 1 else lines[:1]
-        columns = self.columns()
-        start = self._home()
-        if self.drawn_width and columns != self.drawn_width:  # the old block may have wrapped: leave it, below
-            start = "\n"
-        text = start + "\n".join(self._cut(line) + "\x1b[K" for line in lines) + "\x1b[J"
-        self._write(text + ("\n" if final else ""))
-        self.drawn, self.drawn_width = (0, 0) if final else (len(lines) - 1, columns)
+        try:
+            step(display)
+        except (OSError, ValueError):  # a closed terminal or pipe: progress stops, the run does not
+            self.broken = True
+        if display.broken:
+            self.broken = True
 
 
 class LogProgress(_Shown):
@@ -185,11 +228,28 @@ def usd(cost: float | None) -> str:
     return f", ~${cost:.2f} at list price" if cost >= 0.01 else f", ~${cost:.6f} at list price"
 
 
+def duration(seconds: float | None) -> str:
+    """"-" (unknown), "42s", "5m10s", "3h05m", "2d04h": two units at most, for an ETA."""
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
 def auto_progress(quiet: bool, stream: TextIO | None = None) -> Progress:
-    """Silent when quiet; a bar on a terminal; plain lines otherwise."""
+    """Silent when quiet; the live display on a terminal that can redraw; plain lines otherwise."""
     stream = stream or sys.stderr
     if quiet:
         return Progress()
-    if stream.isatty():
+    if stream.isatty() and os.environ.get("TERM") != "dumb":
         return BarProgress(stream)
     return LogProgress(stream)

@@ -2,7 +2,8 @@
 
 Both read only the job database (no cache, no network, no key). `status` costs O(rows not done): counts
 by status come from the unfinished index (done = total - the rest), cached answers from the cached index,
-tokens from the `spend` table (every response paid for), errors from the failed rows.
+tokens from the `spend` table (every response paid for), errors from the failed rows, and whether the
+server's token counts add up from a sample of answered rows (`usage.py`).
 Costs are the spend's tokens at the live and batch prices of `pricing.py`.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import usage
 from .errors import ConfigError
 from .expand import raw_messages
 from .pricing import Prices
@@ -86,6 +88,8 @@ class JobStatus:
     models: tuple[ModelStatus, ...]
     errors: tuple[ErrorGroup, ...]
     batches: tuple[BatchStatus, ...] = ()  # open and past, oldest first
+    # why the token counts may not be what was generated (`usage.FIRST_CHOICE_ONLY`), or None
+    usage_doubt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples)."""
@@ -146,7 +150,25 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
         models=tuple(per_model), errors=tuple(ErrorGroup(*group) for group in store.error_groups(job)),
         batches=tuple(BatchStatus(b.batch_id, b.state, b.status, b.model, b.requests, b.completed, b.failed,
                                   b.created_at, b.error) for b in store.batches(job)),
+        usage_doubt=_usage_doubt(store, job),
     )
+
+
+def usage_doubts(db_path: str | Path, jobs: list[str] | None = None) -> dict[str, str]:
+    """Job name -> why its token counts may not be what was generated, for the jobs (all, or those named)
+    whose answers show it (see `usage.py`). Reads a sample of each job's answered rows."""
+    with Store(db_path, create=False, readonly=True) as store:
+        found = {job.name: _usage_doubt(store, job) for job in store.jobs() if jobs is None or job.name in jobs}
+    return {name: text for name, text in found.items() if text is not None}
+
+
+def _usage_doubt(store: Store, job: JobRow) -> str | None:
+    packed = 1
+    if job.api == "completions":
+        per_model = job.n_prompts // max(1, len(job.spec.get("models") or [1]))
+        packed = max(1, min(int(job.spec.get("prompts_per_request") or 1), per_model))
+    rows = store.prompts(job, "done", usage.SAMPLE)
+    return usage.doubt(((row.request, row.response) for row in rows if row.response is not None), packed)
 
 
 def _totals(store: Store, job: JobRow, models: list[str]) -> dict[str, int]:

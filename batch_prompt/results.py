@@ -160,7 +160,7 @@ def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError("to_dataframe needs pandas: pip install 'batch-prompt[pandas]'") from None
+        raise ImportError("to_dataframe needs pandas: pip install '.[pandas]' in a clone of batch-prompt") from None
     if isinstance(results, str | Path):
         with open(results, "rb") as f:
             is_db = f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC

@@ -39,6 +39,9 @@ class FakeConfig:
     fail_first: int = 0
     outage_until: float | None = None
     seed: int = 0
+    # usage as llama.cpp's server reports it for n > 1 or a list of prompts: one generation's tokens (the
+    # first prompt's, the first choice's), whatever the number of choices
+    usage_first_choice_only: bool = False
     # the Batch API (batches.py, lifecycle.py); a batch runs under the settings in force at its creation
     batch_validate_seconds: float = 0.0
     batch_lines_per_second: float | None = None  # None: as fast as the CPU allows; 0: never (until cancel or expiry)
@@ -55,6 +58,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "api_key": (str, type(None)),
     "quota_exhausted": (bool,),
     "headers_per_minute": (bool,),
+    "usage_first_choice_only": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
     "rpm_limits": (dict, type(None)),
@@ -168,21 +172,23 @@ class FakeRequest:
     def has(self, marker: str) -> bool:
         return any(marker in t for t in self.texts)
 
-    def prompt_tokens(self) -> int:
+    def prompt_tokens(self, first_only: bool = False) -> int:
         if self.chat:
             return max(1, sum(len(t) for t in self.texts) // 4)
-        return sum(max(1, len(p) // 4) for p in self.prompts)
+        return sum(max(1, len(p) // 4) for p in self.prompts[: 1 if first_only else None])
 
-    def response(self, seq: int | str, choices_delta: int = 0) -> bytes:
-        """The JSON body of a successful answer (with ``choices_delta`` choices too many)."""
+    def response(self, seq: int | str, choices_delta: int = 0, first_choice_usage: bool = False) -> bytes:
+        """The JSON body of a successful answer (with ``choices_delta`` choices too many). With
+        ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's)."""
         n, cap = self.n, self.max_tokens
         texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
         if choices_delta < 0:
             texts = texts[:choices_delta]
         elif choices_delta > 0:
             texts.append((len(texts), f"echo {n}: {self.prompts[-1]}"))
-        completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in texts)
-        prompt = self.prompt_tokens()
+        counted = texts[:1] if first_choice_usage else texts
+        completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in counted)
+        prompt = self.prompt_tokens(first_only=first_choice_usage)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

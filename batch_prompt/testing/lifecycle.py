@@ -248,7 +248,7 @@ class Lifecycle:
             elif req.has("FAIL500") or draw < settings.batch_error_rate:
                 status, body = 500, SERVER_ERROR
             else:
-                status, body = 200, req.response(f"{self.tag}{i:x}")
+                status, body = 200, req.response(f"{self.tag}{i:x}", 0, settings.usage_first_choice_only)
                 prompts.extend(req.prompts)
             response = b'{"status_code": %d, "request_id": "req_%s%08x", "body": %s}' % (
                 status, self.btag, i, body

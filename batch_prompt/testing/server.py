@@ -12,6 +12,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
   fewer or one more than ``n``), ``rate_limit_rate`` (a 429 saying retry after
   ``rate_limit_retry_after`` seconds);
 * prompt markers: ``FAIL400`` (permanent 400), ``FAIL500`` (always 500), ``HANG``;
+* ``usage_first_choice_only``: usage counted as llama.cpp's server counts it for ``n > 1`` or a list
+  of prompts (the first prompt's first choice only);
 * ``quota_exhausted`` (429 insufficient_quota), ``fail_first`` (the first N requests get 500),
   ``outage_until`` (a ``time.monotonic()`` deadline before which every request gets 503);
 * ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
@@ -282,7 +284,8 @@ class FakeServer:
                     return web.Response()  # never written: the transport is closed
                 elif draws[3] < c.drop_rate + c.reset_rate:  # one draw: drop and reset exclude each other
                     self._finish(entry, "reset", 200)
-                    return await self._reset_mid_body(request, req.response(entry["seq"]), adm.headers)
+                    body = req.response(entry["seq"], 0, c.usage_first_choice_only)
+                    return await self._reset_mid_body(request, body, adm.headers)
                 elif draws[5] < c.malformed_rate:
                     outcome = "malformed"
                 elif draws[6] < c.wrong_choices_rate:
@@ -290,7 +293,7 @@ class FakeServer:
                 else:
                     outcome = "ok"
                 if status == 200:
-                    body = req.response(entry["seq"], delta)
+                    body = req.response(entry["seq"], delta, c.usage_first_choice_only)
                     if outcome == "malformed":
                         body = body[: len(body) // 2]
             self._finish(entry, outcome, status)
