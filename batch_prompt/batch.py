@@ -35,8 +35,10 @@ from typing import Any, TypeVar
 
 import openai
 
+from . import tokens
 from .asyncstore import AsyncStore
 from .batchfile import URLS, line_size, read_results, write_input
+from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, split_choices
 from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
@@ -46,7 +48,7 @@ from .ledger import Ledger
 from .options import RunOptions
 from .pool import EndpointState
 from .retry import RetryPolicy
-from .store import BatchRow, Claimed, JobRow
+from .store import BatchRow, Claimed, JobRow, Store
 
 T = TypeVar("T")
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -64,12 +66,18 @@ class BatchLane:
     client: ApiClient
     cache: ResponseCache
     submit: bool
+    budget: Budget | None = None
     last_refusal: str | None = None
     open: dict[int, BatchRow] = field(default_factory=dict)
+    reserved: dict[int, float] = field(default_factory=dict)  # an open batch's worst case, held in the budget
 
     @property
     def endpoint(self) -> str:
         return self.state.endpoint.identity
+
+
+def _batch_rows(batch_id: int, store: Store) -> list[Claimed]:
+    return store.batch_rows(batch_id)
 
 
 class _Halted(Exception):
@@ -115,6 +123,10 @@ class BatchEngine:
     async def _drive(self, lane: BatchLane) -> None:
         try:
             for batch in await self._open_batches(lane):
+                if lane.budget is not None:  # what an open batch may still cost counts against the budget
+                    for row in await self.store.run(functools.partial(_batch_rows, batch.id)):
+                        self._reserve(lane, row)
+                    lane.reserved[batch.id] = lane.reserved.pop(0, 0.0)
                 await self._recover(lane, batch)
             delay = self.opts.poll
             while not self._halted(lane):
@@ -133,7 +145,8 @@ class BatchEngine:
                 if not self.opts.wait:
                     return
                 if not lane.open:
-                    if lane.submit and await self.store.pending(lane.job, lane.model):
+                    reached = lane.budget is not None and lane.budget.reached
+                    if lane.submit and not reached and await self.store.pending(lane.job, lane.model):
                         continue  # prompts came back (expired, refused): they go in a new batch
                     return
                 delay = self.opts.poll if changed else min(MAX_POLL, delay * 1.5)
@@ -201,24 +214,42 @@ class BatchEngine:
             if keep and size + grows > self.opts.batch_bytes:
                 await self._hand_back(rows[i:])
                 break
+            if lane.budget is not None and row.hash not in seen and not self._reserve(lane, row):
+                await self._hand_back(rows[i:])  # past the budget: stays pending
+                break
             keep.append(row)
             seen.add(row.hash)
             size += grows
         if not keep:
             await self.ledger.flush()
-            return True
+            return not (lane.budget is not None and lane.budget.reached)
         batch = await self.store.run(lambda s: s.open_batch(
             lane.job, lane.model, lane.endpoint, secrets.token_hex(8), [row.id for row in keep], self.owner))
         for row in keep:
             self.ledger.lose(row)  # the batch holds it now, not this process
         self.leases.released(row.id for row in keep)
         lane.open[batch.id] = batch
+        lane.reserved[batch.id] = lane.reserved.pop(0, 0.0)
         self.ledger.tally(lane.job.id, lane.model).requests += len(seen)
         await self._upload(lane, batch)
         await self._create(lane, lane.open[batch.id])
         self.submitted += 1
         self.note(f"submitted batch {batch.id} of {lane.job.name}: {len(seen):,} requests to {lane.model}")
         return True
+
+    def _reserve(self, lane: BatchLane, row: Claimed) -> bool:
+        """Reserve a line's worst case at the batch price (held under key 0 until its batch has an id)."""
+        assert lane.budget is not None
+        prompt, completion = tokens.estimate_parts(json.loads(row.request))
+        got = lane.budget.reserve(lane.model, "batch", prompt, completion)
+        if got is None:
+            return False
+        lane.reserved[0] = lane.reserved.get(0, 0.0) + got
+        return True
+
+    def _unreserve(self, lane: BatchLane, batch_id: int) -> None:
+        if lane.budget is not None:
+            lane.budget.release(lane.reserved.pop(batch_id, 0.0))
 
     async def _hand_back(self, rows: list[Claimed]) -> None:
         await self.store.release([row.id for row in rows], self.owner)
@@ -317,6 +348,7 @@ class BatchEngine:
             await self._delete_files(lane, batch, [batch.input_file_id])
             back = await self.store.run(lambda s: s.return_batch(batch.id, f"batch refused: {reason}"))
             lane.open.pop(batch.id, None)
+            self._unreserve(lane, batch.id)
             self.note(f"batch {batch.id} of {lane.job.name} was refused: {reason}; its {back} prompts are pending")
             if lane.last_refusal == reason and lane.state.fatal is None:
                 lane.state.fatal = ConfigError(
@@ -352,6 +384,7 @@ class BatchEngine:
         await self._delete_files(lane, batch, [batch.input_file_id, seen.output_file_id, seen.error_file_id])
         await self.store.run(lambda s: s.update_batch(batch.id, state="collected", finished_at=time.time()))
         lane.open.pop(batch.id, None)
+        self._unreserve(lane, batch.id)
         self.note(f"collected batch {batch.id} of {lane.job.name} ({seen.status}): {len(rows) - len(unanswered):,} "
                   f"results, {len(unanswered):,} prompts without one")
 

@@ -136,6 +136,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="batch mode: seconds between first polls (backs off to under a minute; default 10)")
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="batch mode: submit the batches, record them and exit; a later resume collects")
+    parser.add_argument("--max-cost", type=_positive_float("max cost"), metavar="USD",
+                        help="a budget: no request starts that could take the job's spend past it")
+    parser.add_argument("--prices", metavar="FILE", help="price overrides (JSON or TOML, USD per million tokens)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--yes", action="store_true",
                         help="never ask before sending, and show no estimate (run asks on a terminal; resume never)")
@@ -228,6 +231,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
         max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir, mode=args.mode,
+        max_cost=args.max_cost, prices=args.prices,
         batch_size=args.batch_size, batch_bytes=args.batch_bytes, poll=args.poll, wait=args.wait,
         base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
@@ -235,7 +239,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 # Run options a resume needs again to do what the run did (--no-cache is kept with the job itself).
 _RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "batch_size",
-            "batch_bytes", "poll", "quiet")
+            "batch_bytes", "poll", "max_cost", "prices", "quiet")
 
 
 def resume_command(db: str, args: argparse.Namespace) -> str:
@@ -285,7 +289,7 @@ def _confirmed(job: jobs.Job, args: argparse.Namespace) -> bool:
         return True
     from .preview import estimate
 
-    result = estimate(args.spec, cache_dir=args.cache_dir, base_url=args.base_url)
+    result = estimate(args.spec, cache_dir=args.cache_dir, base_url=args.base_url, prices=args.prices)
     for line in _estimate_lines(result):
         print(line, file=sys.stderr)
     most = result.max_cost_live
@@ -325,6 +329,8 @@ def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[
         print(f"{summary.abandoned} requests in flight were abandoned: their answers are lost", file=sys.stderr)
     if summary.running_elsewhere:
         print(f"{summary.running_elsewhere} prompts are being answered by another process", file=sys.stderr)
+    for line in summary.budget_reached:
+        print(line, file=sys.stderr)
     if summary.batches_submitted:
         print(f"{summary.batches_submitted} batches submitted", file=sys.stderr)
     if summary.in_batches and not summary.interrupted:

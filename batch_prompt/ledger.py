@@ -66,6 +66,7 @@ class Ledger:
         flush_batch: int = 256,
     ) -> None:
         self.store, self.owner, self.prices = store, owner, prices
+        self.job_prices: dict[int, Prices] = {}  # a job's own (its spec's price file), else `prices`
         self.flush_interval, self.flush_batch = flush_interval, flush_batch
         self.tallies: dict[tuple[int, str], Tally] = {}
         self.errors: dict[str, list[Any]] = {}  # error kind -> [prompts failed with it, first message]
@@ -83,6 +84,10 @@ class Ledger:
         if key not in self.tallies:
             self.tallies[key] = Tally()
         return self.tallies[key]
+
+    def job_cost(self, job_id: int) -> float:
+        """What this run has paid for the job, at list price."""
+        return sum(t.cost_usd for (job, _), t in self.tallies.items() if job == job_id)
 
     def total(self) -> Tally:
         total = Tally()
@@ -172,7 +177,8 @@ class Ledger:
         tally.paid += 1
         tally.prompt_tokens += prompt
         tally.completion_tokens += completion
-        cost = self.prices.cost(model, mode, prompt, completion) if self.prices is not None else None
+        prices = self.job_prices.get(job_id, self.prices)
+        cost = prices.cost(model, mode, prompt, completion) if prices is not None else None
         if cost is not None:
             tally.cost_usd += cost
             tally.priced += 1

@@ -35,6 +35,8 @@ class RunOptions:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     mode: str | None = None  # "live" or "batch"; None: the mode the job was last run in
+    max_cost: float | None = None  # USD a job's spend never passes (default: the spec's max_cost)
+    prices: str | None = None  # a price override file, on top of the spec's
     # Batch mode: most requests and bytes per batch file (the Batch API's limits), the first poll interval
     # (it backs off to a minute), and whether to wait for the batches (False: submit, record, return).
     batch_size: int = 50_000
@@ -77,6 +79,8 @@ class RunOptions:
             value = getattr(self, name)
             if not _positive_int(value) or value > most:
                 raise ConfigError(f"{name} must be a positive integer of at most {most:,}, not {value!r}")
+        if self.max_cost is not None and not _positive(self.max_cost):
+            raise ConfigError(f"max_cost must be a positive number of USD, not {self.max_cost!r}")
         if not _positive(self.poll):
             raise ConfigError(f"poll must be a positive number of seconds, not {self.poll!r}")
         if self.mode not in (None, "live", "batch"):
@@ -126,6 +130,7 @@ class RunSummary:
     unfinished: int = 0  # pending in the file after the run
     in_batches: int = 0  # held by open batches at the provider after the run (a resume collects them)
     batches_submitted: int = 0  # batches this run submitted
+    budget_reached: list[str] = field(default_factory=list)  # one line per job that reached its budget
     running_elsewhere: int = 0  # claimed by another process that is still working on them
     failed_total: int = 0  # failed in the file after the run
 

@@ -27,6 +27,7 @@ import openai
 
 from . import tokens
 from .asyncstore import AsyncStore
+from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, split_choices
 from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
@@ -66,6 +67,7 @@ class Lane:
     limiter: Limiter
     fresh: bool  # fresh samples: the cache is not read (but for an answer bought for this very row)
     workers: int
+    budget: Budget | None = None  # the job's, shared by its lanes
     queue: asyncio.Queue[Item | None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,7 +119,8 @@ class LivePool:
         self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
 
     def _halted(self, lane: Lane) -> bool:
-        return self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
+        return (self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
+                or (lane.budget is not None and lane.budget.reached))
 
     async def run(self) -> None:
         """Work every lane until its rows are done, or the pool is stopped."""
@@ -210,17 +213,26 @@ class LivePool:
                 raise _Stopped
             cost, ours = self.estimator.cost(lane.body(remaining))
             probe = probe_failed = await lane.limiter.acquire(cost)
+            reserved = 0.0
             try:
                 try:
                     async with self.slots.hold(lane):
                         remaining = await self._still_ours(lane, remaining)
                         if self._halted(lane) or not remaining:
                             raise _Stopped
+                        if lane.budget is not None:  # its worst case, reserved before it is sent
+                            prompt, completion = tokens.estimate_parts(lane.body(remaining))
+                            got = lane.budget.reserve(lane.model, "live", prompt, completion)
+                            if got is None:
+                                raise _Stopped
+                            reserved = got
                         calls += 1
                         tally.retries += int(calls > 1)
                         data, headers = await self._send(lane, remaining, tally)
                 finally:
                     lane.limiter.release(cost)
+                    if lane.budget is not None:  # nothing awaits before the ledger has its real cost
+                        lane.budget.release(reserved)
                     self._end_if_idle()
             except _Stopped:
                 if probe:

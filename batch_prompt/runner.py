@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from . import tokens
 from .asyncstore import AsyncStore
 from .batch import BatchEngine, BatchLane
+from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, make_client
 from .clock import RunClock
@@ -185,9 +187,22 @@ class _Run:
                            for job, model in models
                            if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
             counts = [await self.store.counts(job) for job in jobs]
-            prices = Prices.load().overlay(next((job.spec.get("prices") for job in jobs if job.spec.get("prices")),
-                                                None))
+            prices = Prices.load(self.opts.prices)
             self.ledger.prices = prices
+            budgets = {}
+            for job in jobs:
+                own = prices
+                if job.spec.get("prices"):
+                    own = Prices.load(job.spec["prices"]).overlay(self.opts.prices)
+                    self.ledger.job_prices[job.id] = own
+                limit = self.opts.max_cost or job.spec.get("max_cost")
+                if limit:
+                    budgets[job.id] = Budget.check(job, float(limit), own, await self.store.spend(job),
+                                                   functools.partial(self.ledger.job_cost, job.id))
+            for lane in lanes:
+                lane.budget = budgets.get(lane.job.id)
+            for batch_lane in batch_lanes:
+                batch_lane.budget = budgets.get(batch_lane.job.id)
             policy = self.opts.retry or RetryPolicy(max_attempts=self.opts.max_attempts)
             engine = BatchEngine(
                 batch_lanes, store=self.store, ledger=self.ledger, leases=self.leases, owner=self.owner,
@@ -208,6 +223,7 @@ class _Run:
             self.progress.start(view)
             await self._work(pool, engine, view)
             summary = self._summary(view, pool)
+            summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
             summary.batches_submitted = engine.submitted if engine is not None else 0
         finally:
             await self._close()

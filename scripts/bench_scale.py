@@ -139,7 +139,7 @@ def measured_step(
 ) -> Measured:
     """Run `python -m batch_prompt ARGS`, check its output names `expect`, report wall, rows/s, CPU, RSS."""
     result = run_measured([PYTHON, "-m", "batch_prompt", *args], env, cwd, timeout=1800).check()
-    if expect not in result.stdout:
+    if expect not in result.stdout.replace(",", ""):
         raise RuntimeError(f"{name} did not report {expect}: {result.stdout!r}")
     report.figure(f"{name}_wall_s", result.wall)
     report.figure(f"{name}_rows_per_s", round(n / result.wall))
