@@ -14,12 +14,15 @@ import math
 import os
 import shlex
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import job as jobs
 from .endpoints import normalize_base_url
 from .errors import BatchPromptError, ConfigError
+from .failures import redact
 from .options import RunOptions, RunSummary
 from .pricing import unknown_price_message
 from .progress import usd
@@ -126,6 +129,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="seconds requests in flight get to arrive after Ctrl-C (default: --timeout)")
     parser.add_argument("--cache-dir", help="response cache folder (default ~/.cache/batch-prompt)")
     parser.add_argument("--base-url", type=_base_url, help="API endpoint (default $OPENAI_BASE_URL or OpenAI)")
+    # How long a claim holds a row for this process before another may take it (tests shorten it).
+    parser.add_argument("--lease-seconds", type=_positive_float("lease seconds"), default=300.0,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("live", "batch"),
                         help="live calls, or the provider's Batch API (default: the mode the job last ran in)")
     parser.add_argument("--batch-size", type=_positive_int("batch size"), default=50_000,
@@ -209,10 +215,48 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--status", choices=STATUSES, help="only prompts in this status")
     p.add_argument("--limit", type=_positive, default=20, help="at most this many per job (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output, answers in full")
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="on an internal error, print its traceback (it is saved to a file anyway)")
     return parser
 
 
+class _Stderr:
+    """stderr that goes quiet once its reader is gone (`run ... 2>&1 | head -1`): a broken pipe silences
+    what a person would read, never the run (committing, renewing, exiting as it should)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return int(self.stream.write(text))
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed under us
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    stderr = sys.stderr
+    sys.stderr = _Stderr(stderr)
+    try:
+        return _main(argv, prog)
+    finally:
+        sys.stderr = stderr
+
+
+def _main(argv: Sequence[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))
@@ -225,13 +269,42 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except BrokenPipeError:  # `status ... | head`: the reader is gone; nothing more to say, and nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
+    except Exception as exc:  # a bug of ours: one line, and where its traceback went
+        text = redact_secrets(traceback.format_exc())
+        if args.debug:
+            print(text, file=sys.stderr, end="")
+        saved = _save_traceback(text)
+        where = f"its traceback is in {saved}" if saved else "its traceback could not be saved"
+        message = " ".join(redact_secrets(str(exc)).split())[:200]
+        print(f"{PROG}: internal error (a bug in batch-prompt, please report it): {type(exc).__name__}: "
+              f"{message}; {where}", file=sys.stderr)
+        return 1
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the value of every environment variable that names a key masked (and key-like text)."""
+    for name, value in os.environ.items():
+        if name.endswith("_KEY") and len(value) >= 8:
+            text = redact(text, value)
+    return redact(text)
+
+
+def _save_traceback(text: str) -> str | None:
+    """Write an internal error's traceback to a private file in the temporary folder; its path."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="batch-prompt-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
         max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir, mode=args.mode,
-        max_cost=args.max_cost, prices=args.prices,
+        max_cost=args.max_cost, prices=args.prices, lease_seconds=args.lease_seconds,
         batch_size=args.batch_size, batch_bytes=args.batch_bytes, poll=args.poll, wait=args.wait,
         base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
@@ -239,7 +312,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 # Run options a resume needs again to do what the run did (--no-cache is kept with the job itself).
 _RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "batch_size",
-            "batch_bytes", "poll", "max_cost", "prices", "quiet")
+            "batch_bytes", "poll", "max_cost", "prices", "lease_seconds", "quiet")
 
 
 def resume_command(db: str, args: argparse.Namespace) -> str:

@@ -95,7 +95,7 @@ def _record(path: Path, spec: Spec) -> tuple[JobRow, bool]:
         private = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{CREATING}"
         try:
             with Store(private) as store:
-                result = store.create_job(spec)
+                result = store.create_job(spec, pause=0.0)  # no other process can see this file
                 store.checkpoint()
             with contextlib.suppress(OSError):  # FileExistsError: another process was first
                 os.link(private, path)

@@ -70,6 +70,7 @@ class Ledger:
         self.flush_interval, self.flush_batch = flush_interval, flush_batch
         self.tallies: dict[tuple[int, str], Tally] = {}
         self.errors: dict[str, list[Any]] = {}  # error kind -> [prompts failed with it, first message]
+        self.failed_rows: set[int] = set()  # each failed prompt counts once, however often it failed
         self.outcomes: list[Outcome] = []
         self.charges: list[Charge] = []
         self.followers: dict[tuple[str, str], list[Claimed]] = {}  # (endpoint, hash) -> rows riding along
@@ -157,10 +158,13 @@ class Ledger:
         for one in [row, *self.followers.pop((endpoint, row.hash), [])]:
             self._queue(Outcome(one.id, one.job_id, "failed", error=error, attempts=attempts, error_kind=kind,
                                 owner=owner))
+            attempts = 0
+            if one.id in self.failed_rows:  # moved back by retry-failed during the run, and failed again
+                continue
+            self.failed_rows.add(one.id)
             self.tally(one.job_id, one.model).failed += 1
             record = self.errors.setdefault(kind, [0, error])
             record[0] += 1
-            attempts = 0
 
     def abandon(self, row: Claimed, endpoint: str) -> list[Claimed]:
         """`row` leaves this run unanswered (stopped, refused, lost): its followers no longer wait for it.

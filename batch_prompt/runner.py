@@ -38,10 +38,11 @@ from .progress import Progress, auto_progress
 from .retry import RetryPolicy
 from .slots import Slots
 from .spec import rate_for
-from .store import JobRow
+from .store import JobRow, Store
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TICK = 1.0  # seconds between progress redraws and health checks
+CACHE_NOTE_ROWS = 50_000  # at most this many pending rows are looked up in the cache at the start
 
 
 def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
@@ -221,6 +222,7 @@ class _Run:
                 for batch_lane in batch_lanes:
                     self.cancelled += await engine.cancel(batch_lane)
             self.progress.start(view)
+            await self._say_what_the_cache_answers([*lanes, *(b for b in batch_lanes if b.submit)])
             await self._work(pool, engine, view)
             summary = self._summary(view, pool)
             summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
@@ -236,6 +238,23 @@ class _Run:
             summary.failed_total += counts_after["failed"]
         self._raise_what_stopped_it()
         return summary
+
+    async def _say_what_the_cache_answers(self, lanes: list[Lane | BatchLane]) -> None:
+        """Before anything is sent: how many of the prompts about to be asked the cache already answers
+        (free, and the same answer as before), unless the run has more than `CACHE_NOTE_ROWS` to look at."""
+        hashes: list[tuple[list[str], ResponseCache]] = []
+        for lane in lanes:
+            if not lane.job.fresh:
+                found = await self.store.run(functools.partial(
+                    Store.pending_hashes, job=lane.job, model=lane.model, limit=CACHE_NOTE_ROWS + 1))
+                hashes.append((found, lane.cache))
+        if not hashes or sum(len(found) for found, _ in hashes) > CACHE_NOTE_ROWS:
+            return
+        answered = await asyncio.to_thread(lambda: sum(cache.contains(h) for found, cache in hashes for h in found))
+        if answered:
+            total = sum(len(found) for found, _ in hashes)
+            self.progress.note(f"{answered:,} of {total:,} prompts to ask are already answered in the cache: free; "
+                               "--no-cache for fresh samples")
 
     async def _jobs(self, names: list[str] | None) -> list[JobRow]:
         jobs = [job for job in await self.store.jobs() if job.state == "ready"]

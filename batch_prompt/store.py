@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import sqlite3
 import time
@@ -26,10 +27,12 @@ from typing import Any, NamedTuple
 from . import schema
 from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError, shown
 from .expand import PromptRecord, expand, hash_text
-from .leases import owner_is_dead
+from .leases import lease_owner, owner_is_dead
 from .spec import RUN_FIELDS as SPEC_RUN_FIELDS
 from .spec import Spec, canonical_json
 
+CREATE_CHUNK = 50_000  # rows per create transaction: the write lock is held for about a second at most
+CREATE_PAUSE = 0.12  # seconds between a create's chunks (busy handlers poll every 100 ms)
 INSERT_BATCH = 5_000  # rows per executemany: a few MB of row tuples in memory at a time
 BUSY_TIMEOUT_MS = 60_000
 PATIENT_BUSY_MS = 2_000  # a run's store reports a lock held elsewhere this often while it waits it out
@@ -350,45 +353,78 @@ class Store:
                                    path=self.path)
         return chosen
 
-    def create_job(self, spec: Spec) -> tuple[JobRow, bool]:
+    def create_job(self, spec: Spec, owner: str | None = None, pause: float = CREATE_PAUSE) -> tuple[JobRow, bool]:
         """Record a spec's job and all its prompts. Returns (job, created).
 
         The same spec again is a no-op; the same name with another spec raises `JobConflictError`.
-        The whole create is one transaction (rows stream in by `executemany` batches, never all in
-        memory): a create that fails or is killed leaves nothing, and a second process creating the
-        same spec at the same time waits for the first (busy timeout) and then finds the job there.
-        Jobs are written in state `ready`; a row in any other state is not a finished job and is redone.
+        The prompts are committed in chunks of `CREATE_CHUNK` rows (streamed by `executemany` batches,
+        never all in memory), so a big create never holds the write lock for long and a run working in
+        the same database goes on meanwhile. Until its last chunk the job is in state `creating`, under
+        its creator's lease owner: no run, export or status counts it. A create that fails is undone; one
+        that was killed (its creator dead) is undone and redone by the next create of the spec, and a
+        second process creating the same spec at the same time waits for the first and finds the job.
+        Between chunks it pauses `pause` seconds, long enough for a writer waiting on the lock to get it.
         """
         identity = spec.identity()
         spec_hash = hash_text(canonical_json(identity))
         name = spec.name or f"job-{spec_hash[:12]}"
         stored = {"name": name, **identity, **spec.run_fields()}
-        with self.transaction() as conn:
-            row = conn.execute("SELECT id, spec_hash, spec, state FROM jobs WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[1] != spec_hash:
-                raise JobConflictError(_conflict_message(name, json.loads(row[2]), stored), name=name)
-            if row is not None and row[3] == "ready":
-                old = json.loads(row[2])
-                if any(old.get(key) != stored[key] for key in RUN_FIELDS):  # where and how fast to run
-                    conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
-                                 (canonical_json(stored), spec.base_url, row[0]))
-                job = self.job(name)
-                assert job is not None
-                return job, False
-            if row is not None:
-                conn.execute("DELETE FROM prompts WHERE job_id = ?", (row[0],))
+        owner = owner or lease_owner()
+        while True:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT id, spec_hash, spec, state, creator FROM jobs WHERE name = ?",
+                                   (name,)).fetchone()
+                waiting = row is not None and row[4] and row[4] != owner and not owner_is_dead(row[4])
+                if row is not None and row[1] != spec_hash and (row[3] == "ready" or waiting):
+                    raise JobConflictError(_conflict_message(name, json.loads(row[2]), stored), name=name)
+                if row is not None and row[3] == "ready":
+                    old = json.loads(row[2])
+                    if any(old.get(key) != stored[key] for key in RUN_FIELDS):  # where and how fast to run
+                        conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
+                                     (canonical_json(stored), spec.base_url, row[0]))
+                    job = self.job(name)
+                    assert job is not None
+                    return job, False
+                if row is None:
+                    job_id = conn.execute(
+                        "INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, base_url, n_prompts,"
+                        " created_at, state, creator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?)",
+                        (name, spec_hash, canonical_json(stored), spec.api, spec.prompts_per_request,
+                         spec.base_url, spec.count_prompts(), _now_iso(), owner),
+                    ).lastrowid
+                    assert job_id is not None
+                    break
+                if not waiting:  # a create that was killed: this one takes its job over and starts again
+                    conn.execute("UPDATE jobs SET creator = ? WHERE id = ?", (owner, row[0]))
+            if waiting:
+                time.sleep(0.2)  # another process is creating this very job: wait for it to finish
+                continue
+            self._delete_prompts(row[0])
+            with self.transaction() as conn:
                 conn.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
-            job_id = conn.execute(
-                "INSERT INTO jobs (name, spec_hash, spec, api, prompts_per_request, base_url, n_prompts,"
-                " created_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready')",
-                (name, spec_hash, canonical_json(stored), spec.api, spec.prompts_per_request,
-                 spec.base_url, spec.count_prompts(), _now_iso()),
-            ).lastrowid
-            assert job_id is not None
-            self._insert_prompts(conn, job_id, expand(spec))
+        try:
+            self._insert_prompts(job_id, expand(spec), pause)
+            with self.transaction() as conn:
+                conn.execute("UPDATE jobs SET state = 'ready', creator = NULL WHERE id = ?", (job_id,))
+        except BaseException:
+            with contextlib.suppress(Exception):  # undone; what cannot be is redone by the next create
+                self._delete_prompts(job_id)
+                with self.transaction() as conn:
+                    conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            raise
         job = self.job(name)
         assert job is not None
         return job, True
+
+    def _delete_prompts(self, job_id: int) -> None:
+        """Delete a job's prompts a chunk per transaction (a big job's delete never holds the lock long)."""
+        while True:
+            with self.transaction() as conn:
+                gone = conn.execute(
+                    "DELETE FROM prompts WHERE id IN (SELECT id FROM prompts WHERE job_id = ? LIMIT ?)",
+                    (job_id, CREATE_CHUNK)).rowcount
+            if gone < CREATE_CHUNK:
+                return
 
     def checkpoint(self) -> None:
         """Copy everything committed from the WAL into the database file itself (`create` does this
@@ -398,21 +434,29 @@ class Store:
         if busy:
             raise StoreError(f"{self.path}: the write-ahead log could not be checkpointed", path=self.path)
 
-    @staticmethod
-    def _insert_prompts(conn: sqlite3.Connection, job_id: int, records: Iterable[PromptRecord]) -> None:
+    def _insert_prompts(self, job_id: int, records: Iterable[PromptRecord], pause: float) -> None:
         now = time.time()
         sql = (
             "INSERT INTO prompts (job_id, hash, template_index, keywords_index, model_index, sample_index,"
             " model, template, keywords, request, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        batch: list[tuple[Any, ...]] = []
-        for r in records:
-            batch.append((job_id, r.hash, r.template_index, r.keywords_index, r.model_index, r.sample_index,
-                          r.model, r.template_json, r.keywords_json, r.request_json, now))
-            if len(batch) >= INSERT_BATCH:
+        rows = iter(records)
+        while True:
+            with self.transaction() as conn:
+                written = 0
+                batch: list[tuple[Any, ...]] = []
+                for r in itertools.islice(rows, CREATE_CHUNK):
+                    batch.append((job_id, r.hash, r.template_index, r.keywords_index, r.model_index,
+                                  r.sample_index, r.model, r.template_json, r.keywords_json, r.request_json, now))
+                    if len(batch) >= INSERT_BATCH:
+                        conn.executemany(sql, batch)
+                        written += len(batch)
+                        batch.clear()
                 conn.executemany(sql, batch)
-                batch.clear()
-        conn.executemany(sql, batch)
+                written += len(batch)
+            if written < CREATE_CHUNK:
+                return
+            time.sleep(pause)  # SQLite's busy handler retries every 100 ms at most: a waiting writer gets in
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -526,6 +570,13 @@ class Store:
                 (job.id, model),
             ).fetchone()
         return int(row[0])
+
+    def pending_hashes(self, job: JobRow, model: str, limit: int) -> list[str]:
+        """The request hashes of up to `limit` pending rows of the job's model."""
+        with self.errors():
+            return [row[0] for row in self.conn.execute(
+                "SELECT hash FROM prompts WHERE job_id = ? AND model = ? AND status != 'done'"
+                " AND status = 'pending' LIMIT ?", (job.id, model, limit))]
 
     def reclaim(self, job: JobRow) -> int:
         """Return `running` rows whose lease expired, or whose owner process is gone, to `pending`."""

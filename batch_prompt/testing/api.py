@@ -27,6 +27,7 @@ class FakeConfig:
     hang_rate: float = 0.0
     hang_seconds: float = 3600.0
     wrong_choices_rate: float = 0.0
+    missing_choice_rate: float = 0.0  # a 200 (billed) whose choices lack one, at a random index
     rate_limit_rate: float = 0.0
     rate_limit_retry_after: float = 0.2
     quota_exhausted: bool = False
@@ -177,11 +178,15 @@ class FakeRequest:
             return max(1, sum(len(t) for t in self.texts) // 4)
         return sum(max(1, len(p) // 4) for p in self.prompts[: 1 if first_only else None])
 
-    def response(self, seq: int | str, choices_delta: int = 0, first_choice_usage: bool = False) -> bytes:
+    def response(self, seq: int | str, choices_delta: int = 0, first_choice_usage: bool = False,
+                 drop: float | None = None) -> bytes:
         """The JSON body of a successful answer (with ``choices_delta`` choices too many). With
-        ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's)."""
+        ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's).
+        ``drop`` (in [0, 1)) leaves out the choice at that fraction of the list, its index missing."""
         n, cap = self.n, self.max_tokens
         texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
+        if drop is not None:
+            del texts[int(drop * len(texts))]
         if choices_delta < 0:
             texts = texts[:choices_delta]
         elif choices_delta > 0:

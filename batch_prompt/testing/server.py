@@ -9,7 +9,8 @@ client can tell which prompt and sample each answer belongs to.  Faults can be i
   ``drop_rate`` (connection closed, no response), ``reset_rate`` (a 200 whose connection is
   cut mid-body, after its headers and half its bytes), ``malformed_rate`` (200 with truncated
   JSON), ``hang_rate`` (sleep ``hang_seconds`` first), ``wrong_choices_rate`` (one choice
-  fewer or one more than ``n``), ``rate_limit_rate`` (a 429 saying retry after
+  fewer or one more than ``n``), ``missing_choice_rate`` (a billed 200 whose choices lack the one at a
+  random index: outcome ``missing_choice``, its prompts counted answered), ``rate_limit_rate`` (a 429 saying retry after
   ``rate_limit_retry_after`` seconds);
 * prompt markers: ``FAIL400`` (permanent 400), ``FAIL500`` (always 500), ``HANG``;
 * ``usage_first_choice_only``: usage counted as llama.cpp's server counts it for ``n > 1`` or a list
@@ -31,7 +32,7 @@ error, drop, reset, malformed and wrong_choices apply in that order; otherwise t
 Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
 with its outcome and arrival time ``t``; outcome ``"client_closed"`` means the client went away
 before the answer was written.  ``answered()`` counts prompts whose full 200 response was
-written (outcome "ok", or a "hang" that ended in time), so tests can assert nothing was answered
+written (outcome "ok", "missing_choice", or a "hang" that ended in time), so tests can assert nothing was answered
 twice.  Run it in-process (``with FakeServer(latency=0.1) as srv: ... srv.url``, a background
 thread with its own event loop) or as a process::
 
@@ -77,6 +78,8 @@ from .limits import Limits
 __all__ = ["FakeConfig", "FakeServer", "format_duration"]
 
 HOST = "127.0.0.1"
+# Outcomes of a full 200 that a provider bills: each prompt in them counts in answered().
+ANSWERED = ("ok", "hang", "missing_choice")
 _N_DRAWS = 8  # random values drawn per request, whatever the config (keeps seeds reproducible)
 
 
@@ -245,7 +248,7 @@ class FakeServer:
             if entry["outcome"] != "hang":
                 self._record.append(entry)
             entry.update(outcome=outcome, status=status)
-            if status == 200 and outcome in ("ok", "hang"):
+            if status == 200 and outcome in ANSWERED:
                 self._answered.update(entry["prompts"])
 
     def _unanswer(self, entry: dict[str, Any]) -> None:
@@ -253,7 +256,7 @@ class FakeServer:
         with self._lock:
             if entry["status"] != 200:
                 return
-            if entry["outcome"] in ("ok", "hang"):
+            if entry["outcome"] in ANSWERED:
                 self._answered.subtract(entry["prompts"])
                 self._answered = +self._answered  # drop zero counts
             entry.update(outcome="hang" if entry["outcome"] == "hang" else "client_closed", status=None)
@@ -290,10 +293,13 @@ class FakeServer:
                     outcome = "malformed"
                 elif draws[6] < c.wrong_choices_rate:
                     outcome, delta = "wrong_choices", (-1 if draws[7] < 0.5 else 1)
+                elif draws[6] < c.wrong_choices_rate + c.missing_choice_rate:
+                    outcome = "missing_choice"
                 else:
                     outcome = "ok"
                 if status == 200:
-                    body = req.response(entry["seq"], delta, c.usage_first_choice_only)
+                    drop = draws[7] if outcome == "missing_choice" else None
+                    body = req.response(entry["seq"], delta, c.usage_first_choice_only, drop)
                     if outcome == "malformed":
                         body = body[: len(body) // 2]
             self._finish(entry, outcome, status)
