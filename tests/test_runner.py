@@ -203,6 +203,23 @@ def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path:
         assert (fourth.done, fourth.cached, len(second_server.record)) == (30, 0, 30)
 
 
+def test_the_start_of_a_run_says_what_the_cache_answers(fake: FakeServer, tmp_path: Path) -> None:
+    env, cache = cli_env(fake, tmp_path), str(tmp_path / "cache")
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(chat_spec(12)))
+    out = run_cli("run", str(first), "--db", str(tmp_path / "a.db"), "--cache-dir", cache, "--yes", env=env,
+                  cwd=tmp_path)
+    assert out.returncode == 0 and "in the cache" not in out.stderr, out.stderr
+    second = tmp_path / "second.json"  # 12 of its 20 prompts were asked before
+    second.write_text(json.dumps(chat_spec(20, name="more")))
+    out = run_cli("run", str(second), "--db", str(tmp_path / "b.db"), "--cache-dir", cache, "--yes", env=env,
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert ("12 of 20 prompts to ask are already answered in the cache: free; --no-cache for fresh samples"
+            in out.stderr), out.stderr
+    assert "done 20 (12 from cache)" in out.stderr and len(fake.record) == 12 + 8
+
+
 def test_duplicate_requests_in_one_job_are_each_a_draw_unless_deduped(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, name="dup", model="m", templates=["same {w}", "same {w}"], keywords={"w": ["a", "b"]})
