@@ -130,8 +130,17 @@ class BatchEngine:
                 await self._recover(lane, batch)
             delay = self.opts.poll
             while not self._halted(lane):
-                while lane.submit and not self._halted(lane) and await self._submit(lane):
-                    pass
+                while lane.submit and not self._halted(lane):
+                    try:
+                        if not await self._submit(lane):
+                            break
+                    except _Halted:
+                        raise
+                    except BatchPromptError as exc:  # the provider unreachable for a while: submit again later
+                        if lane.state.fatal is not None or self.ledger.failure is not None:
+                            raise _Halted from None
+                        self.note(f"could not submit a batch of {lane.job.name}: {exc}; trying again")
+                        break
                 changed = False
                 for batch in list(lane.open.values()):
                     try:
@@ -178,6 +187,11 @@ class BatchEngine:
                 raise
             failure = classify(exc)
             message = redact(failure.message, lane.state.endpoint.api_key)
+            if failure.status in (404, 405) and lane.state.fatal is None:  # a server without the Batch API
+                lane.state.fatal = FatalAPIError(
+                    f"{lane.state.endpoint.base_url} has no Batch API (it answered {message}): run with --mode live",
+                    status_code=failure.status, endpoint=lane.state.endpoint.base_url)
+                raise _Halted from None
             if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
                 lane.state.fatal = FatalAPIError(
                     f"the API refused the run at {lane.state.endpoint.base_url}: {message}",
@@ -270,6 +284,13 @@ class BatchEngine:
                     file=(self._file_name(batch), file), purpose="batch", timeout=FILE_TIMEOUT)
 
             uploaded = await self._api(lane, upload)
+        except _Halted:
+            fatal = lane.state.fatal
+            if isinstance(fatal, FatalAPIError) and fatal.status_code in (404, 405):  # nothing was uploaded
+                await self.store.run(lambda s: s.return_batch(batch.id, str(fatal)))
+                lane.open.pop(batch.id, None)
+                self._unreserve(lane, batch.id)
+            raise
         finally:
             file.close()
         await self._set(lane, batch, state="uploaded", input_file_id=uploaded.id)

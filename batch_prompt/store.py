@@ -20,16 +20,20 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import schema
-from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError, shown
+from .conflicts import conflict_message
+from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError
 from .expand import PromptRecord, expand, hash_text
 from .leases import lease_owner, owner_is_dead
+from .rows import BatchRow, Charge, Claimed, DoneRow, JobRow, Outcome, PromptRow, Spend
 from .spec import RUN_FIELDS as SPEC_RUN_FIELDS
 from .spec import Spec, canonical_json
+
+# The rows are defined in rows.py; importing them from here keeps working.
+__all__ = ["BatchRow", "Charge", "Claimed", "DoneRow", "JobRow", "Outcome", "PromptRow", "Spend", "Store"]
 
 CREATE_CHUNK = 50_000  # rows per create transaction: the write lock is held for about a second at most
 CREATE_PAUSE = 0.12  # seconds between a create's chunks (busy handlers poll every 100 ms)
@@ -40,143 +44,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # Stored with a job's spec, not part of its identity: "name" and the spec's run fields (base_url, endpoints,
 # rpm, tpm, max_cost, prices). Creating the same spec again with other values updates them.
 RUN_FIELDS = ("name", *SPEC_RUN_FIELDS)
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: int
-    name: str
-    spec: dict[str, Any]
-    api: str
-    prompts_per_request: int
-    base_url: str | None
-    state: str
-    n_prompts: int
-    created_at: str
-    mode: str = "live"  # the mode it was last run in
-    fresh: bool = False  # asks for fresh samples: not answered from the cache
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A prompt row claimed by a runner."""
-
-    id: int
-    job_id: int
-    hash: str
-    model: str
-    request: str  # JSON body of the one-prompt request
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a runner learned about one prompt, committed in batches by `Store.record`."""
-
-    id: int
-    job_id: int
-    status: str  # "done", "failed", or "retry" (back to pending, to be asked again)
-    response: str | None = None
-    cached: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    attempts: int = 0  # API calls made for it in this claim
-    error: str | None = None
-    error_kind: str | None = None
-    owner: str | None = None  # the lease it applies under (a batch's); None: the committing process's
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """Responses paid for, by job, model and mode; committed with outcomes, whatever became of the answers."""
-
-    job_id: int
-    model: str
-    mode: str  # "live" or "batch"
-    requests: int
-    answers: int
-    prompt_tokens: int
-    completion_tokens: int
-    row_id: int | None = None  # a batch line's charge: counted only if that row is answered by this commit
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRow:
-    """A batch this database submitted (a row of the `batches` table)."""
-
-    id: int
-    job_id: int
-    model: str
-    endpoint: str
-    token: str
-    state: str  # preparing, uploaded, submitted, collected, returned
-    status: str | None  # the provider's, when last seen
-    input_file_id: str | None
-    batch_id: str | None
-    output_file_id: str | None
-    error_file_id: str | None
-    requests: int
-    completed: int
-    failed: int
-    error: str | None
-    files_left: bool
-    created_at: float
-    submitted_at: float | None
-    finished_at: float | None
-
-    @property
-    def owner(self) -> str:
-        """The lease owner of the prompts it holds."""
-        return f"batch:{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Spend:
-    """A job's spend on one model in one mode (a row of the `spend` table)."""
-
-    model: str
-    mode: str
-    requests: int
-    answers: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class DoneRow(NamedTuple):
-    """A done row, as export reads it (JSON columns as text)."""
-
-    id: int
-    hash: str
-    model: str
-    template: str
-    keywords: str
-    request: str
-    response: str
-    template_index: int
-    keywords_index: int
-    model_index: int
-    sample_index: int
-
-
-class PromptRow(NamedTuple):
-    """A row of any status, as `show` reads it (JSON columns as text)."""
-
-    id: int
-    hash: str
-    model: str
-    template_index: int
-    keywords_index: int
-    model_index: int
-    sample_index: int
-    template: str
-    keywords: str
-    request: str
-    status: str
-    attempts: int
-    error_kind: str | None
-    error: str | None
-    response: str | None
-    cached: int
 
 
 _NOT_A_DATABASE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)  # "not a database", "malformed"
@@ -376,7 +243,7 @@ class Store:
                                    (name,)).fetchone()
                 waiting = row is not None and row[4] and row[4] != owner and not owner_is_dead(row[4])
                 if row is not None and row[1] != spec_hash and (row[3] == "ready" or waiting):
-                    raise JobConflictError(_conflict_message(name, json.loads(row[2]), stored), name=name)
+                    raise JobConflictError(conflict_message(name, json.loads(row[2]), stored, RUN_FIELDS), name=name)
                 if row is not None and row[3] == "ready":
                     old = json.loads(row[2])
                     if any(old.get(key) != stored[key] for key in RUN_FIELDS):  # where and how fast to run
@@ -825,41 +692,3 @@ def _check_file(path: str, create: bool) -> None:
 
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _conflict_message(name: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    """Which parts of the job's identity differ, each with its two values (the first three)."""
-    keys = [key for key in [*new, *(k for k in old if k not in new)] if key not in RUN_FIELDS]
-    differ = [text for key in keys for text in _differences(key, old.get(key, _ABSENT), new.get(key, _ABSENT))]
-    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
-    return (
-        f"job {name!r} already exists in this database with a different spec: {'; '.join(differ[:3])}{more}; "
-        "give the new spec another name"
-    )
-
-
-_ABSENT = object()
-
-
-def _differences(path: str, old: Any, new: Any) -> Iterator[str]:
-    """`path differs: OLD recorded, NEW in this spec` for each leaf where the two differ, in order;
-    dicts by key, lists of one length by index."""
-    if old == new and type(old) is type(new):
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in [*new, *(k for k in old if k not in new)]:
-            yield from _differences(f"{path}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT))
-        return
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            yield from _differences(f"{path}[{i}]", a, b)
-        return
-    yield f"{path} differs: {_value(old)} recorded, {_value(new)} in this spec"
-
-
-def _value(value: Any) -> str:
-    if value is _ABSENT:
-        return "not set"
-    if isinstance(value, list) and len(value) > 3:
-        return f"{len(value)} items"
-    return shown(value, 40)

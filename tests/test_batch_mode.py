@@ -70,6 +70,20 @@ def test_a_batch_job_in_several_batches_exports_what_a_live_run_exports(fake: Fa
     assert report.cost is not None and live_cost is not None and report.cost == pytest.approx(live_cost / 2)
 
 
+def test_a_server_without_the_batch_api_is_one_line_and_the_prompts_stay_pending(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    """As llama.cpp's server: /v1/files answers 404. Exit 2 naming it; nothing stranded in a batch."""
+    fake.configure(batch_api=False)
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(10, n=1))
+    with pytest.raises(bp.FatalAPIError, match=r"has no Batch API .*404.*--mode live"):
+        run(db, fake, tmp_path, mode="batch")
+    assert statuses(db) == Counter({"pending": 10}) and fake.batches == [] and fake.record == []
+    summary = run(db, fake, tmp_path, mode="live")  # the leftovers, live
+    assert summary.exit_code == 0 and fake.answered() == Counter({p: 1 for p in prompts_of(chat_spec(10, n=1))})
+
+
 def test_the_job_remembers_its_mode_and_a_plain_resume_continues_in_it(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(**FAST)
     db = tmp_path / "jobs.db"
@@ -181,7 +195,11 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
         proc = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
         time.sleep(rng.uniform(0.3, 2.5))
         proc.kill()
-        again = procs.resume(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05")
+        if db.exists():
+            again = procs.resume(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05")
+        else:  # killed before its create was complete (a slow start): nothing recorded, nothing sent
+            assert fake.files == [] and fake.batches == [], trial
+            again = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
         assert again.wait() == 0, again.stderr
         assert statuses(db) == Counter({"done": 300}), trial
         answered = fake.answered()

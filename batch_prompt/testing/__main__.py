@@ -33,6 +33,9 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument("--quota-exhausted", action="store_true", default=None)
     p.add_argument("--headers-per-minute", action="store_true", default=None)
     p.add_argument("--usage-first-choice-only", action="store_true", default=None)
+    p.add_argument("--no-batch-api", dest="batch_api", action="store_false", default=None,
+                   help="the Files and Batch endpoints answer 404, as llama.cpp's server does")
+    p.add_argument("--missing-choice-rate", type=float, default=None)
     kw = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     for name in ("rpm_limits", "tpm_limits"):
         if name in kw:

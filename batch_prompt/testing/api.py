@@ -27,6 +27,7 @@ class FakeConfig:
     hang_rate: float = 0.0
     hang_seconds: float = 3600.0
     wrong_choices_rate: float = 0.0
+    batch_api: bool = True  # False: the Files and Batch endpoints answer 404, as llama.cpp's server does
     missing_choice_rate: float = 0.0  # a 200 (billed) whose choices lack one, at a random index
     rate_limit_rate: float = 0.0
     rate_limit_retry_after: float = 0.2

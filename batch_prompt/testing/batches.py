@@ -155,11 +155,14 @@ class BatchAPI:
         def key() -> str | None:
             return self.config().api_key
 
+        def served() -> bool:
+            return self.config().batch_api
+
         self.files.add_routes(router)
-        router.add_post("/v1/batches", guarded(self._create, key))
-        router.add_get("/v1/batches", guarded(self._list, key))
-        router.add_get("/v1/batches/{batch_id}", guarded(self._retrieve, key))
-        router.add_post("/v1/batches/{batch_id}/cancel", guarded(self._cancel, key))
+        router.add_post("/v1/batches", guarded(self._create, key, served))
+        router.add_get("/v1/batches", guarded(self._list, key, served))
+        router.add_get("/v1/batches/{batch_id}", guarded(self._retrieve, key, served))
+        router.add_post("/v1/batches/{batch_id}/cancel", guarded(self._cancel, key, served))
         router.add_get("/_fake/batches", self._ctl_batches)
         router.add_get("/_fake/files", self._ctl_files)
 

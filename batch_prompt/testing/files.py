@@ -100,11 +100,14 @@ class FilesAPI:
         def key() -> str | None:
             return self.config().api_key
 
-        router.add_post("/v1/files", guarded(self._create, key))
-        router.add_get("/v1/files", guarded(self._list, key))
-        router.add_get("/v1/files/{file_id}", guarded(self._retrieve, key))
-        router.add_delete("/v1/files/{file_id}", guarded(self._delete, key))
-        router.add_get("/v1/files/{file_id}/content", guarded(self._content, key))
+        def served() -> bool:
+            return self.config().batch_api
+
+        router.add_post("/v1/files", guarded(self._create, key, served))
+        router.add_get("/v1/files", guarded(self._list, key, served))
+        router.add_get("/v1/files/{file_id}", guarded(self._retrieve, key, served))
+        router.add_delete("/v1/files/{file_id}", guarded(self._delete, key, served))
+        router.add_get("/v1/files/{file_id}/content", guarded(self._content, key, served))
 
     def _get(self, request: web.Request) -> FakeFile:
         file_id = request.match_info["file_id"]

@@ -44,10 +44,14 @@ def invalid(param: str, message: str) -> ApiError:
     return ApiError(400, f"Invalid value for '{param}': {message}", param, "invalid_value")
 
 
-def guarded(handler: Handler, api_key: Callable[[], str | None]) -> Handler:
-    """``handler`` behind the key check (401 as the completion endpoints answer it), ApiError answered."""
+def guarded(handler: Handler, api_key: Callable[[], str | None], enabled: Callable[[], bool] | None = None) -> Handler:
+    """``handler`` behind the key check (401 as the completion endpoints answer it), ApiError answered.
+    While ``enabled()`` is false the route is absent: 404, as a server without it (llama.cpp's) answers."""
 
     async def guarded_handler(request: web.Request) -> web.StreamResponse:
+        if enabled is not None and not enabled():
+            return web.json_response({"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
+                                     status=404)
         key = api_key()
         if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
             return ApiError(401, "Incorrect API key provided.", None, "invalid_api_key").response()
