@@ -116,7 +116,8 @@ class BatchEngine:
         running = sum(1 for b in batches if b.status in ("validating", "in_progress", "finalizing"))
         done = sum(b.completed + b.failed for b in batches)
         total = sum(b.requests for b in batches)
-        return [f"batches: {len(batches)} open ({running} in progress), {done:,} of {total:,} requests done"]
+        return [f"batches: {self.submitted} submitted, {len(batches)} open ({running} in progress), "
+                f"{done:,} of {total:,} requests done"]
 
     # --- the loop of a lane --------------------------------------------------------------------------
 

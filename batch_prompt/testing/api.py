@@ -61,6 +61,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "quota_exhausted": (bool,),
     "headers_per_minute": (bool,),
     "usage_first_choice_only": (bool,),
+    "batch_api": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
     "rpm_limits": (dict, type(None)),
