@@ -41,7 +41,7 @@ from .batchfile import URLS, line_size, read_results, write_input
 from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, split_choices
-from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
+from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted, StoreError
 from .failures import Failure, MalformedResponse, Verdict, classify, classify_line, redact
 from .leases import LeaseKeeper
 from .ledger import Ledger
@@ -82,6 +82,10 @@ def _batch_rows(batch_id: int, store: Store) -> list[Claimed]:
 
 class _Halted(Exception):
     """The lane, or the run, stops: nothing more is submitted or awaited."""
+
+
+class _NoBatchAPI(_Halted):
+    """The endpoint has no Files/Batch API: a batch being prepared there cannot have an uploaded file."""
 
 
 class BatchEngine:
@@ -131,16 +135,18 @@ class BatchEngine:
                 await self._recover(lane, batch)
             delay = self.opts.poll
             while not self._halted(lane):
+                failed_submit = False
                 while lane.submit and not self._halted(lane):
                     try:
                         if not await self._submit(lane):
                             break
-                    except _Halted:
+                    except (_Halted, StoreError):
                         raise
                     except BatchPromptError as exc:  # the provider unreachable for a while: submit again later
                         if lane.state.fatal is not None or self.ledger.failure is not None:
                             raise _Halted from None
                         self.note(f"could not submit a batch of {lane.job.name}: {exc}; trying again")
+                        failed_submit = True
                         break
                 changed = False
                 for batch in list(lane.open.values()):
@@ -154,7 +160,7 @@ class BatchEngine:
                         self.note(f"could not look at batch {batch.id}: {exc}; trying again")
                 if not self.opts.wait:
                     return
-                if not lane.open:
+                if not lane.open and not failed_submit:  # (after a failed submit: wait, then try again)
                     reached = lane.budget is not None and lane.budget.reached
                     if lane.submit and not reached and await self.store.pending(lane.job, lane.model):
                         continue  # prompts came back (expired, refused): they go in a new batch
@@ -168,6 +174,8 @@ class BatchEngine:
                     pass
         except _Halted:
             return
+        except StoreError as exc:  # the job database failed (disk full, read-only): the run stops, exit 2
+            self.ledger.stop_with(exc)
 
     async def _open_batches(self, lane: BatchLane) -> list[BatchRow]:
         batches = await self.store.batches(lane.job)
@@ -179,8 +187,10 @@ class BatchEngine:
         lane.open = {b.id: b for b in mine if b.state not in ("collected", "returned")}
         return list(lane.open.values())
 
-    async def _api(self, lane: BatchLane, call: Callable[[], Awaitable[T]]) -> T:
-        """A files/batches call, retried as live calls are; a refusal of the run stops the lane."""
+    async def _api(self, lane: BatchLane, call: Callable[[], Awaitable[T]], first: bool = False) -> T:
+        """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
+        call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
+        server has none (llama.cpp's): `_NoBatchAPI`."""
         try:
             return await self.policy.call(call, asyncio.sleep)
         except Exception as exc:
@@ -188,11 +198,12 @@ class BatchEngine:
                 raise
             failure = classify(exc)
             message = redact(failure.message, lane.state.endpoint.api_key)
-            if failure.status in (404, 405) and lane.state.fatal is None:  # a server without the Batch API
-                lane.state.fatal = FatalAPIError(
-                    f"{lane.state.endpoint.base_url} has no Batch API (it answered {message}): run with --mode live",
-                    status_code=failure.status, endpoint=lane.state.endpoint.base_url)
-                raise _Halted from None
+            if first and failure.status in (404, 405):  # a server without the Batch API
+                if lane.state.fatal is None:
+                    lane.state.fatal = FatalAPIError(
+                        f"{lane.state.endpoint.base_url} has no Batch API (it answered {message}): "
+                        "run with --mode live", status_code=failure.status, endpoint=lane.state.endpoint.base_url)
+                raise _NoBatchAPI from None
             if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
                 lane.state.fatal = FatalAPIError(
                     f"the API refused the run at {lane.state.endpoint.base_url}: {message}",
@@ -209,7 +220,9 @@ class BatchEngine:
     # --- submitting ----------------------------------------------------------------------------------
 
     async def _submit(self, lane: BatchLane) -> bool:
-        """Put the next pending prompts in a new batch; False when there were none."""
+        """Put the next pending prompts in a new batch; False when there were none (or the budget is spent)."""
+        if lane.budget is not None and lane.budget.reached:
+            return False
         wall = time.time()
         rows = await self.store.claim(lane.job, lane.model, self.owner, self.opts.batch_size,
                                       self.opts.lease_seconds)
@@ -255,7 +268,7 @@ class BatchEngine:
     def _reserve(self, lane: BatchLane, row: Claimed) -> bool:
         """Reserve a line's worst case at the batch price (held under key 0 until its batch has an id)."""
         assert lane.budget is not None
-        prompt, completion = tokens.estimate_parts(json.loads(row.request))
+        prompt, completion = tokens.estimate_parts(json.loads(row.request), tokens.UNBOUNDED_CHAT_TOKENS)
         got = lane.budget.reserve(lane.model, "batch", prompt, completion)
         if got is None:
             return False
@@ -284,17 +297,19 @@ class BatchEngine:
                 return await self._sdk(lane).files.create(
                     file=(self._file_name(batch), file), purpose="batch", timeout=FILE_TIMEOUT)
 
-            uploaded = await self._api(lane, upload)
-        except _Halted:
-            fatal = lane.state.fatal
-            if isinstance(fatal, FatalAPIError) and fatal.status_code in (404, 405):  # nothing was uploaded
-                await self.store.run(lambda s: s.return_batch(batch.id, str(fatal)))
-                lane.open.pop(batch.id, None)
-                self._unreserve(lane, batch.id)
+            uploaded = await self._api(lane, upload, first=True)
+        except _NoBatchAPI:
+            await self._return_unuploaded(lane, batch)
             raise
         finally:
             file.close()
         await self._set(lane, batch, state="uploaded", input_file_id=uploaded.id)
+
+    async def _return_unuploaded(self, lane: BatchLane, batch: BatchRow) -> None:
+        """A batch whose file cannot exist (the server has no Files API): its prompts are pending again."""
+        await self.store.run(lambda s: s.return_batch(batch.id, str(lane.state.fatal)))
+        lane.open.pop(batch.id, None)
+        self._unreserve(lane, batch.id)
 
     async def _create(self, lane: BatchLane, batch: BatchRow) -> None:
         assert batch.input_file_id is not None
@@ -320,7 +335,11 @@ class BatchEngine:
                         return file
                 return None
 
-            found = await self._api(lane, find_file)
+            try:
+                found = await self._api(lane, find_file, first=True)
+            except _NoBatchAPI:
+                await self._return_unuploaded(lane, batch)
+                raise
             if found is None:
                 await self._upload(lane, batch)
             else:
@@ -345,9 +364,11 @@ class BatchEngine:
     # --- waiting and collecting ------------------------------------------------------------------------
 
     async def _poll(self, lane: BatchLane, batch: BatchRow) -> bool:
-        """Look at an open batch; collect it when it has ended. True when something changed."""
+        """Look at an open batch; collect it when it has ended. True when something changed. A batch not
+        yet created (its upload or create failed for a while) is brought up to date first."""
         if batch.batch_id is None:
-            return False
+            await self._recover(lane, batch)
+            return True
         batch_id = batch.batch_id
         seen = await self._api(lane, lambda: self._sdk(lane).batches.retrieve(batch_id))
         counts = seen.request_counts
@@ -458,7 +479,12 @@ class BatchEngine:
         """Ask the provider to cancel every open batch of the lane; returns how many were asked."""
         asked = 0
         for batch in await self._open_batches(lane):
-            await self._recover(lane, batch)
+            try:
+                await self._recover(lane, batch)
+            except _Halted:  # the endpoint refused (or has no Batch API): the run says so
+                return asked
+            if batch.id not in lane.open:
+                continue
             batch = lane.open[batch.id]
             if batch.batch_id is not None and batch.status not in (*ENDED, "cancelling"):
                 cancel = functools.partial(self._sdk(lane).batches.cancel, batch.batch_id)

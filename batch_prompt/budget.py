@@ -26,6 +26,7 @@ class Budget:
         self.job, self.limit, self.prices = job, limit, prices
         self.spent_before, self._spent_now = spent_before, spent_now
         self.reserved = 0.0
+        self.unmeasured = 0.0  # the worst cases of answers that came without usage (spent, as far as we know)
         self.reached = False  # a reservation was refused: the job starts nothing more in this run
 
     @classmethod
@@ -42,7 +43,7 @@ class Budget:
 
     @property
     def spent(self) -> float:
-        return self.spent_before + self._spent_now()
+        return self.spent_before + self._spent_now() + self.unmeasured
 
     def reserve(self, model: str, mode: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Reserve a request's worst case; None (and `reached`) when it would pass the budget."""

@@ -44,7 +44,7 @@ class _Stderr:
         if not self.broken:
             try:
                 return int(self.stream.write(text))
-            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed under us
+            except (OSError, ValueError):  # EPIPE, EIO (a terminal hung up); ValueError: closed under us
                 self.broken = True
         return len(text)
 
@@ -52,7 +52,7 @@ class _Stderr:
         if not self.broken:
             try:
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):
                 self.broken = True
 
     def __getattr__(self, name: str) -> Any:
@@ -96,7 +96,7 @@ def _main(argv: Sequence[str] | None, prog: str) -> int:
 def redact_secrets(text: str) -> str:
     """`text` with the value of every environment variable that names a key masked (and key-like text)."""
     for name, value in os.environ.items():
-        if name.endswith("_KEY") and len(value) >= 8:
+        if any(word in name for word in ("KEY", "TOKEN", "SECRET")) and len(value) >= 8:
             text = redact(text, value)
     return redact(text)
 

@@ -70,7 +70,7 @@ class Ledger:
         self.flush_interval, self.flush_batch = flush_interval, flush_batch
         self.tallies: dict[tuple[int, str], Tally] = {}
         self.errors: dict[str, list[Any]] = {}  # error kind -> [prompts failed with it, first message]
-        self.failed_rows: set[int] = set()  # each failed prompt counts once, however often it failed
+        self.failed_rows: dict[int, str] = {}  # failed prompts -> error kind: each counts once, as it ended
         self.outcomes: list[Outcome] = []
         self.charges: list[Charge] = []
         self.followers: dict[tuple[str, str], list[Claimed]] = {}  # (endpoint, hash) -> rows riding along
@@ -160,11 +160,20 @@ class Ledger:
                                 owner=owner))
             attempts = 0
             if one.id in self.failed_rows:  # moved back by retry-failed during the run, and failed again
-                continue
-            self.failed_rows.add(one.id)
+                self._uncount_failure(one)
+            self.failed_rows[one.id] = kind
             self.tally(one.job_id, one.model).failed += 1
             record = self.errors.setdefault(kind, [0, error])
             record[0] += 1
+
+    def _uncount_failure(self, row: Claimed) -> None:
+        """A prompt that failed earlier in this run fails again or is answered: it counts once, as it ends."""
+        kind = self.failed_rows.pop(row.id)
+        self.tally(row.job_id, row.model).failed -= 1
+        record = self.errors[kind]
+        record[0] -= 1
+        if not record[0]:
+            del self.errors[kind]
 
     def abandon(self, row: Claimed, endpoint: str) -> list[Claimed]:
         """`row` leaves this run unanswered (stopped, refused, lost): its followers no longer wait for it.
@@ -194,6 +203,8 @@ class Ledger:
             row.id, row.job_id, "done", text, cached, count(usage.get("prompt_tokens")),
             count(usage.get("completion_tokens")), attempts,
         ))
+        if row.id in self.failed_rows:  # failed earlier in this run, moved back by retry-failed, answered now
+            self._uncount_failure(row)
         tally = self.tally(row.job_id, row.model)
         tally.done += 1
         tally.cached += int(cached)
@@ -208,6 +219,11 @@ class Ledger:
     def _fail(self, exc: BatchPromptError) -> None:
         if self.failure is None:
             self.failure = exc
+
+    def stop_with(self, exc: BatchPromptError) -> None:
+        """A place to keep answers failed elsewhere (a claim, a batch's record): nothing more is claimed,
+        and the run ends raising it once what is in flight is kept."""
+        self._fail(exc)
 
     # --- committing -----------------------------------------------------------------------------
 

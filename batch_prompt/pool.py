@@ -221,7 +221,8 @@ class LivePool:
                         if self._halted(lane) or not remaining:
                             raise _Stopped
                         if lane.budget is not None:  # its worst case, reserved before it is sent
-                            prompt, completion = tokens.estimate_parts(lane.body(remaining))
+                            body = lane.body(remaining)
+                            prompt, completion = tokens.estimate_parts(body, tokens.UNBOUNDED_CHAT_TOKENS)
                             got = lane.budget.reserve(lane.model, "live", prompt, completion)
                             if got is None:
                                 raise _Stopped
@@ -229,6 +230,9 @@ class LivePool:
                         calls += 1
                         tally.retries += int(calls > 1)
                         data, headers = await self._send(lane, remaining, tally)
+                        if lane.budget is not None and not (isinstance(data, dict) and isinstance(
+                                data.get("usage"), dict)):  # no usage to measure it by: its worst case counts
+                            lane.budget.unmeasured += reserved
                 finally:
                     lane.limiter.release(cost)
                     if lane.budget is not None:  # nothing awaits before the ledger has its real cost

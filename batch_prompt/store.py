@@ -37,6 +37,7 @@ __all__ = ["BatchRow", "Charge", "Claimed", "DoneRow", "JobRow", "Outcome", "Pro
 
 CREATE_CHUNK = 50_000  # rows per create transaction: the write lock is held for about a second at most
 CREATE_PAUSE = 0.12  # seconds between a create's chunks (busy handlers poll every 100 ms)
+CREATOR_STALLED = 60.0  # seconds a create in progress elsewhere may commit nothing before it is taken over
 INSERT_BATCH = 5_000  # rows per executemany: a few MB of row tuples in memory at a time
 BUSY_TIMEOUT_MS = 60_000
 PATIENT_BUSY_MS = 2_000  # a run's store reports a lock held elsewhere this often while it waits it out
@@ -229,7 +230,8 @@ class Store:
         the same database goes on meanwhile. Until its last chunk the job is in state `creating`, under
         its creator's lease owner: no run, export or status counts it. A create that fails is undone; one
         that was killed (its creator dead) is undone and redone by the next create of the spec, and a
-        second process creating the same spec at the same time waits for the first and finds the job.
+        second process creating the same spec at the same time waits for the first and finds the job (or,
+        when the first has committed nothing for `CREATOR_STALLED` seconds, takes it over).
         Between chunks it pauses `pause` seconds, long enough for a writer waiting on the lock to get it.
         """
         identity = spec.identity()
@@ -237,11 +239,18 @@ class Store:
         name = spec.name or f"job-{spec_hash[:12]}"
         stored = {"name": name, **identity, **spec.run_fields()}
         owner = owner or lease_owner()
+        progress: tuple[Any, float] | None = None  # another creator's last row, and when it was first seen
         while True:
             with self.transaction() as conn:
                 row = conn.execute("SELECT id, spec_hash, spec, state, creator FROM jobs WHERE name = ?",
                                    (name,)).fetchone()
                 waiting = row is not None and row[4] and row[4] != owner and not owner_is_dead(row[4])
+                if waiting and row is not None:  # a creator that commits nothing for long is gone too
+                    last = conn.execute("SELECT max(id) FROM prompts WHERE job_id = ?", (row[0],)).fetchone()[0]
+                    if progress is None or progress[0] != last:
+                        progress = (last, time.monotonic())
+                    elif time.monotonic() - progress[1] > CREATOR_STALLED:
+                        waiting = False  # (in another container, or on another host: no way to ask)
                 if row is not None and row[1] != spec_hash and (row[3] == "ready" or waiting):
                     raise JobConflictError(conflict_message(name, json.loads(row[2]), stored, RUN_FIELDS), name=name)
                 if row is not None and row[3] == "ready":

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 DEFAULT_MAX_TOKENS = 16  # the legacy completions API's default; chat has none, so this is a floor
+UNBOUNDED_CHAT_TOKENS = 4096  # what a budget reserves per choice of a chat request that sets no token limit
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
@@ -36,16 +37,17 @@ def count_text(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def estimate_parts(body: dict[str, Any]) -> tuple[int, int]:
+def estimate_parts(body: dict[str, Any], unbounded: int = DEFAULT_MAX_TOKENS) -> tuple[int, int]:
     """(prompt tokens, most completion tokens) of one request body, chat or completions, packed or not.
 
-    Never raises on odd values: an `n` or token limit that is not a positive integer counts as its default.
+    A chat request without a token limit has none: its choices count `unbounded` tokens each (a budget
+    passes `UNBOUNDED_CHAT_TOKENS`). Never raises on odd values: an `n` or token limit that is not a
+    positive integer counts as its default.
     """
     n = _positive_int(body.get("n"), 1)
-    max_tokens = _positive_int(
-        body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), DEFAULT_MAX_TOKENS)
-    )
     messages = body.get("messages")
+    default = unbounded if isinstance(messages, list) else DEFAULT_MAX_TOKENS
+    max_tokens = _positive_int(body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), default))
     if isinstance(messages, list):
         prompt = sum(
             count_text(str(m.get("content", "") if isinstance(m, dict) else m)) + TOKENS_PER_MESSAGE

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 import batch_prompt as bp
@@ -82,6 +83,27 @@ def test_a_server_without_the_batch_api_is_one_line_and_the_prompts_stay_pending
     assert statuses(db) == Counter({"pending": 10}) and fake.batches == [] and fake.record == []
     summary = run(db, fake, tmp_path, mode="live")  # the leftovers, live
     assert summary.exit_code == 0 and fake.answered() == Counter({p: 1 for p in prompts_of(chat_spec(10, n=1))})
+    # two models at that endpoint: neither leaves its prompts in a batch that cannot exist
+    two = tmp_path / "two.db"
+    bp.create(two, **{**chat_spec(5, prefix="two", n=1), "model": ["gpt-4o-mini", "gpt-4o"]})
+    with pytest.raises(bp.FatalAPIError, match="has no Batch API"):
+        run(two, fake, tmp_path, mode="batch")
+    assert statuses(two) == Counter({"pending": 10})
+    assert sqlite3.connect(two).execute("SELECT count(*) FROM batches WHERE state != 'returned'").fetchone() == (0,)
+    assert run(two, fake, tmp_path, mode="live").exit_code == 0 and statuses(two) == Counter({"done": 10})
+
+
+def test_a_file_already_gone_at_collection_does_not_stop_the_job(fake: FakeServer, tmp_path: Path) -> None:
+    """The input file deleted before collection (the provider expired it, or a run killed while deleting
+    files had deleted it): its 404 on delete is no failure, and the batch is collected."""
+    fake.configure(**{**FAST, "batch_validate_seconds": 1.0})
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(5, n=1))
+    assert run(db, fake, tmp_path, mode="batch", wait=False).in_batches == 5
+    openai.OpenAI(base_url=fake.url, api_key="sk-test").files.delete(fake.files[0]["id"])
+    summary = run(db, fake, tmp_path, mode="batch")
+    assert (summary.exit_code, summary.done) == (0, 5) and fake.files == []
+    assert [b.state for b in bp.status(db)[0].batches] == ["collected"]
 
 
 def test_the_job_remembers_its_mode_and_a_plain_resume_continues_in_it(fake: FakeServer, tmp_path: Path) -> None:

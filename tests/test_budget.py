@@ -92,3 +92,16 @@ def test_batch_mode_submits_only_what_the_budget_allows(fake: FakeServer, tmp_pa
     # at the batch price (half the override's live price, by OpenAI's rule), within the budget
     assert server_cost(fake) / 2 <= 0.2
     assert statuses(db) == Counter({"done": lines, "pending": 100 - lines})
+
+
+def test_a_chat_request_without_a_token_limit_reserves_a_long_answer(fake: FakeServer, tmp_path: Path) -> None:
+    """No max_tokens: the answer's length has no bound but the model's, so a budget reserves
+    UNBOUNDED_CHAT_TOKENS per choice (here $4.10 a request) rather than a short answer's cost."""
+    db = tmp_path / "jobs.db"
+    spec = chat_spec(10, n=1)
+    del spec["model_args"]["max_tokens"]
+    bp.create(db, **spec)
+    summary = run(db, fake, tmp_path, max_cost=1.0)
+    assert summary.budget_reached and summary.exit_code == 1
+    assert fake.record == [] and statuses(db) == Counter({"pending": 10})
+    assert run(db, fake, tmp_path, max_cost=50.0).exit_code == 0 and len(fake.answered()) == 10
