@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from . import job as jobs
 from .arguments import PROG, build_parser
 from .errors import BatchPromptError
-from .failures import redact
 from .options import RunOptions, RunSummary
 from .progress import usd
 from .render import estimate_lines, money, plural, short, status_lines, view_lines
@@ -95,6 +94,8 @@ def _main(argv: Sequence[str] | None, prog: str) -> int:
 
 def redact_secrets(text: str) -> str:
     """`text` with the value of every environment variable that names a key masked (and key-like text)."""
+    from .failures import redact  # (it imports the openai SDK, which most commands never need)
+
     for name, value in os.environ.items():
         if any(word in name for word in ("KEY", "TOKEN", "SECRET")) and len(value) >= 8:
             text = redact(text, value)
