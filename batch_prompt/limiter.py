@@ -11,7 +11,8 @@
   until the server will have refilled one request's worth, instead of collecting 429s.
 - A careful start: unless told a limit, requests ramp up as TCP's slow start does: one in flight, then one
   more for every answer (the window doubles every round trip), instead of the whole concurrency at once
-  into a limit enforced over a window shorter than a minute. A limit read from a header does not end it
+  into a limit enforced over a window shorter than a minute. A first answer with no `x-ratelimit-*`
+  header at all (a server that declares no limit) ends it. A limit read from a header does not end it
   at once: the window grows on until it holds a whole bucket of requests (then the bucket alone decides).
   A bucket's worth sent at once reaches the server over the time it takes to send, while the server's
   window, full until the first arrives, refills nothing; ours refilled from the moment we reserved: the
@@ -189,10 +190,16 @@ class Limiter:
             self.window = None
             self._open_window()
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn limits and remaining capacity from a response's `x-ratelimit-*` headers."""
+    def observe(self, headers: Mapping[str, str], answer: bool = False) -> None:
+        """Learn limits and remaining capacity from a response's `x-ratelimit-*` headers. An `answer` (a
+        200) with none, before any limit was learnt, is a server that declares no limits (vLLM's,
+        llama.cpp's): the careful start ends, as it would once a learnt limit's bucket fits the window."""
         if not self.learn:
             return
+        if (answer and self.window is not None and self.requests is None and self.tokens is None
+                and not any(key.lower().startswith("x-ratelimit-") for key in headers)):
+            self.window = None
+            self._open_window()
         now = self.clock()
         for kind, told in (("requests", self.told[0]), ("tokens", self.told[1])):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))

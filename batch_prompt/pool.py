@@ -249,7 +249,7 @@ class LivePool:
                 if probe:
                     lane.limiter.abandon_probe()
                 raise
-            lane.limiter.observe(headers)
+            lane.limiter.observe(headers, answer=True)
             lane.state.reached = True
             try:
                 parts = split_choices(data, n, len(remaining))
