@@ -24,6 +24,7 @@ twice (a line's charge is committed with its row's answer only). Files no batch 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -41,7 +42,7 @@ from .batchfile import URLS, line_size, read_results, write_input
 from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, split_choices
-from .errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted, StoreError
+from .errors import BatchPromptError, CacheError, ConfigError, FatalAPIError, RetryExhausted, StoreError
 from .failures import Failure, MalformedResponse, Verdict, classify, classify_line, redact
 from .leases import LeaseKeeper
 from .ledger import Ledger
@@ -52,6 +53,7 @@ from .store import BatchRow, Claimed, JobRow, Store
 
 T = TypeVar("T")
 ENDED = ("completed", "failed", "expired", "cancelled")
+COLLECT_CHUNK = 2_000  # results cached in one transaction and committed together while collecting
 MAX_POLL = 50.0  # seconds: a finished batch is noticed within a minute
 FILE_TIMEOUT = 900.0  # seconds an upload or download of up to 200 MB may take
 
@@ -148,6 +150,8 @@ class BatchEngine:
                         self.note(f"could not submit a batch of {lane.job.name}: {exc}; trying again")
                         failed_submit = True
                         break
+                if not self.opts.wait:  # submitted and recorded: a later resume collects
+                    return
                 changed = False
                 for batch in list(lane.open.values()):
                     try:
@@ -158,8 +162,6 @@ class BatchEngine:
                         if lane.state.fatal is not None or self.ledger.failure is not None:
                             raise _Halted from None
                         self.note(f"could not look at batch {batch.id}: {exc}; trying again")
-                if not self.opts.wait:
-                    return
                 if not lane.open and not failed_submit:  # (after a failed submit: wait, then try again)
                     reached = lane.budget is not None and lane.budget.reached
                     if lane.submit and not reached and await self.store.pending(lane.job, lane.model):
@@ -408,14 +410,22 @@ class BatchEngine:
                             file_id, timeout=FILE_TIMEOUT) as response:
                         return await read_results(response.iter_lines(), lines)
                 await self._api(lane, download)
-        answered: dict[str, str] = {}
+        answered: dict[str, str] = {}  # the answers of requests that several rows ask (one line for all)
+        shared = {h for h, count in collections.Counter(row.hash for row in rows).items() if count > 1}
         unanswered = []
-        for row in rows:
-            text = lines.pop(row.id, None)
-            if text is None:
-                unanswered.append(row)
-            else:
-                self._settle(lane, batch, row, json.loads(text), answered)
+        for start in range(0, len(rows), COLLECT_CHUNK):
+            try:
+                with lane.cache.transaction():  # the chunk's answers cached at once, before they are committed
+                    for row in rows[start:start + COLLECT_CHUNK]:
+                        text = lines.pop(row.id, None)
+                        if text is None:
+                            unanswered.append(row)
+                        else:
+                            self._settle(lane, batch, row, json.loads(text), answered, shared)
+            except CacheError as exc:  # the database still keeps them (their outcomes hold the answers)
+                self.ledger.stop_with(exc)
+            if not await self.ledger.flush():
+                raise _Halted
         for row in unanswered:
             if row.hash in answered:
                 self.ledger.shared(row, answered[row.hash])
@@ -431,7 +441,8 @@ class BatchEngine:
         self.note(f"collected batch {batch.id} of {lane.job.name} ({seen.status}): {len(rows) - len(unanswered):,} "
                   f"results, {len(unanswered):,} prompts without one")
 
-    def _settle(self, lane: BatchLane, batch: BatchRow, row: Claimed, line: Any, answered: dict[str, str]) -> None:
+    def _settle(self, lane: BatchLane, batch: BatchRow, row: Claimed, line: Any, answered: dict[str, str],
+                shared: set[str]) -> None:
         failure = classify_line(line) if isinstance(line, dict) else Failure(Verdict.RETRY, "MalformedResponse", "")
         if failure is None:
             body = line["response"].get("body")
@@ -447,7 +458,8 @@ class BatchEngine:
                 text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
                 self.ledger.paid(lane.job.id, lane.model, "batch", 1, body.get("usage"), row_id=row.id)
                 self.ledger.answered(row, text, lane.endpoint, lane.cache, self.ledger.cache_tag(lane.job, row.id), 1)
-                answered[row.hash] = text
+                if row.hash in shared:
+                    answered[row.hash] = text
                 return
             failure = failure or Failure(Verdict.RETRY, "MalformedResponse", f"the answer lacks some of {n} choices")
         self._again(lane, batch, row, failure)

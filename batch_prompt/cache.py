@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,16 @@ class ResponseCache:
         value = f"{_checksum(text)} {text}"
         try:
             self._cache.set(key, value, tag=tag)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot write the response cache in {self.directory}: {exc}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Many `set`s committed together (a batch's results: one SQLite transaction, not one per
+        answer), when the block ends; raises `CacheError` when that commit fails."""
+        try:
+            with self._cache.transact():
+                yield
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot write the response cache in {self.directory}: {exc}") from None
 
