@@ -376,3 +376,81 @@ def test_retry_failed_during_a_run_counts_each_failure_once(fake: FakeServer, pr
     assert "done 250 " in summary and "failed 50," in summary, summary  # each failing prompt once
     counts = statuses(db)  # (the last retry-failed may have come after the run's last claim)
     assert counts["done"] == 250 and counts["failed"] + counts["pending"] == 50
+
+
+# --- issue 11: an answer in flight is an answer paid for; fresh samples stay fresh -------------------------
+
+
+def packed_spec(count: int, prefix: str) -> dict[str, Any]:
+    return {"name": prefix, "api": "completions", "model": "gpt-3.5-turbo-instruct", "templates": [prefix + " {w}"],
+            "keywords": {"w": [str(i) for i in range(count)]}, "prompts_per_request": 20,
+            "model_args": {"n": 2, "max_tokens": 8}}
+
+
+def wait_running(db: Path, count: int) -> None:
+    wait_for(lambda: db.exists() and statuses(db)["running"] >= count, what=f"{count} rows claimed")
+
+
+def test_ctrl_c_waits_for_the_packed_requests_in_flight_and_keeps_them(
+    fake: FakeServer, procs: Procs, tmp_path: Path
+) -> None:
+    fake.configure(latency=3.0)
+    spec = packed_spec(100, "long")
+    db, cache = tmp_path / "jobs.db", tmp_path / "cache"
+    loud = ["--yes", "--rpm", "60000"]  # (not --quiet: what a stop waits for is said with the progress)
+    run = procs.start("run", str(write_spec(tmp_path, spec)), "--db", str(db), "--cache-dir", str(cache),
+                      "--concurrency", "5", *loud)
+    wait_running(db, 100)
+    time.sleep(0.5)  # all 5 packed requests sent
+    run.popen.send_signal(signal.SIGINT)
+    assert run.wait() == 130
+    assert "waiting up to 120 s for 5 requests in flight (already paid for)" in run.stderr, run.stderr
+    assert "press Ctrl-C again to abandon them" in run.stderr
+    assert statuses(db) == Counter({"done": 100})  # every answer that came was committed
+    assert fake.answered() == Counter({f"long {i}": 1 for i in range(100)})
+    again = procs.resume(str(db), "--cache-dir", str(cache), "--quiet")
+    assert again.wait() == 0 and len(fake.record) == 5  # the resume sends nothing again
+
+    # a second Ctrl-C abandons at once, and says the answers are lost
+    fake.reset()
+    fake.configure(latency=3.0)
+    db2 = tmp_path / "second.db"
+    run = procs.start("run", str(write_spec(tmp_path, packed_spec(40, "cut"), "cut.json")), "--db", str(db2),
+                      "--cache-dir", str(cache), "--concurrency", "5", *loud)
+    wait_running(db2, 40)
+    time.sleep(0.5)
+    run.popen.send_signal(signal.SIGINT)
+    wait_for(lambda: "press Ctrl-C again" in run.stderr, what="the first Ctrl-C's message")
+    started = time.monotonic()
+    run.popen.send_signal(signal.SIGINT)
+    assert run.wait() == 130 and time.monotonic() - started < 2.0
+    assert "abandoned 2 requests in flight: their answers, if they come, " in run.stderr, run.stderr
+    assert statuses(db2) == Counter({"pending": 40})  # nothing lost from the table: asked again on resume
+
+
+def test_no_cache_is_kept_with_the_job_and_the_printed_resume_honours_it(
+    fake: FakeServer, procs: Procs, tmp_path: Path
+) -> None:
+    fake.configure(latency=0.05)
+    cache = tmp_path / "cache"
+    spec = chat_spec(200, "fresh", n=1)
+    first = procs.run(*run_args(write_spec(tmp_path, spec), tmp_path / "old.db", cache, 8, "--yes"))
+    assert first.popen.returncode == 0  # another job's answers to every one of these requests are cached
+    fake.reset()
+    fake.configure(latency=0.1)
+    db = tmp_path / "jobs.db"
+    run = procs.start(*run_args(write_spec(tmp_path, {**spec, "name": "fresh"}, "fresh.json"), db, cache, 8,
+                                "--yes", "--no-cache"))
+    wait_for(lambda: len(fake.answered()) >= 40, what="a part of the fresh run")
+    run.popen.send_signal(signal.SIGTERM)
+    assert run.wait() == 130
+    command = next(line.split("resume with: ", 1)[1] for line in run.stderr.splitlines() if "resume with: " in line)
+    assert command.startswith(f"python -m batch_prompt.resume {db}") and "--cache-dir" in command
+    argv = command.split()[3:]
+    again = procs.resume(*argv)
+    assert again.wait() == 0, again.stderr
+    assert "(0 from cache)" in again.stderr, again.stderr  # the job remembers --no-cache
+    assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})  # all 200 fresh samples: none copied
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM prompts WHERE cached = 1").fetchone() == (0,)
+    conn.close()
