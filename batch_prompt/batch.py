@@ -78,10 +78,6 @@ class BatchLane:
         return self.state.endpoint.identity
 
 
-def _batch_rows(batch_id: int, store: Store) -> list[Claimed]:
-    return store.batch_rows(batch_id)
-
-
 class _Halted(Exception):
     """The lane, or the run, stops: nothing more is submitted or awaited."""
 
@@ -131,7 +127,7 @@ class BatchEngine:
         try:
             for batch in await self._open_batches(lane):
                 if lane.budget is not None:  # what an open batch may still cost counts against the budget
-                    for row in await self.store.run(functools.partial(_batch_rows, batch.id)):
+                    for row in await self.store.run(functools.partial(Store.batch_rows, batch_id=batch.id)):
                         self._reserve(lane, row)
                     lane.reserved[batch.id] = lane.reserved.pop(0, 0.0)
                 await self._recover(lane, batch)

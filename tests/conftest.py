@@ -46,6 +46,18 @@ def fake(fake_session: FakeServer) -> Iterator[FakeServer]:
     fake_session.reset()
 
 
+@pytest.fixture
+def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Any]:
+    """The test's real processes (see `helpers_procs.Procs`), killed and reaped when it ends."""
+    from .helpers_procs import Procs  # (it imports this module)
+
+    started = Procs(tmp_path, fake)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
 DEFAULT_FAKE_CONFIG: dict[str, Any] = dataclasses.asdict(FakeConfig())  # every setting, faults off
 
 

@@ -23,13 +23,6 @@ from .helpers_procs import Procs, chat_spec, prompts_of, resume_args, run_args, 
 FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
 
 
-@pytest.fixture
-def procs(tmp_path: Path, fake: FakeServer) -> Any:
-    running = Procs(tmp_path, fake)
-    yield running
-    running.close()
-
-
 def run(db: Path, fake: FakeServer, tmp_path: Path, **options: Any) -> bp.RunSummary:
     options = {"base_url": fake.url, "api_key": "sk-test", "cache_dir": str(tmp_path / "cache"), "quiet": True,
                "poll": 0.05, "retry": RetryPolicy.no_wait(), **options}

@@ -49,15 +49,6 @@ def hostile(fake: FakeServer) -> Iterator[FakeServer]:
         fake.configure(**saved)
 
 
-@pytest.fixture
-def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Procs]:
-    procs = Procs(tmp_path, fake)
-    try:
-        yield procs
-    finally:
-        procs.close()
-
-
 def run_job(procs: Procs, tmp_path: Path, spec: dict[str, Any], *extra: str, timeout: float = 60) -> Proc:
     spec_path = write_spec(tmp_path, spec)
     return procs.run(*run_args(spec_path, tmp_path / "jobs.db", tmp_path / "cache", CONCURRENCY, *extra),

@@ -27,15 +27,6 @@ from .conftest import API_KEY, cli_env, run_cli
 from .helpers_procs import Procs, chat_spec, check_export, prompts_of, run_args, statuses, write_spec
 
 
-@pytest.fixture
-def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path, fake)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
