@@ -155,7 +155,12 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    job = jobs.create(args.db, args.spec)
+    from .preflight import check_run
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    check_run([{**spec.identity(), **spec.run_fields()}], _options(args))  # bad input: nothing recorded
+    job = jobs.create(args.db, spec)
     if not args.yes and not _confirmed(job, args):
         later = _command(["python", "-m", "batch_prompt", "run", args.spec, "--db", args.db], args) + " --yes"
         print(f"nothing sent; job {job.name!r} is recorded in {args.db}: to send it later, {later}", file=sys.stderr)

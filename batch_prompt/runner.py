@@ -26,13 +26,13 @@ from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, make_client
 from .clock import RunClock
-from .endpoints import endpoint_for
 from .errors import BatchPromptError, ConfigError, StoreError
 from .leases import LeaseKeeper, lease_owner
 from .ledger import Ledger, Tally
 from .limiter import Limiter
 from .options import FILES_BESIDES_CONNECTIONS, RunOptions, RunSummary
 from .pool import EndpointState, Lane, LivePool
+from .preflight import check_run
 from .pricing import Prices
 from .progress import Progress, auto_progress
 from .retry import RetryPolicy
@@ -173,10 +173,9 @@ class _Run:
 
     async def go(self, names: list[str] | None) -> RunSummary:
         jobs = await self._jobs(names)
-        self.opts.check_rates({model for job in jobs for model in job.spec["models"]})
-        endpoints = {(job.id, model): endpoint_for(job.spec, model, base_url=self.opts.base_url,
-                                                   api_key=self.opts.api_key)
-                     for job in jobs for model in job.spec["models"]}  # every key checked before any work
+        prices, checked = check_run([job.spec for job in jobs], self.opts)  # before anything is written
+        endpoints = {(job.id, model): endpoint for job, found in zip(jobs, checked, strict=True)
+                     for model, endpoint in found.endpoints.items()}
         jobs = [await self._remember_choices(job) for job in jobs]
         try:
             models = [(job, model) for job in jobs for model in job.spec["models"]]
@@ -188,17 +187,13 @@ class _Run:
                            for job, model in models
                            if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
             counts = [await self.store.counts(job) for job in jobs]
-            prices = Prices.load(self.opts.prices)
             self.ledger.prices = prices
             budgets = {}
-            for job in jobs:
-                own = prices
-                if job.spec.get("prices"):
-                    own = Prices.load(job.spec["prices"]).overlay(self.opts.prices)
-                    self.ledger.job_prices[job.id] = own
-                limit = self.opts.max_cost or job.spec.get("max_cost")
-                if limit:
-                    budgets[job.id] = Budget.check(job, float(limit), own, await self.store.spend(job),
+            for job, found in zip(jobs, checked, strict=True):
+                if found.own_prices:
+                    self.ledger.job_prices[job.id] = found.prices
+                if found.limit:
+                    budgets[job.id] = Budget.check(job, found.limit, found.prices, await self.store.spend(job),
                                                    functools.partial(self.ledger.job_cost, job.id))
             for lane in lanes:
                 lane.budget = budgets.get(lane.job.id)

@@ -325,3 +325,47 @@ def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path) ->
         assert ("Traceback" in out.stderr) == bool(debug) and "SECRET" not in out.stderr
         saved = Path(last.rsplit("its traceback is in ", 1)[1])
         assert saved.parent == tmp_path and "Traceback" in saved.read_text() and "SECRET" not in saved.read_text()
+
+
+# A run's inputs that are only checked when it runs (price files, rates by model, budgets, keys'
+# variables): `run SPEC` refuses them before it records the job, `resume` before it records its choices.
+BAD_RUNS = [
+    ("bad price file with a budget", {}, ["--max-cost", "1", "--prices", "bad.json"], "price file bad.json is not"),
+    ("missing price file", {}, ["--prices", "none.json"], "price file not found: none.json"),
+    ("rpm for a model the run lacks", {}, ["--rpm", "nosuchmodel=5"], "rpm names model 'nosuchmodel'"),
+    ("tpm for a model the run lacks", {}, ["--tpm", "nosuchmodel=5"], "tpm names model 'nosuchmodel'"),
+    ("the spec's price file is bad", {"prices": "bad.json"}, [], "is not valid JSON"),
+    ("a budget over an unpriced model", {"model": "no-such-model-xyz", "max_cost": 1}, [],
+     "'no-such-model-xyz' has no known price"),
+    ("api_key_env names an unset variable",
+     {"endpoints": {"gpt-4o-mini": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "TYPO_KEY"}}}, [],
+     "set the environment variable TYPO_KEY"),
+]
+
+
+@pytest.mark.parametrize(("spec_fields", "args", "message"), [case[1:] for case in BAD_RUNS],
+                         ids=[case[0] for case in BAD_RUNS])
+def test_a_bad_run_leaves_the_database_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str], spec_fields: dict[str, Any],
+                                                 args: list[str], message: str) -> None:
+    from batch_prompt import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-a1b2c3d4e5f6")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: refused before
+    (tmp_path / "bad.json").write_text("{not json")
+    db = tmp_path / "jobs.db"
+    bp.create(db, **SPEC)
+    fill_done(db)
+    spec = tmp_path / "second.json"
+    spec.write_text(json.dumps({**SPEC, "name": "second", "templates": ["I want {food}"], **spec_fields}))
+    before = file_digest(db)
+    assert cli.main(["run", str(spec), "--db", str(db), "--yes", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batch-prompt: error:") and err.count("\n") == 1 and message in err, err
+    assert file_digest(db) == before  # no job 'second', no rows
+    # the same options given to a resume of the first job: its run choices are not recorded either
+    if not spec_fields:
+        assert cli.main(["resume", str(db), "--mode", "batch", "--no-cache", *args]) == 2
+        assert message in capsys.readouterr().err
+        assert file_digest(db) == before
