@@ -14,9 +14,10 @@ import os
 import shlex
 import sys
 import tempfile
+import textwrap
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import job as jobs
 from .arguments import PROG, build_parser
@@ -113,6 +114,24 @@ def _save_traceback(text: str) -> str | None:
         return None
 
 
+def _say(text: str, stream: TextIO | None = None) -> None:
+    """A line for a person (stderr by default). On a terminal narrower than the line it is wrapped between
+    words, the rest indented, and a command in it goes on a line of its own, whole, to be copied; anywhere
+    else (a log, a pipe) it stays one line."""
+    stream = stream or sys.stderr
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    if not columns or len(text) <= columns:
+        print(text, file=stream)
+        return
+    at = text.find("python -m batch_prompt")
+    head, command = (text[:at].rstrip(), text[at:]) if at > 0 else (text, "")
+    lines = textwrap.wrap(head, columns, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    print("\n".join([*lines, *(["  " + command] if command else [])]), file=stream)
+
+
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
@@ -182,7 +201,7 @@ def _confirmed(job: jobs.Job, args: argparse.Namespace) -> bool:
 
     result = estimate(args.spec, cache_dir=args.cache_dir, base_url=args.base_url, prices=args.prices)
     for line in estimate_lines(result):
-        print(line, file=sys.stderr)
+        _say(line)
     most = result.max_cost_live
     if most is not None and most <= args.confirm_above:
         return True
@@ -204,34 +223,35 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[str] | None = None) -> int:
     line = (
-        f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.requests}, "
-        f"tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
+        f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.paid} paid for"
+        + (f" ({summary.requests} sent)" if summary.requests > summary.paid else "")
+        + f", tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
     )
-    print(line, file=sys.stderr)
+    _say(line)
     doubts: dict[str, str] = {}
     if summary.paid:
         with contextlib.suppress(BatchPromptError):  # the file gone or locked: the run's own outcome stands
             doubts = usage_doubts(db, names)
         for name, text in doubts.items():
-            print(short(f"  {text}" if names and len(names) == 1 else f"  job {name!r}: {text}"), file=sys.stderr)
+            _say(short(f"  {text}" if names and len(names) == 1 else f"  job {name!r}: {text}"))
     for kind, count in summary.errors.most_common():
-        print(short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"), file=sys.stderr)
+        _say(short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"))
     if summary.abandoned:
-        print(f"{summary.abandoned} requests in flight were abandoned: their answers are lost", file=sys.stderr)
+        _say(f"{summary.abandoned} requests in flight were abandoned: their answers are lost")
     if summary.running_elsewhere:
-        print(f"{summary.running_elsewhere} prompts are being answered by another process", file=sys.stderr)
+        _say(f"{summary.running_elsewhere} prompts are being answered by another process")
     for line in summary.budget_reached:
-        print(line, file=sys.stderr)
+        _say(line)
     if summary.batches_submitted:
-        print(f"{summary.batches_submitted} batches submitted", file=sys.stderr)
+        _say(f"{summary.batches_submitted} batches submitted")
     if summary.in_batches and not summary.interrupted:
-        print(f"{summary.in_batches} prompts are in open batches at the provider: collect them with "
-              f"{resume_command(db, args)}", file=sys.stderr)
-    if summary.interrupted or summary.unfinished:
-        print(f"interrupted: resume with: {resume_command(db, args)}", file=sys.stderr)
+        _say(f"{summary.in_batches} prompts are in open batches at the provider: collect them with "
+             f"{resume_command(db, args)}")
+    if (summary.interrupted and summary.left) or summary.unfinished:
+        said = "interrupted" if summary.interrupted else f"{plural(summary.unfinished, 'prompt')} pending"
+        _say(f"{said}: resume with: {resume_command(db, args)}")
     elif summary.failed_total:
-        print(f"{summary.failed_total} prompts failed: python -m batch_prompt retry-failed {db}, then resume",
-              file=sys.stderr)
+        _say(f"{summary.failed_total} prompts failed: python -m batch_prompt retry-failed {db}, then resume")
     return summary.exit_code
 
 
@@ -281,7 +301,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print("\n".join(estimate_lines(result)))
+    for line in estimate_lines(result):
+        _say(line, sys.stdout)
     return 0
 
 

@@ -135,7 +135,12 @@ class RunSummary:
     failed_total: int = 0  # failed in the file after the run
 
     @property
+    def left(self) -> int:
+        """Prompts not finished after the run: pending, in open batches, or being answered elsewhere."""
+        return self.unfinished + self.in_batches + self.running_elsewhere
+
+    @property
     def exit_code(self) -> int:
-        if self.interrupted:
+        if self.interrupted and self.left:  # interrupted with nothing left to do: as if it had ended
             return 130
         return 1 if self.failed_total or self.unfinished else 0  # prompts in open batches are on their way

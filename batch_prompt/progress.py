@@ -37,6 +37,7 @@ class RunView(Protocol):
     label: str  # the job (or "3 jobs")
     total: int  # prompts of the jobs run
     already: int  # finished (done or failed) before this run started
+    todo: dict[str, int]  # per model: prompts unfinished when this run started (empty: not known)
 
     def tally(self) -> Tally: ...
     def per_model(self) -> dict[str, Tally]: ...
@@ -88,8 +89,27 @@ class Progress:
         rate = (finished - t.cached - t.shared) / elapsed
         remaining = view.total - view.already - finished
         eta = remaining / rate if rate > 0 and remaining > 0 else None
+        models = view.per_model()
+        if len(view.todo) > 1 and remaining > 0:  # the models end apart: the last to finish, at its own rate
+            eta = self._last_to_finish(view.todo, models, elapsed)
         return Figures(view.label, view.total, view.already + finished, t, rate, eta, view.cost(), view.health(),
-                       view.per_model())
+                       models)
+
+    @staticmethod
+    def _last_to_finish(todo: dict[str, int], models: dict[str, Tally], elapsed: float) -> float | None:
+        """Seconds until the slowest model has finished its prompts at its own rate; None when a model with
+        prompts left has answered none yet (its pace unknown)."""
+        longest = 0.0
+        for model, count in todo.items():
+            t = models.get(model, Tally())
+            left = count - t.done - t.failed
+            if left <= 0:
+                continue
+            rate = (t.done + t.failed - t.cached - t.shared) / elapsed
+            if rate <= 0:
+                return None
+            longest = max(longest, left / rate)
+        return longest or None
 
     def line(self) -> str:
         """The state in one line (no width limit): what `LogProgress` prints."""
@@ -219,6 +239,36 @@ class LogProgress(_Shown):
             self.last = now
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             self._write("".join(f"{stamp} {line}\n" for line in [self.line(), *self.model_lines()]))
+
+
+class HealthNotes:
+    """Which changes of a run's health are worth a note for a person (a log must not get a countdown line a
+    second through an hour's outage): a condition when it begins, unless it was seen within `repeat`
+    seconds (one that comes and goes is said once); and, once nothing holds the run back any more, one line
+    saying which of the conditions said are over. A condition is a health text with its numbers, and
+    whatever follows its first comma, left out ("paused: server unreachable, next probe in 8 s" and
+    "..., probing" are one)."""
+
+    def __init__(self, repeat: float = 600.0, clock: Clock = time.monotonic) -> None:
+        self.repeat, self.clock = repeat, clock
+        self.current: set[str] = set()  # conditions seen at the last update
+        self.seen: dict[str, float] = {}  # condition -> when it was last seen
+        self.said: dict[str, str] = {}  # conditions whose start was said and whose end was not -> their text
+
+    def update(self, texts: list[str]) -> list[str]:
+        """The notes to make now that the run's health reads `texts`."""
+        now, notes = self.clock(), []
+        conditions = {re.sub(r"\d+", "#", text.split(",", 1)[0]): text for text in texts}
+        for condition, text in conditions.items():
+            if condition not in self.current and now - self.seen.get(condition, -math.inf) >= self.repeat:
+                notes.append(text)
+                self.said[condition] = text.split(",", 1)[0]
+            self.seen[condition] = now
+        if not conditions and self.said:
+            notes.append(f"nothing holds the run back now (it was {'; '.join(self.said.values())})")
+            self.said.clear()
+        self.current = set(conditions)
+        return notes
 
 
 def usd(cost: float | None) -> str:

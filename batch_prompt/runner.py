@@ -34,7 +34,7 @@ from .options import FILES_BESIDES_CONNECTIONS, RunOptions, RunSummary
 from .pool import EndpointState, Lane, LivePool
 from .preflight import check_run
 from .pricing import Prices
-from .progress import Progress, auto_progress
+from .progress import HealthNotes, Progress, auto_progress
 from .retry import RetryPolicy
 from .slots import Slots
 from .spec import rate_for
@@ -120,6 +120,7 @@ class _View:
     lanes: list[Lane]
     prices: Prices
     store: AsyncStore
+    todo: dict[str, int]  # per model: prompts unfinished at the start
     engine: BatchEngine | None = None
 
     def tally(self) -> Tally:
@@ -205,7 +206,8 @@ class _Run:
                 opts=self.opts, policy=policy, note=self.progress.note,
             ) if batch_lanes else None
             view = _View(jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs", sum(c["total"] for c in counts),
-                         sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store, engine)
+                         sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store,
+                         await self._todo(jobs), engine)
             pool = LivePool(
                 lanes, store=self.store, ledger=self.ledger, leases=self.leases, slots=Slots(self.opts.concurrency),
                 policy=policy, estimator=tokens.TokenEstimator(), owner=self.owner,
@@ -250,6 +252,16 @@ class _Run:
             total = sum(len(found) for found, _ in hashes)
             self.progress.note(f"{answered:,} of {total:,} prompts to ask are already answered in the cache: free; "
                                "--no-cache for fresh samples")
+
+    async def _todo(self, jobs: list[JobRow]) -> dict[str, int]:
+        """Per model, the prompts of these jobs not finished yet (pending or running): O(rows not done)."""
+        todo: dict[str, int] = {}
+        for job in jobs:
+            found = await self.store.run(functools.partial(Store.unfinished_by_model, job=job))
+            for (model, status), count in found.items():
+                if status in ("pending", "running"):
+                    todo[model] = todo.get(model, 0) + count
+        return todo
 
     async def _jobs(self, names: list[str] | None) -> list[JobRow]:
         jobs = [job for job in await self.store.jobs() if job.state == "ready"]
@@ -362,7 +374,7 @@ class _Run:
         """Redraw progress, say when the run's health changes, notice a database deleted under the run."""
         path = self.store.path
         identity = _file_identity(path)
-        health: list[str] = []
+        health = HealthNotes()
         while True:
             await asyncio.sleep(TICK)
             if identity is not None and _file_identity(path) != identity and self.ledger.failure is None:
@@ -374,11 +386,8 @@ class _Run:
                 pool.stop()
                 if self.engine is not None:
                     self.engine.stop()
-            now = view.health()
-            if now != health:
-                health = now
-                for text in now:
-                    self.progress.note(text)
+            for text in health.update(view.health()):
+                self.progress.note(text)
             self.progress.render()
 
     def _summary(self, view: _View, pool: LivePool) -> RunSummary:

@@ -38,6 +38,7 @@ class View:
     price: float | None = 0.000125
     troubles: list[str] = field(default_factory=list)
     models: dict[str, Tally] | None = None
+    todo: dict[str, int] = field(default_factory=dict)
 
     def tally(self) -> Tally:
         return self.t
@@ -251,6 +252,11 @@ def test_a_run_on_an_80_column_terminal_never_draws_a_wider_line(fake: FakeServe
     assert re.search(r"gpt-4o-mini +14 +1 +0 +0", text) and re.search(r"fake-model +14 +1 +0 +0", text)
     assert "rate limited" in strip_ansi(display.decode())  # a note above the display when the pool paused
     assert b"done 28 (0 from cache), failed 2" in summary
+    # the summary's plain lines are wrapped between words at 80 columns, never cut mid-word by the terminal
+    plain = strip_ansi(summary.decode()).replace("\r", "").splitlines()
+    assert plain and all(len(line) <= 80 for line in plain), plain
+    assert any(line.startswith("  ") for line in plain)  # a wrapped line goes on indented
+    assert "python -m batch_prompt retry-failed jobs.db, then resume" in "\n".join(plain)
 
 
 def test_one_model_is_one_line_and_log_lines_name_every_model() -> None:

@@ -322,7 +322,7 @@ def test_resume_module_and_progress_lines(fake: FakeServer, tmp_path: Path) -> N
                   env=cli_env(fake, tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "chat: 20/20 done, 0 failed" in out.stderr  # a plain log line when not on a terminal
-    assert "done 20 (0 from cache), failed 0, requests 20, tokens " in out.stderr
+    assert "done 20 (0 from cache), failed 0, requests 20 paid for, tokens " in out.stderr
     assert out.stderr.count("at list price") == 2  # the last progress line and the summary (gpt-4o-mini)
     assert json.loads(run_cli("status", str(db), "--json", cwd=tmp_path).stdout)[0]["done"] == 20
 
@@ -618,7 +618,7 @@ def test_a_low_soft_file_limit_is_raised_to_fit_the_concurrency(fake: FakeServer
         text=True, timeout=120, preexec_fn=_limited_files(100, 4096),
     )
     assert out.returncode == 0, out.stderr
-    assert "done 300 (0 from cache), failed 0, requests 300, tokens" in out.stderr
+    assert "done 300 (0 from cache), failed 0, requests 300 paid for, tokens" in out.stderr
     assert len(fake.record) == 300 and set(fake.answered().values()) == {1}
     times = sorted(entry["t"] for entry in fake.record)
     assert times[-1] - times[0] < 0.3  # all 300 were in flight at once
@@ -662,3 +662,27 @@ def test_a_library_caller_gets_no_process_wide_policy(fake: FakeServer, tmp_path
         "done: 5 gc untouched: True",
     ]
     assert len(fake.record) == 5
+
+
+def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tmp_path: Path) -> None:
+    """A log (no terminal) gets the outage once, not a countdown line a second, and a line when it is over."""
+    import io
+
+    from batch_prompt.limiter import Limiter
+    from batch_prompt.progress import LogProgress
+
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(120, n=1))
+    fake.configure(outage_until=time.monotonic() + 4.5, latency=0.1)  # then 3 s more of answers
+    log = io.StringIO()
+    limiter = Limiter(breaker_threshold=3, breaker_max_pause=2.0)
+    retry = RetryPolicy(max_attempts=8, initial=0.05, maximum=0.05, jitter=0)
+    summary = run(db, fake, tmp_path, "chat", concurrency=4, retry=retry, limiter=limiter,
+                  progress=LogProgress(log, interval=1_000))
+    assert (summary.done, summary.failed) == (120, 0)
+    notes = [line.split(" ", 2)[2] for line in log.getvalue().splitlines() if "chat:" not in line]
+    outage = [note for note in notes if "server unreachable" in note and not note.startswith("nothing")]
+    assert len(outage) == 1, notes
+    over = [note for note in notes if note.startswith("nothing holds the run back now")]
+    assert over == ["nothing holds the run back now (it was paused: server unreachable)"], notes
+    assert notes.index(over[0]) > notes.index(outage[0])
