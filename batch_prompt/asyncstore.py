@@ -95,5 +95,5 @@ class AsyncStore:
     async def in_batches(self, job: JobRow) -> int:
         return await self._call(self.store.in_batches, job)
 
-    async def set_mode(self, job: JobRow, mode: str, fresh: bool) -> None:
-        await self._write(self.store.set_run_choices, job, mode, fresh)
+    async def set_mode(self, job: JobRow, mode: str, fresh: bool, base_url: str | None = None) -> None:
+        await self._write(self.store.set_run_choices, job, mode, fresh, base_url)

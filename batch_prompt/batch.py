@@ -189,8 +189,26 @@ class BatchEngine:
         """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
         call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
         server has none (llama.cpp's): `_NoBatchAPI`."""
+        state = lane.state
+
+        async def attempt() -> T:
+            try:
+                result = await call()
+            except openai.APIConnectionError as exc:  # before any answer, a few make the endpoint wrong
+                state.could_not_connect(redact(classify(exc).message, state.endpoint.api_key))
+                if state.fatal is not None:
+                    raise _Halted from None
+                raise
+            except openai.APIStatusError:
+                state.reached = True
+                raise
+            state.reached = True
+            return result
+
         try:
-            return await self.policy.call(call, asyncio.sleep)
+            return await self.policy.call(attempt, asyncio.sleep)
+        except _Halted:
+            raise
         except Exception as exc:
             if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
                 raise
@@ -298,6 +316,10 @@ class BatchEngine:
             uploaded = await self._api(lane, upload, first=True)
         except _NoBatchAPI:
             await self._return_unuploaded(lane, batch)
+            raise
+        except _Halted:
+            if not lane.state.reached:  # the server never answered (a wrong URL): no batch can exist there
+                await self._return_unuploaded(lane, batch)
             raise
         finally:
             file.close()
@@ -427,7 +449,8 @@ class BatchEngine:
                 self.ledger.shared(row, answered[row.hash])
             else:
                 self._again(lane, batch, row, Failure(
-                    Verdict.RETRY, "batch no result", f"batch {batch.batch_id} ended ({seen.status}) without it"))
+                    Verdict.RETRY, "batch no result", f"batch {batch.batch_id} ended ({seen.status}) without it",
+                    outage=seen.status in ("expired", "cancelled")))
         if not await self.ledger.flush():
             raise _Halted
         await self._delete_files(lane, batch, [batch.input_file_id, seen.output_file_id, seen.error_file_id])
@@ -463,12 +486,13 @@ class BatchEngine:
     def _again(self, lane: BatchLane, batch: BatchRow, row: Claimed, failure: Failure) -> None:
         """A line that is not an answer: fail its prompt, or send it back to pending for a later batch."""
         message = redact(failure.message, lane.state.endpoint.api_key)
-        if failure.verdict is Verdict.FAIL or row.attempts + 1 >= self.opts.max_attempts:
+        spent = 0 if failure.outage else 1  # expired or cancelled by the provider: never run, no attempt used
+        if failure.verdict is Verdict.FAIL or (spent and row.attempts + 1 >= self.opts.max_attempts):
             if failure.verdict is not Verdict.FAIL:
                 message = f"gave up after {row.attempts + 1} attempts: {message}"
             self.ledger.failed(row, lane.endpoint, message, failure.kind, 1, owner=batch.owner)
             return
-        self.ledger.retry(row, message, failure.kind, owner=batch.owner)
+        self.ledger.retry(row, message, failure.kind, owner=batch.owner, attempts=spent)
         if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
             lane.state.fatal = FatalAPIError(f"the API refused the run at {lane.state.endpoint.base_url}: {message}",
                                              status_code=failure.status, endpoint=lane.state.endpoint.base_url)

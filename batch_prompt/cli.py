@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -178,8 +179,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.base_url:  # the endpoint chosen is the job's from now on
+        spec = dataclasses.replace(spec, base_url=args.base_url)
     check_run([{**spec.identity(), **spec.run_fields()}], _options(args))  # bad input: nothing recorded
-    job = jobs.create(args.db, spec)
+    fresh = None if args.cache is None else not args.cache
+    job = jobs.create(args.db, spec, mode=args.mode, fresh=fresh)  # with the run's choices, at once
     if not args.yes and not _confirmed(job, args):
         later = _command(["python", "-m", "batch_prompt", "run", args.spec, "--db", args.db], args) + " --yes"
         print(f"nothing sent; job {job.name!r} is recorded in {args.db}: to send it later, {later}", file=sys.stderr)
@@ -202,14 +206,16 @@ def _confirmed(job: jobs.Job, args: argparse.Namespace) -> bool:
     result = estimate(args.spec, cache_dir=args.cache_dir, base_url=args.base_url, prices=args.prices)
     for line in estimate_lines(result):
         _say(line)
-    most = result.max_cost_live
+    batch = job.mode() == "batch"  # priced as it will be sent (recorded with the job by now)
+    most = result.max_cost_batch if batch else result.max_cost_live
     if most is not None and most <= args.confirm_above:
         return True
     what = plural(unsent, "prompt")
     if unsent < result.prompts:
         what += f" ({result.prompts - unsent:,} of {result.prompts:,} are finished)"
     names = ", ".join(f"`{m}`" for m in result.unpriced)
-    cost = f"at most {money(most)} at list price" if most is not None else f"cost unknown (no known price for {names})"
+    price = "the batch price" if batch else "list price"
+    cost = f"at most {money(most)} at {price}" if most is not None else f"cost unknown (no known price for {names})"
     print(f"Send {what}, {cost}? [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
     if not answer:

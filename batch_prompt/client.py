@@ -21,7 +21,7 @@ import openai
 from .clock import RunClock
 from .endpoints import Endpoint as Endpoint  # where it lives; imported from here by the runner
 from .endpoints import resolve_endpoint as resolve_endpoint
-from .failures import MalformedResponse, RequestTimeout
+from .failures import MalformedResponse, RequestTimeout, StalledResponse
 
 # The SDK's exception class for each status (`openai._client._make_status_error`), built here the same way.
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
@@ -84,10 +84,18 @@ class ApiClient:
             content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
             extensions=self._extensions,
         )
+        headers_in = False
         try:
             async with self.clock.deadline(self.timeout):
-                response = await self._http.send(request)
+                response = await self._http.send(request, stream=True)
+                headers_in = True
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
+            if headers_in:  # it answers, but never all of it: a bad answer, not an outage
+                raise StalledResponse(f"the response's headers came, its body not within {self.timeout:g} s") from None
             raise RequestTimeout(f"no complete response within {self.timeout:g} s") from None
         except _CONNECTION_ERRORS as exc:
             raise connection_error(exc, request) from exc

@@ -4,9 +4,15 @@
     ├── RETRY         transient (408, 409, 5xx, timeouts, dropped connections, malformed bodies, an expired
     │                 or cancelled batch line): try again with backoff
     ├── RATE_LIMITED  a 429 that is a rate limit: the whole pool pauses for its retry-after, then tries again
+    │                 (a retry-after past `MAX_SERVER_WAIT` is no rate limit to wait out: RETRY, waiting that)
     ├── FAIL          the server refused this prompt (other 4xx): the prompt fails with the error kept
     ├── FATAL         the server refused the run (401, 403, an exhausted quota): stop, rows left unfinished
     └── LOCAL         not an answer from the server at all: something on our side is broken; stop
+
+A transient failure is an `outage` (the server down or unreachable: no connection, no response in time,
+a 5xx) or not (it answered, badly: a malformed body, choices that cannot be mapped, headers and then
+silence): only an outage feeds the circuit breaker, whose probes cost no attempt; a bad answer uses an
+attempt every time, so no server can keep a prompt retrying for ever.
 
 `classify(exc)` judges an exception raised by a live call; `classify_line(line)` a line of a Batch API
 output or error file. Both return a `Failure`: the verdict and what to show and keep of it. Decisions
@@ -35,9 +41,12 @@ RETRIED_STATUS = frozenset({408, 409})
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
 # Batch line error codes after which the same request, sent again, can succeed.
 BATCH_RETRY_CODES = frozenset({"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded", "timeout"})
+# Of those, the provider's capacity or a cancel, not the request's fault: asked again at no attempt's cost.
+BATCH_NOT_RUN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 # Servers echo (partly masked) keys in auth errors; nothing key-like is ever stored or printed.
 _KEY_LIKE = re.compile(r"\b(sk|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,}", re.IGNORECASE)
 MESSAGE_LIMIT = 500
+MAX_SERVER_WAIT = 60.0  # seconds: the longest `retry-after` obeyed as such (`retry-after: 1000000000` is not)
 
 
 class Verdict(enum.Enum):
@@ -62,6 +71,9 @@ class Failure:
     message: str
     status: int | None = None
     retry_after: float | None = None
+    # transient because the server is down or unreachable, or (a batch line) the provider never ran it:
+    # costs no attempt (not: it answered badly)
+    outage: bool = False
 
 
 class MalformedResponse(Exception):
@@ -70,6 +82,10 @@ class MalformedResponse(Exception):
 
 class RequestTimeout(Exception):
     """The whole request (connect, send, every read) took longer than its timeout (retried)."""
+
+
+class StalledResponse(RequestTimeout):
+    """The response's headers came, its whole body not within the timeout (slowloris; retried, no outage)."""
 
 
 def classify(exc: BaseException) -> Failure:
@@ -87,13 +103,18 @@ def classify(exc: BaseException) -> Failure:
         says = headers.get("x-should-retry")
         if says == "false":
             return Failure(Verdict.FAIL, kind, message, status, wait)
+        if wait is not None and wait > MAX_SERVER_WAIT:  # not a wait to obey: an attempt, after the longest
+            return Failure(Verdict.RETRY if says != "false" else Verdict.FAIL, kind,
+                           f"{message} (it asked to wait {wait:g} s)", status, MAX_SERVER_WAIT)
         if status == 429:
             return Failure(Verdict.RATE_LIMITED, kind, message, status, wait)
         if says == "true" or status in RETRIED_STATUS or status >= 500:
-            return Failure(Verdict.RETRY, kind, message, status, wait)
+            return Failure(Verdict.RETRY, kind, message, status, wait, outage=status >= 500)
         return Failure(Verdict.FAIL, kind, message, status, wait)
-    if isinstance(exc, MalformedResponse | RequestTimeout | openai.APIConnectionError):
-        return Failure(Verdict.RETRY, kind, message)  # APITimeoutError is an APIConnectionError
+    if isinstance(exc, MalformedResponse | StalledResponse):
+        return Failure(Verdict.RETRY, kind, message)  # it answered, badly: an attempt each time
+    if isinstance(exc, RequestTimeout | openai.APIConnectionError):
+        return Failure(Verdict.RETRY, kind, message, outage=True)  # APITimeoutError is an APIConnectionError
     return Failure(Verdict.LOCAL, kind, message)
 
 
@@ -107,7 +128,8 @@ def classify_line(line: Mapping[str, Any]) -> Failure | None:
         code = str(error.get("code") or "")
         text = f"{code}: {error.get('message') or ''}".strip(": ")
         verdict = Verdict.RETRY if code in BATCH_RETRY_CODES else Verdict.FAIL
-        return Failure(verdict, f"batch {code or 'error'}", redact(text)[:MESSAGE_LIMIT])
+        return Failure(verdict, f"batch {code or 'error'}", redact(text)[:MESSAGE_LIMIT],
+                       outage=code in BATCH_NOT_RUN_CODES)
     if not isinstance(response, Mapping) or not isinstance(response.get("status_code"), int):
         return Failure(Verdict.RETRY, "MalformedResponse", "batch line has neither a response nor an error")
     status: int = response["status_code"]

@@ -51,6 +51,13 @@ class Job:
             opts.base_url = self.base_url
         return await run_jobs(self.db_path, [self.name], opts)
 
+    def mode(self) -> str:
+        """The mode the job is sent in ("live" or "batch"): the one it was last run, or created to run, in."""
+        with Store(self.db_path, create=False) as store:
+            job = store.job(self.name)
+            assert job is not None
+            return job.mode
+
     def status(self) -> dict[str, int]:
         with Store(self.db_path, create=False) as store:
             job = store.job(self.name)
@@ -58,13 +65,16 @@ class Job:
             return store.counts(job)
 
 
-def create(db_path: str | Path, spec: str | Path | Spec | None = None, **fields: Any) -> Job:
+def create(db_path: str | Path, spec: str | Path | Spec | None = None, *, mode: str | None = None,
+           fresh: bool | None = None, **fields: Any) -> Job:
     """Expand a spec and record every prompt in `db_path` before anything is sent.
 
     Give the spec's fields as keyword arguments (`templates=`, `keywords=`, `model=`, `api=`,
     `model_args=`, `name=`, `repeats=`, `dedupe=`, `prompts_per_request=`, `base_url=`, `endpoints=`,
     `rpm=`, `tpm=`, `max_cost=`, `prices=`), or a spec file path (keyword arguments then override its
-    fields). The same spec again is a no-op (run fields given anew are updated). Raises `SpecError`,
+    fields). The same spec again is a no-op (run fields given anew are updated). `mode` ("live" or
+    "batch") and `fresh` (no answers from the cache), when given, are recorded with the job in the same
+    transaction (see `Store.create_job`): how the run about to send it sends it. Raises `SpecError`,
     `JobConflictError` or `StoreError`; on any error nothing is left behind: not a row, and, when
     `db_path` did not exist, not a file (see `_record`).
     """
@@ -74,14 +84,14 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, **fields:
         parsed = load_spec(spec, **fields)
     else:
         parsed = Spec.from_dict(fields)
-    row, created = _record(Path(db_path), parsed)
+    row, created = _record(Path(db_path), parsed, mode, fresh)
     return Job(str(db_path), row.name, row.n_prompts, created, parsed.base_url)
 
 
 CREATING = ".creating"  # the suffix of a new database's private name while its first job is recorded
 
 
-def _record(path: Path, spec: Spec) -> tuple[JobRow, bool]:
+def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None) -> tuple[JobRow, bool]:
     """Record `spec`'s job in the database at `path`.
 
     A database that does not exist yet is made under a private name beside it
@@ -95,7 +105,7 @@ def _record(path: Path, spec: Spec) -> tuple[JobRow, bool]:
         private = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{CREATING}"
         try:
             with Store(private) as store:
-                result = store.create_job(spec, pause=0.0)  # no other process can see this file
+                result = store.create_job(spec, pause=0.0, mode=mode, fresh=fresh)  # no other process sees it
                 store.checkpoint()
             with contextlib.suppress(OSError):  # FileExistsError: another process was first
                 os.link(private, path)
@@ -105,7 +115,7 @@ def _record(path: Path, spec: Spec) -> tuple[JobRow, bool]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{private}{suffix}")
     with Store(path) as store:
-        return store.create_job(spec)
+        return store.create_job(spec, mode=mode, fresh=fresh)
 
 
 def _remove_stale_private_files(path: Path) -> None:

@@ -146,9 +146,11 @@ class Ledger:
         """`row` asks what another row answered in this run (a batch's rows with one request)."""
         self._done(row, text, shared=True)
 
-    def retry(self, row: Claimed, error: str, kind: str, owner: str | None = None) -> None:
-        """`row` goes back to pending to be asked again (a batch line expired, cancelled, transient)."""
-        self._queue(Outcome(row.id, row.job_id, "retry", error=error, attempts=1, error_kind=kind, owner=owner))
+    def retry(self, row: Claimed, error: str, kind: str, owner: str | None = None, attempts: int = 1) -> None:
+        """`row` goes back to pending to be asked again (a batch line expired, cancelled, transient), its
+        attempts counted up by `attempts` (0: the provider never ran it)."""
+        self._queue(Outcome(row.id, row.job_id, "retry", error=error, attempts=attempts, error_kind=kind,
+                            owner=owner))
 
     def failed(
         self, row: Claimed, endpoint: str, error: str, kind: str, attempts: int, owner: str | None = None

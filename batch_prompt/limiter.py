@@ -18,6 +18,9 @@
   window, full until the first arrives, refills nothing; ours refilled from the moment we reserved: the
   difference came back as 429s (3 to 5 at the start of a 3,000-prompt job, all in its first 0.2 s). Rounds
   that double instead are each answered, with the server's count in their headers, before the next goes.
+- A learned limit follows the server: headers that say a higher limit raise it; answers that stop
+  carrying the headers (the limit lifted, a proxy in between) for `forget_after` seconds, `FORGET_ANSWERS`
+  answers at least, forget it: the told limits (`--rpm`, `--tpm`) alone apply again.
 - A 429 pauses the whole pool until its `retry-after`, then the buckets start empty and refill: a ramp.
 - A circuit breaker: after `breaker_threshold` transient failures in a row (an outage), the pool pauses
   with a doubling backoff, then lets one probe request through; the rest wait for its outcome. So a long
@@ -38,6 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+FORGET_ANSWERS = 10  # answers without x-ratelimit-* headers, at the least, before a learned limit is forgotten
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -103,6 +107,7 @@ class Limiter:
         breaker_threshold: int = 8,
         breaker_max_pause: float = 60.0,
         max_pause: float = 120.0,
+        forget_after: float = 60.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -128,6 +133,9 @@ class Limiter:
         self.max_window = 10_000.0
         self._window_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.pause_reason = ""  # why the pool is paused: "rate limited", "server unreachable", "allowance spent"
+        self.forget_after = forget_after
+        # when headers were last seen, and how many answers have come without them since
+        self.headerless: tuple[float, int] | None = None
 
     async def acquire(self, tokens: float) -> bool:
         """Wait until a request costing `tokens` may go. Returns True when it is the breaker's probe."""
@@ -196,11 +204,16 @@ class Limiter:
         llama.cpp's): the careful start ends, as it would once a learnt limit's bucket fits the window."""
         if not self.learn:
             return
-        if (answer and self.window is not None and self.requests is None and self.tokens is None
-                and not any(key.lower().startswith("x-ratelimit-") for key in headers)):
+        declared = any(key.lower().startswith("x-ratelimit-") for key in headers)
+        if answer and self.window is not None and self.requests is None and self.tokens is None and not declared:
             self.window = None
             self._open_window()
         now = self.clock()
+        if answer and not declared:
+            self._headerless(now)
+            return
+        if declared:
+            self.headerless = (now, 0)
         for kind, told in (("requests", self.told[0]), ("tokens", self.told[1])):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
@@ -226,6 +239,19 @@ class Limiter:
                 if limit and reset is not None:
                     self._slow_window(bucket, limit, remaining, in_flight, reset, now)
         self._ramped()
+
+    def _headerless(self, now: float) -> None:
+        """An answer without rate-limit headers: after `forget_after` seconds of them (and `FORGET_ANSWERS`),
+        the limits learnt from earlier headers no longer hold."""
+        since, count = self.headerless or (now, 0)
+        self.headerless = (since, count + 1)
+        if count + 1 < FORGET_ANSWERS or now - since < self.forget_after:
+            return
+        if not self.told[0]:
+            self.requests = None
+        if not self.told[1]:
+            self.tokens = None
+        self.headerless = None
 
     def _slow_window(
         self, bucket: Bucket, limit: float, remaining: float, in_flight: float, reset: float, now: float

@@ -39,7 +39,11 @@ from .retry import RetryPolicy
 from .slots import Slots
 from .store import Claimed, JobRow
 
-UNREACHABLE_AFTER = 12  # connection failures with no answer yet after which the endpoint is called wrong
+# Connection failures with no answer yet after which the endpoint is called wrong (a wrong URL or port):
+# this many, or at least UNREACHABLE_LEAST of them over UNREACHABLE_SECONDS (reported within 10 s).
+UNREACHABLE_AFTER = 12
+UNREACHABLE_LEAST = 3
+UNREACHABLE_SECONDS = 3.0
 BLOCKED_WAIT = 1.0  # seconds between claims while the only rows left wait for an answer in flight elsewhere
 PACK_COMPLETION_TOKENS = 4096  # a packed request asks at most this many completion tokens (max_tokens x n each)
 Item = list[Claimed]  # the prompts of one request (one for chat; several packed for legacy completions)
@@ -52,7 +56,21 @@ class EndpointState:
     endpoint: Endpoint
     reached: bool = False  # some request got an answer: the endpoint exists
     unreached: int = 0  # connection failures before any answer
+    first_unreached: float | None = None  # when the first of them was (time.monotonic())
     fatal: BatchPromptError | None = None  # it refused the run: its lanes stop
+
+    def could_not_connect(self, error: str) -> None:
+        """A connection failure (`error`, for a person). Before any answer, enough of them make the endpoint
+        wrong: `fatal` says so, naming it. The one rule for live and batch calls."""
+        if self.reached:
+            return
+        now = time.monotonic()
+        self.unreached += 1
+        self.first_unreached = now if self.first_unreached is None else self.first_unreached
+        long = self.unreached >= UNREACHABLE_LEAST and now - self.first_unreached >= UNREACHABLE_SECONDS
+        if (long or self.unreached >= UNREACHABLE_AFTER) and self.fatal is None:
+            self.fatal = ConfigError(f"cannot reach {self.endpoint.base_url} (nothing answered yet): {error}",
+                                     endpoint=self.endpoint.base_url)
 
 
 @dataclass(eq=False)
@@ -116,6 +134,7 @@ class LivePool:
         self.stopping = False
         self.in_flight = 0  # requests sent and not yet answered, all lanes
         self._deadline: asyncio.Timeout | None = None
+        self._ended = False  # run() has returned: its deadline can no longer be moved
         self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
 
     def _halted(self, lane: Lane) -> bool:
@@ -133,6 +152,8 @@ class LivePool:
                             group.create_task(self._work(lane), name=f"work-{lane.job.name}-{lane.model}-{i}")
         except TimeoutError:
             pass  # abandoned, or stopped with nothing left in flight
+        finally:
+            self._ended = True
 
     def stop(self) -> None:
         """Claim and start nothing more; let what is in flight finish (`abandon` ends it sooner)."""
@@ -146,16 +167,18 @@ class LivePool:
         self._end_if_idle()
 
     def abandon(self) -> None:
-        """Cancel everything now, in-flight requests included (their answers, if they come, are lost)."""
+        """Cancel everything now, in-flight requests included (their answers, if they come, are lost). Once
+        the pool has ended (a batch-mode run's, with no live lane, ends at once) there is nothing to cancel."""
         self.stopping = True
-        if self._deadline is not None and not self._deadline.expired():
+        if self._deadline is not None and not self._deadline.expired() and not self._ended:
             self.abandoned = self.in_flight
             self._deadline.reschedule(asyncio.get_running_loop().time())
 
     def _end_if_idle(self) -> None:
-        # Stopping and nothing in flight: whatever still waits (a limiter's pause, a slot) has nothing
-        # paid for to lose, so the pool ends now instead of waiting for it.
-        if self.stopping and self.in_flight == 0:
+        # Stopping (or every lane halted: refused, out of budget) and nothing in flight: whatever still waits
+        # (a backoff, a limiter's pause, a slot) has nothing paid for to lose, so the pool ends now.
+        halted = self.stopping or all(self._halted(lane) for lane in self.lanes)
+        if halted and self.in_flight == 0:
             self.abandon()
 
     # --- feeding ----------------------------------------------------------------------------------
@@ -251,15 +274,13 @@ class LivePool:
                 raise
             lane.limiter.observe(headers, answer=True)
             lane.state.reached = True
-            try:
-                parts = split_choices(data, n, len(remaining))
-            except MalformedResponse:
-                lane.limiter.failed(probe)
-                raise
             probe_failed = False
-            lane.limiter.succeeded()
-            self.estimator.observe(ours, data.get("usage"))
-            self.ledger.paid(lane.job.id, lane.model, "live", len(remaining), data.get("usage"))
+            lane.limiter.succeeded()  # it answered: no outage, whatever the answer is worth
+            usage = data.get("usage") if isinstance(data, dict) else None
+            self.estimator.observe(ours, usage)
+            # billed even when its choices cannot be mapped (then it is an attempt, asked again)
+            self.ledger.paid(lane.job.id, lane.model, "live", len(remaining), usage)
+            parts = split_choices(data, n, len(remaining))
             incomplete = []
             for i, (row, choices) in enumerate(zip(remaining, parts, strict=True)):
                 if choices is None:
@@ -273,8 +294,8 @@ class LivePool:
                 missing, remaining = len(incomplete), incomplete
                 raise MalformedResponse(f"{missing} of {len(parts)} prompts lack some of their {n} choices")
 
-        try:
-            await self.policy.call(attempt, lane.limiter.sleep, free=lambda exc: probe_failed)
+        try:  # a failed probe of an outage costs no attempt; an answer, however bad, always does
+            await self.policy.call(attempt, lane.limiter.sleep, free=lambda exc: probe_failed and classify(exc).outage)
         except _Stopped:
             return  # the rows stay claimed and are handed back when the run ends
         except Exception as exc:
@@ -329,18 +350,13 @@ class LivePool:
     def _observe_failure(self, lane: Lane, exc: Exception, probe: bool) -> None:
         failure = classify(exc)
         state = lane.state
-        if isinstance(exc, openai.APIConnectionError) and not state.reached:
-            state.unreached += 1
-            if state.unreached >= UNREACHABLE_AFTER and state.fatal is None:  # never answered: a wrong URL
-                error = redact(failure.message, lane.endpoint.api_key)
-                state.fatal = ConfigError(
-                    f"cannot reach {lane.endpoint.base_url} (nothing answered yet): {error}",
-                    endpoint=lane.endpoint.base_url,
-                )
+        if isinstance(exc, openai.APIConnectionError):
+            state.could_not_connect(redact(failure.message, lane.endpoint.api_key))
+            self._end_if_idle()  # the last lane's endpoint is wrong: nothing to wait for
         if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
             lane.limiter.observe(exc.response.headers)
             lane.limiter.rate_limited(failure.retry_after)
-        elif failure.verdict is Verdict.RETRY:
+        elif failure.outage:
             lane.limiter.failed(probe)
         elif not isinstance(exc, _Stopped):  # the server answered: not an outage
             lane.limiter.succeeded()

@@ -19,7 +19,7 @@ from typing import TypeVar
 import tenacity
 
 from .errors import RetryExhausted
-from .failures import Verdict, classify
+from .failures import MAX_SERVER_WAIT, Verdict, classify
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ class RetryPolicy:
     initial: float = 0.5
     maximum: float = 60.0
     jitter: float = 0.5  # each wait is scaled by a random factor in [1 - jitter, 1]
-    max_server_wait: float = 120.0
+    max_server_wait: float = MAX_SERVER_WAIT
     free_rate_limits: int = 4  # 429 retries per prompt that cost no attempt, per attempt allowed
     retryable: Callable[[BaseException], bool] = retryable
 

@@ -278,10 +278,14 @@ class _Run:
             return job
         mode = self.opts.mode or job.mode
         fresh = job.fresh if self.opts.cache is None else not self.opts.cache
-        if (mode, fresh) == (job.mode, job.fresh):
+        # the endpoint a --base-url names, for the models the spec does not send elsewhere
+        base_url = self.opts.base_url if self.opts.base_url not in (None, job.spec.get("base_url")) else None
+        if (mode, fresh, base_url) == (job.mode, job.fresh, None):
             return job
-        await self.store.set_mode(job, mode, fresh)
-        return JobRow(**{**vars(job), "mode": mode, "fresh": fresh})
+        await self.store.set_mode(job, mode, fresh, base_url)
+        spec = job.spec if base_url is None else {**job.spec, "base_url": base_url}
+        return JobRow(**{**vars(job), "mode": mode, "fresh": fresh, "spec": spec,
+                         "base_url": base_url or job.base_url})
 
     def _lane(self, job: JobRow, model: str, endpoint: Endpoint) -> Lane:
         key = (endpoint.identity, endpoint.api_key)

@@ -221,8 +221,13 @@ class Store:
                                    path=self.path)
         return chosen
 
-    def create_job(self, spec: Spec, owner: str | None = None, pause: float = CREATE_PAUSE) -> tuple[JobRow, bool]:
+    def create_job(self, spec: Spec, owner: str | None = None, pause: float = CREATE_PAUSE, *,
+                   mode: str | None = None, fresh: bool | None = None) -> tuple[JobRow, bool]:
         """Record a spec's job and all its prompts. Returns (job, created).
+
+        `mode` and `fresh` (None: as they are) are the choices of the run about to send it (`run SPEC`),
+        recorded in the transaction that makes the job visible (or, for a job already there, that updates
+        its run fields): no kill, at any instant, leaves the job recorded without them.
 
         The same spec again is a no-op; the same name with another spec raises `JobConflictError`.
         The prompts are committed in chunks of `CREATE_CHUNK` rows (streamed by `executemany` batches,
@@ -258,6 +263,8 @@ class Store:
                     if any(old.get(key) != stored[key] for key in RUN_FIELDS):  # where and how fast to run
                         conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
                                      (canonical_json(stored), spec.base_url, row[0]))
+                    if mode is not None or fresh is not None:
+                        conn.execute(_SET_CHOICES, (mode, _flag(fresh), row[0]))
                     job = self.job(name)
                     assert job is not None
                     return job, False
@@ -281,6 +288,7 @@ class Store:
         try:
             self._insert_prompts(job_id, expand(spec), pause)
             with self.transaction() as conn:
+                conn.execute(_SET_CHOICES, (mode, _flag(fresh), job_id))
                 conn.execute("UPDATE jobs SET state = 'ready', creator = NULL WHERE id = ?", (job_id,))
         except BaseException:
             with contextlib.suppress(Exception):  # undone; what cannot be is redone by the next create
@@ -634,10 +642,15 @@ class Store:
                          (error, time.time(), batch_id))
         return int(moved)
 
-    def set_run_choices(self, job: JobRow, mode: str, fresh: bool) -> None:
-        """Remember how the job was last run: its mode, and whether it asks for fresh samples."""
+    def set_run_choices(self, job: JobRow, mode: str, fresh: bool, base_url: str | None = None) -> None:
+        """Remember how the job was last run: its mode, whether it asks for fresh samples, and (when given)
+        the endpoint it was sent to (the spec's `base_url` run field)."""
         with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET mode = ?, fresh = ? WHERE id = ?", (mode, int(fresh), job.id))
+            conn.execute(_SET_CHOICES, (mode, int(fresh), job.id))
+            if base_url is not None:
+                spec = {**job.spec, "base_url": base_url}
+                conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
+                             (canonical_json(spec), base_url, job.id))
 
     def retry_failed(self, job: JobRow) -> int:
         with self.transaction() as conn:
@@ -697,6 +710,13 @@ def _check_file(path: str, create: bool) -> None:
         raise NotADatabaseError(f"{path} is not a batch-prompt job database (an empty file)", path=path)
     if head and head != SQLITE_MAGIC:
         raise NotADatabaseError(f"{path} is not a batch-prompt job database (not an SQLite file)", path=path)
+
+
+_SET_CHOICES = "UPDATE jobs SET mode = coalesce(?, mode), fresh = coalesce(?, fresh) WHERE id = ?"
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _now_iso() -> str:

@@ -5,6 +5,7 @@ server, whose own record proves what was sent."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,21 @@ def test_no_terminal_on_stdin_never_blocks_and_says_so_once(fake: FakeServer, tm
     assert QUESTION not in text
     assert text.count("not asking before sending: stdin is not a terminal (--yes: never ask)") == 1
     assert len(fake.record) == 4
+
+
+def test_a_no_keeps_the_runs_choices_and_quotes_the_price_of_its_mode(fake: FakeServer, tmp_path: Path) -> None:
+    """`run --mode batch --no-cache` answered "no": the job is recorded as it was to be run (batch, fresh
+    samples), so a plain resume sends it to the Batch API, never live at twice the price."""
+    spec(tmp_path)
+    fake.configure(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
+    code, text = run(fake, tmp_path, "--mode", "batch", "--no-cache", "--confirm-above", "0",
+                     answers=[(QUESTION, "n\n")])
+    assert code == 0 and "nothing sent" in text, text
+    assert " at the batch price? [y/N] n" in text, text
+    [job] = bp.status(tmp_path / "jobs.db")
+    assert job.mode == "batch" and fake.record == []
+    assert sqlite3.connect(tmp_path / "jobs.db").execute("SELECT mode, fresh FROM jobs").fetchall() == [("batch", 1)]
+    summary = bp.resume(tmp_path / "jobs.db", base_url=fake.url, api_key="sk-test", quiet=True, poll=0.05,
+                        cache_dir=str(tmp_path / "cache"))
+    assert summary.done == 4 and len(fake.batches) == 1
+    assert fake.record == [] and sum(fake.answered().values()) == 4  # all in the batch, none live

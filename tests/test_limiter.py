@@ -335,3 +335,36 @@ def test_a_header_saying_a_small_limit_ends_the_careful_start() -> None:
 def test_a_told_limit_starts_at_full_speed() -> None:
     assert Limiter(rpm=600).window is None and Limiter(tpm=10_000).window is None
     assert Limiter().window == 1 and Limiter(learn=False).window is None
+
+
+def test_a_learned_limit_rises_when_headers_say_more_and_is_forgotten_when_they_stop() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, forget_after=60.0)
+    told = {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}
+    lim.observe(told, answer=True)
+    assert lim.requests is not None and lim.requests.per_minute == 120
+    lim.observe({**told, "x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5999"}, answer=True)
+    assert lim.requests.per_minute == 6000  # the server says more: more it is
+    lim.observe(told, answer=True)
+    for _ in range(30):  # the limit lifted: answers without any header, for 59 s
+        clock.now += 59 / 30
+        lim.observe({}, answer=True)
+    assert lim.requests is not None  # not yet: a minute of them first
+    clock.now += 2.0
+    lim.observe({}, answer=True)
+    assert lim.requests is None and lim.tokens is None
+
+    async def burst() -> float:
+        start = clock.now
+        for _ in range(500):
+            await lim.acquire(1)
+            lim.release(1)
+        return clock.now - start
+
+    assert asyncio.run(burst()) == 0.0  # no longer held to 120 a minute
+    # a limit the user gave is kept whatever the headers do
+    told_lim = limiter(clock, rpm=60, forget_after=1.0)
+    for _ in range(20):
+        clock.now += 1.0
+        told_lim.observe({}, answer=True)
+    assert told_lim.requests is not None and told_lim.requests.per_minute == 60

@@ -29,6 +29,13 @@ class FakeConfig:
     wrong_choices_rate: float = 0.0
     batch_api: bool = True  # False: the Files and Batch endpoints answer 404, as llama.cpp's server does
     missing_choice_rate: float = 0.0  # a 200 (billed) whose choices lack one, at a random index
+    # Hostile servers: a billed 200 whose last choice has an index past every prompt's (index 5 for n=1);
+    # a 200's headers, then nothing (`stall_bytes` 0) or the body dribbled a byte every `stall_seconds`
+    # (slowloris: every read is quick, the whole never comes in time)
+    wrong_index_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_seconds: float = 1.0
+    stall_bytes: bool = False
     rate_limit_rate: float = 0.0
     rate_limit_retry_after: float = 0.2
     quota_exhausted: bool = False
@@ -62,6 +69,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "headers_per_minute": (bool,),
     "usage_first_choice_only": (bool,),
     "batch_api": (bool,),
+    "stall_bytes": (bool,),
     "rpm_limit": (int, type(None)),
     "tpm_limit": (int, type(None)),
     "rpm_limits": (dict, type(None)),
@@ -181,7 +189,7 @@ class FakeRequest:
         return sum(max(1, len(p) // 4) for p in self.prompts[: 1 if first_only else None])
 
     def response(self, seq: int | str, choices_delta: int = 0, first_choice_usage: bool = False,
-                 drop: float | None = None) -> bytes:
+                 drop: float | None = None, wrong_index: bool = False) -> bytes:
         """The JSON body of a successful answer (with ``choices_delta`` choices too many). With
         ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's).
         ``drop`` (in [0, 1)) leaves out the choice at that fraction of the list, its index missing."""
@@ -193,6 +201,8 @@ class FakeRequest:
             texts = texts[:choices_delta]
         elif choices_delta > 0:
             texts.append((len(texts), f"echo {n}: {self.prompts[-1]}"))
+        if wrong_index:  # the last choice numbered past every prompt's choices
+            texts[-1] = (len(self.prompts) * n + 4, texts[-1][1])
         counted = texts[:1] if first_choice_usage else texts
         completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in counted)
         prompt = self.prompt_tokens(first_only=first_choice_usage)

@@ -27,7 +27,12 @@ Checks run in this order: auth (401), body validation (400 "invalid"), outage (5
 fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
 answer at once.  Otherwise the request counts against the buckets; HANG / hang_rate is decided
 (and recorded) on arrival; ``latency`` (+ uniform ``latency_jitter``) is slept; then FAIL500,
-error, drop, reset, malformed and wrong_choices apply in that order; otherwise the answer is ok.
+error, drop, reset, malformed, wrong_choices, missing_choice, wrong_index and stall apply in that order;
+otherwise the answer is ok. Hostile modes: ``wrong_index_rate`` (a billed 200 whose last choice has an
+index past every prompt's), ``stall_rate`` (a 200's headers, then silence, or with ``stall_bytes`` the
+body a byte every ``stall_seconds``: outcome ``stalled``, never answered); an absurd
+``rate_limit_retry_after`` (``1e9``) with ``rate_limit_rate``; truncated bodies forever with
+``malformed_rate=1``.
 
 Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
 with its outcome and arrival time ``t``; outcome ``"client_closed"`` means the client went away
@@ -79,7 +84,7 @@ __all__ = ["FakeConfig", "FakeServer", "format_duration"]
 
 HOST = "127.0.0.1"
 # Outcomes of a full 200 that a provider bills: each prompt in them counts in answered().
-ANSWERED = ("ok", "hang", "missing_choice")
+ANSWERED = ("ok", "hang", "missing_choice", "wrong_index")  # billed 200s
 _N_DRAWS = 8  # random values drawn per request, whatever the config (keeps seeds reproducible)
 
 
@@ -295,11 +300,17 @@ class FakeServer:
                     outcome, delta = "wrong_choices", (-1 if draws[7] < 0.5 else 1)
                 elif draws[6] < c.wrong_choices_rate + c.missing_choice_rate:
                     outcome = "missing_choice"
+                elif draws[6] < c.wrong_choices_rate + c.missing_choice_rate + c.wrong_index_rate:
+                    outcome = "wrong_index"
+                elif draws[4] < c.hang_rate + c.stall_rate:  # (hang_rate took the draws below it)
+                    self._finish(entry, "stalled", None)
+                    recorded = True
+                    return await self._stall(request, req.response(entry["seq"]), adm.headers)
                 else:
                     outcome = "ok"
                 if status == 200:
                     drop = draws[7] if outcome == "missing_choice" else None
-                    body = req.response(entry["seq"], delta, c.usage_first_choice_only, drop)
+                    body = req.response(entry["seq"], delta, c.usage_first_choice_only, drop, outcome == "wrong_index")
                     if outcome == "malformed":
                         body = body[: len(body) // 2]
             self._finish(entry, outcome, status)
@@ -317,6 +328,18 @@ class FakeServer:
             else:
                 self._finish(entry, "client_closed", None)
             raise
+
+    async def _stall(self, request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.StreamResponse:
+        """Send the headers of a 200, then nothing, or the body a byte every `stall_seconds` (slowloris),
+        until the client gives up."""
+        resp = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        for i in range(len(body)):
+            await asyncio.sleep(self._config.stall_seconds)
+            if self._config.stall_bytes:
+                await resp.write(body[i : i + 1])
+        return resp
 
     @staticmethod
     async def _reset_mid_body(request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.StreamResponse:

@@ -1,0 +1,81 @@
+"""Batch mode at its seams: stopped while it waits, it ends like live mode (exit 130, no traceback, its
+batches left open and collected by the next resume); the run's choices are kept from the start; expiry
+by the provider costs no attempt; cancel says one thing."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import batch_prompt as bp
+from batch_prompt.retry import RetryPolicy
+from batch_prompt.testing import FakeServer
+
+from .helpers_procs import Proc, Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec
+
+FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
+
+
+def wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def stop(proc: Proc, *signals: int) -> tuple[int, float]:
+    """Send the signals (one after another), then wait: the exit code and the seconds it took."""
+    started = time.monotonic()
+    for sig in signals:
+        proc.popen.send_signal(sig)
+        time.sleep(0.1)
+    code = proc.wait(timeout=30)
+    return code, time.monotonic() - started
+
+
+def test_a_run_waiting_on_a_batch_stops_like_a_live_one(fake: FakeServer, procs: Procs, tmp_path: Path) -> None:
+    fake.configure(**{**FAST, "batch_validate_seconds": 12.0})  # the batch waits 12 s, whoever asks
+    db, cache = tmp_path / "jobs.db", tmp_path / "cache"
+    spec = chat_spec(30, n=1)
+    path = write_spec(tmp_path, spec)
+    waiting = "batches: 1 submitted"
+    first = procs.start(*run_args(path, db, cache)[:-1], "--mode", "batch", "--poll", "0.05", "--grace", "2")
+    wait_for(lambda: fake.batches and waiting in first.stderr, "the batch to be submitted")
+    code, took = stop(first, signal.SIGINT)
+    assert (code, "Traceback" in first.stderr) == (130, False), first.stderr
+    assert took < 5 and "interrupted: resume with: python -m batch_prompt.resume" in first.stderr, first.stderr
+    second = procs.resume(*resume_args(db, cache)[:-1], "--poll", "0.05")  # SIGTERM stops it the same way
+    wait_for(lambda: "batches:" in second.stderr, "the resume to wait on the batch")
+    code, took = stop(second, signal.SIGTERM)
+    assert (code, "Traceback" in second.stderr, took < 5) == (130, False, True), second.stderr
+    third = procs.resume(*resume_args(db, cache)[:-1], "--poll", "0.05", "--grace", "60")
+    wait_for(lambda: "batches:" in third.stderr, "the resume to wait on the batch")
+    code, took = stop(third, signal.SIGINT, signal.SIGINT)  # a second Ctrl-C ends at once, grace or not
+    assert code in (130, -signal.SIGINT) and "Traceback" not in third.stderr and took < 5, (code, third.stderr)
+    assert [b["status"] for b in fake.batches] == ["validating"]  # left open at the provider
+    assert statuses(db) == Counter({"running": 30})
+    last = procs.resume(*resume_args(db, cache), "--poll", "0.05")
+    assert last.wait(60) == 0, last.stderr
+    assert statuses(db) == Counter({"done": 30}) and len(fake.batches) == 1
+    assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
+
+
+def test_batches_that_expire_part_way_again_and_again_fail_no_prompt(fake: FakeServer, tmp_path: Path) -> None:
+    """Each batch expires once 5 of its lines are done (the rest come back `batch_expired` in the error file):
+    the provider's capacity, not the prompts' fault. With 2 attempts each, all 30 end answered, once."""
+    fake.configure(**{**FAST, "batch_expire_after": 5})
+    db = tmp_path / "jobs.db"
+    spec = chat_spec(30, n=1)
+    bp.create(db, **spec)
+    summary = bp.resume(db, base_url=fake.url, api_key="sk-test", cache_dir=str(tmp_path / "cache"), quiet=True,
+                        poll=0.05, retry=RetryPolicy.no_wait(2), max_attempts=2, mode="batch")
+    assert (summary.done, summary.failed, summary.exit_code) == (30, 0, 0)
+    assert [b["status"] for b in fake.batches] == ["expired"] * 5 + ["completed"]
+    assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
+    attempts = sqlite3.connect(db).execute("SELECT max(attempts) FROM prompts").fetchone()[0]
+    assert attempts == 1  # the answer's own call; the expiries cost none
