@@ -268,7 +268,7 @@ class BatchEngine:
             await self.ledger.flush()
             return not (lane.budget is not None and lane.budget.reached)
         batch = await self.store.run(lambda s: s.open_batch(
-            lane.job, lane.model, lane.endpoint, secrets.token_hex(8), [row.id for row in keep], self.owner))
+            lane.job, lane.model, lane.state.endpoint, secrets.token_hex(8), [row.id for row in keep], self.owner))
         for row in keep:
             self.ledger.lose(row)  # the batch holds it now, not this process
         self.leases.released(row.id for row in keep)

@@ -38,6 +38,7 @@ class Endpoint:
 
     base_url: str
     api_key: str = field(repr=False)
+    key_env: str | None = field(default=None, compare=False)  # the variable the key came from (None: in code)
 
     @property
     def identity(self) -> str:
@@ -123,7 +124,7 @@ def resolve_endpoint(base_url: str | None, api_key: str | None, env: Mapping[str
     key = api_key or env.get("OPENAI_API_KEY")
     if not key:
         raise ConfigError("no API key: set OPENAI_API_KEY (or pass api_key=...)")
-    return Endpoint(url, check_key(key, "OPENAI_API_KEY"))
+    return Endpoint(url, check_key(key, "OPENAI_API_KEY"), None if api_key else "OPENAI_API_KEY")
 
 
 def endpoint_for(
@@ -149,7 +150,22 @@ def endpoint_for(
             f"no API key for model {model!r}: set the environment variable {variable} "
             f"(the spec's endpoints[{model!r}].api_key_env)"
         )
-    return Endpoint(normalize_base_url(listed["base_url"], f"endpoints[{model!r}].base_url"), check_key(key, variable))
+    return Endpoint(normalize_base_url(listed["base_url"], f"endpoints[{model!r}].base_url"), check_key(key, variable),
+                    variable)
+
+
+def batch_endpoint(base_url: str, key_env: str | None, api_key: str | None, env: Mapping[str, str] | None = None,
+                   ) -> Endpoint:
+    """Where a recorded batch is collected: the URL it was sent to, with the key from the variable it was
+    sent with (`api_key`, a key given in code, when it recorded none). `ConfigError` naming the variable
+    when it is not set."""
+    env = os.environ if env is None else env
+    key = (env.get(key_env) if key_env else None) or api_key
+    if not key:
+        variable = key_env or "OPENAI_API_KEY"
+        raise ConfigError(f"batches are open at {base_url}, sent with the key in {variable}: set {variable} to "
+                          "collect them", endpoint=base_url)
+    return Endpoint(base_url, check_key(key, key_env or "api_key"), key_env)
 
 
 def _field(fields: Any, name: str) -> Any:

@@ -88,6 +88,8 @@ class BatchRow:
     created_at: float
     submitted_at: float | None
     finished_at: float | None
+    base_url: str | None = None  # as given to the SDK (None: recorded before schema 5; `endpoint` then)
+    api_key_env: str | None = None  # the variable its key came from (None: a key given in code, or unknown)
 
     @property
     def owner(self) -> str:

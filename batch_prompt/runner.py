@@ -26,6 +26,7 @@ from .budget import Budget
 from .cache import ResponseCache
 from .client import ApiClient, Endpoint, make_client
 from .clock import RunClock
+from .endpoints import batch_endpoint
 from .errors import BatchPromptError, ConfigError, StoreError
 from .leases import LeaseKeeper, lease_owner
 from .ledger import Ledger, Tally
@@ -177,6 +178,7 @@ class _Run:
         prices, checked = check_run([job.spec for job in jobs], self.opts)  # before anything is written
         endpoints = {(job.id, model): endpoint for job, found in zip(jobs, checked, strict=True)
                      for model, endpoint in found.endpoints.items()}
+        elsewhere = await self._batches_elsewhere(jobs, endpoints)  # their keys checked before anything too
         jobs = [await self._remember_choices(job) for job in jobs]
         try:
             models = [(job, model) for job in jobs for model in job.spec["models"]]
@@ -187,6 +189,9 @@ class _Run:
             batch_lanes = [self._batch_lane(job, model, endpoints[job.id, model], submit=job.mode == "batch" and live)
                            for job, model in models
                            if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
+            by_id = {job.id: job for job in jobs}
+            batch_lanes += [self._batch_lane(by_id[job_id], model, endpoint, submit=False)
+                            for (job_id, model), found in elsewhere.items() for endpoint in found]
             counts = [await self.store.counts(job) for job in jobs]
             self.ledger.prices = prices
             budgets = {}
@@ -262,6 +267,27 @@ class _Run:
                 if status in ("pending", "running"):
                     todo[model] = todo.get(model, 0) + count
         return todo
+
+    async def _batches_elsewhere(self, jobs: list[JobRow], endpoints: dict[tuple[int, str], Endpoint]
+                                 ) -> dict[tuple[int, str], list[Endpoint]]:
+        """Per (job, model), the endpoints other than this run's where it has open batches (sent with another
+        --base-url, or before its endpoint changed): they are collected there, with the key of the variable
+        they were sent with. `ConfigError` naming the endpoint when that variable is not set."""
+        found: dict[tuple[int, str], dict[str, Endpoint]] = {}
+        for job in jobs:
+            for batch in await self.store.batches(job, open_only=True):
+                here = endpoints.get((job.id, batch.model))
+                if here is None or batch.endpoint == here.identity:
+                    continue
+                url = batch.base_url or batch.endpoint
+                try:
+                    endpoint = batch_endpoint(url, batch.api_key_env, self.opts.api_key)
+                except ConfigError as exc:
+                    variable = batch.api_key_env or "OPENAI_API_KEY"
+                    raise ConfigError(f"{exc}: {variable}=... python -m batch_prompt.resume {self.store.path}",
+                                      endpoint=url) from None
+                found.setdefault((job.id, batch.model), {})[endpoint.identity] = endpoint
+        return {key: list(each.values()) for key, each in found.items()}
 
     async def _jobs(self, names: list[str] | None) -> list[JobRow]:
         jobs = [job for job in await self.store.jobs() if job.state == "ready"]

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import schema
 from .conflicts import conflict_message
+from .endpoints import Endpoint
 from .errors import JobConflictError, JobNotFoundError, NotADatabaseError, StoreError
 from .expand import PromptRecord, expand, hash_text
 from .leases import lease_owner, owner_is_dead
@@ -555,14 +556,16 @@ class Store:
 
     # --- batches (the Batch API mode) ------------------------------------------------------------
 
-    def open_batch(self, job: JobRow, model: str, endpoint: str, token: str, ids: list[int], owner: str) -> BatchRow:
-        """Record a new batch and move the rows `ids` (claimed by `owner`) into it, in one transaction,
-        before anything is uploaded: from here on no resume claims them; only the batch settles them."""
+    def open_batch(self, job: JobRow, model: str, endpoint: Endpoint, token: str, ids: list[int],
+                   owner: str) -> BatchRow:
+        """Record a new batch (where it goes: the endpoint's URL and its key's variable, never the key) and
+        move the rows `ids` (claimed by `owner`) into it, in one transaction, before anything is uploaded:
+        from here on no resume claims them; only the batch settles them."""
         with self.transaction() as conn:
             batch_id = conn.execute(
-                "INSERT INTO batches (job_id, model, endpoint, token, state, requests, created_at)"
-                " VALUES (?, ?, ?, ?, 'preparing', 0, ?)",
-                (job.id, model, endpoint, token, time.time()),
+                "INSERT INTO batches (job_id, model, endpoint, token, state, requests, created_at, base_url,"
+                " api_key_env) VALUES (?, ?, ?, ?, 'preparing', 0, ?, ?, ?)",
+                (job.id, model, endpoint.identity, token, time.time(), endpoint.base_url, endpoint.key_env),
             ).lastrowid
             moved = 0
             for start in range(0, len(ids), 900):
@@ -592,7 +595,7 @@ class Store:
             rows = self.conn.execute(
                 "SELECT id, job_id, model, endpoint, token, state, status, input_file_id, batch_id, output_file_id,"
                 " error_file_id, requests, completed, failed, error, files_left, created_at, submitted_at,"
-                f" finished_at FROM batches WHERE {where} ORDER BY id",
+                f" finished_at, base_url, api_key_env FROM batches WHERE {where} ORDER BY id",
                 params,
             ).fetchall()
         return [BatchRow(**{**dict(zip(BatchRow.__slots__, r, strict=True)), "files_left": bool(r[15])})

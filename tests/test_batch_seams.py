@@ -79,3 +79,42 @@ def test_batches_that_expire_part_way_again_and_again_fail_no_prompt(fake: FakeS
     assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
     attempts = sqlite3.connect(db).execute("SELECT max(attempts) FROM prompts").fetchone()[0]
     assert attempts == 1  # the answer's own call; the expiries cost none
+
+
+def test_batches_are_collected_where_they_were_sent(
+    fake: FakeServer, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """Batches submitted with --base-url A: a plain resume collects them at A (the job remembers A); a
+    resume sent to another endpoint B still collects A's batches at A, and asks B for nothing."""
+    from batch_prompt import cli
+
+    other = FakeServer().start()
+    try:
+        for server in (fake, other):
+            server.configure(**{**FAST, "batch_validate_seconds": 0.3})
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-1234")
+        monkeypatch.setenv("OPENAI_BASE_URL", other.url)  # where a resume would go by default
+        db, cache = tmp_path / "jobs.db", tmp_path / "cache"
+        spec = chat_spec(30, n=1)
+        path = write_spec(tmp_path, spec)
+        common = ["--cache-dir", str(cache), "--quiet", "--poll", "0.05", "--yes"]
+        assert cli.main(["run", str(path), "--db", str(db), "--base-url", fake.url, "--mode", "batch", "--no-wait",
+                         "--batch-size", "10", *common[:-1]]) == 0
+        assert len(fake.batches) == 3
+        capsys.readouterr()
+        assert cli.main(["resume", str(db), *common[:-1]]) == 0  # plain: at A, where the job was sent
+        assert statuses(db) == Counter({"done": 30}) and other.batches == [] and other.record == []
+        assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
+        # the endpoint changed while batches were open at the first: they are still collected there
+        second = tmp_path / "second.db"
+        spec2 = chat_spec(20, prefix="second", name="second", n=1)
+        path2 = write_spec(tmp_path, spec2, "second.json")
+        assert cli.main(["run", str(path2), "--db", str(second), "--base-url", fake.url, "--mode", "batch",
+                         "--no-wait", *common[:-1]]) == 0
+        assert cli.main(["resume", str(second), "--base-url", other.url, *common[:-1]]) == 0
+        assert statuses(second) == Counter({"done": 20}) and other.batches == [] and other.record == []
+        assert sqlite3.connect(second).execute("SELECT DISTINCT base_url, api_key_env FROM batches").fetchall() == [
+            (fake.url, "OPENAI_API_KEY")]
+        assert "sk-test-key-1234" not in (tmp_path / "second.db").read_bytes().decode(errors="replace")
+    finally:
+        other.stop()

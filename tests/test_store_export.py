@@ -38,7 +38,7 @@ INTENDED_SCHEMA = {
     "spend": ["job_id", "model", "mode", "requests", "answers", "prompt_tokens", "completion_tokens"],
     "batches": ["id", "job_id", "model", "endpoint", "token", "state", "status", "input_file_id", "batch_id",
                 "output_file_id", "error_file_id", "requests", "completed", "failed", "error", "files_left",
-                "created_at", "submitted_at", "finished_at"],
+                "created_at", "submitted_at", "finished_at", "base_url", "api_key_env"],
     "batch_prompt_migrations": ["version", "name", "applied_at"],
 }
 
@@ -97,7 +97,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert {i.name: i.columns for i in database["batches"].indexes} == {  # type: ignore[union-attr]
         "batches_open": ["job_id"], "sqlite_autoindex_batches_1": ["token"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5]
     assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
