@@ -249,10 +249,7 @@ class BatchEngine:
         keep: list[Claimed] = []
         size, seen = 0, set()
         for i, row in enumerate(rows):
-            tag = self.ledger.cache_tag(lane.job, row.id)
-            text = lane.cache.get(row.hash, tag if lane.job.fresh else None)
-            if text is not None:
-                self.ledger.from_cache(row, text)
+            if self.ledger.from_cache(lane.job, row, lane.cache, "batch"):
                 continue
             grows = 0 if row.hash in seen else line_size(row, lane.job.api)
             if keep and size + grows > self.opts.batch_bytes:
@@ -284,8 +281,8 @@ class BatchEngine:
     def _reserve(self, lane: BatchLane, row: Claimed) -> bool:
         """Reserve a line's worst case at the batch price (held under key 0 until its batch has an id)."""
         assert lane.budget is not None
-        prompt, completion = tokens.estimate_parts(json.loads(row.request), tokens.UNBOUNDED_CHAT_TOKENS)
-        got = lane.budget.reserve(lane.model, "batch", prompt, completion)
+        prompt, completion = tokens.budget_parts(json.loads(row.request))
+        got = lane.budget.reserve(lane.model, "batch", prompt, completion, wait=False)
         if got is None:
             return False
         lane.reserved[0] = lane.reserved.get(0, 0.0) + got

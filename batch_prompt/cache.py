@@ -81,18 +81,26 @@ class ResponseCache:
     def get(self, request_hash: str, tag: str | None = None) -> str | None:
         """The cached response text, or None (missing or corrupt; a corrupt entry is deleted).
         With `tag`, only an entry written with that same tag counts (see `set`)."""
+        found = self.get_tagged(request_hash)
+        if found is None or (tag is not None and found[1] != tag):
+            return None
+        return found[0]
+
+    def get_tagged(self, request_hash: str) -> tuple[str, str | None] | None:
+        """The cached response text and the tag it was written with (whose row it was bought for), or None
+        (missing or corrupt; a corrupt entry is deleted)."""
         key = self._key(request_hash)
         try:
             value, stored_tag = self._cache.get(key, tag=True)
         except UNREADABLE:  # a damaged entry (its file unreadable, not UTF-8; damaged index pages)
             self._forget(key)
             return None
-        if value is None or (tag is not None and stored_tag != tag):
+        if value is None:
             return None
         if isinstance(value, str) and len(value) > 17 and value[16] == " ":
             text = value[17:]
             if value[:16] == _checksum(text):
-                return text
+                return text, stored_tag if isinstance(stored_tag, str) else None
         self._forget(key)
         return None
 

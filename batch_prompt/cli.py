@@ -253,7 +253,11 @@ def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[
     if summary.in_batches and not summary.interrupted:
         _say(f"{summary.in_batches} prompts are in open batches at the provider: collect them with "
              f"{resume_command(db, args)}")
-    if (summary.interrupted and summary.left) or summary.unfinished:
+    if summary.larger_budget is not None and not summary.interrupted:  # the same budget would stop at once
+        larger = argparse.Namespace(**{**vars(args), "max_cost": summary.larger_budget})
+        _say(f"{plural(summary.unfinished, 'prompt')} pending: resume with a larger budget: "
+             f"{resume_command(db, larger)}")
+    elif (summary.interrupted and summary.left) or summary.unfinished:
         said = "interrupted" if summary.interrupted else f"{plural(summary.unfinished, 'prompt')} pending"
         _say(f"{said}: resume with: {resume_command(db, args)}")
     elif summary.failed_total:

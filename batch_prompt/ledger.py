@@ -73,6 +73,7 @@ class Ledger:
         self.failed_rows: dict[int, str] = {}  # failed prompts -> error kind: each counts once, as it ended
         self.outcomes: list[Outcome] = []
         self.charges: list[Charge] = []
+        self.committed: dict[int, float] = {}  # job id -> cost of the charges committed, at list price
         self.followers: dict[tuple[str, str], list[Claimed]] = {}  # (endpoint, hash) -> rows riding along
         self.claimed: dict[int, Claimed] = {}  # rows this run holds and has not finished
         self.failure: BatchPromptError | None = None  # a place to keep answers failed: stop claiming
@@ -139,8 +140,25 @@ class Ledger:
         for follower in self.followers.pop((endpoint, row.hash), []):
             self._done(follower, text, shared=True)
 
-    def from_cache(self, row: Claimed, text: str) -> None:
+    def from_cache(self, job: JobRow, row: Claimed, cache: ResponseCache, mode: str) -> bool:
+        """Answer `row` from the cache when it holds its request's answer (for a job asking fresh samples,
+        only one bought for this very row); False when it does not. An answer bought for this very row
+        while the row is not done was paid for by a run that died before recording it: its charge (its
+        usage, at `mode`'s price) is counted now, committed with the row's answer."""
+        tag = self.cache_tag(job, row.id)
+        found = cache.get_tagged(row.hash)
+        if found is None or (job.fresh and found[1] != tag):
+            return False
+        text, stored = found
+        if stored == tag:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None
+            self.paid(job.id, row.model, mode, 1, data.get("usage") if isinstance(data, dict) else None,
+                      row_id=row.id)
         self._done(row, text, cached=True)
+        return True
 
     def shared(self, row: Claimed, text: str) -> None:
         """`row` asks what another row answered in this run (a batch's rows with one request)."""
@@ -251,4 +269,13 @@ class Ledger:
             self.charges[:0] = charges
             self._fail(exc)
             return False
+        for charge in charges:
+            prices = self.job_prices.get(charge.job_id, self.prices)
+            cost = prices.cost(charge.model, charge.mode, charge.prompt_tokens, charge.completion_tokens) \
+                if prices is not None else None
+            self.committed[charge.job_id] = self.committed.get(charge.job_id, 0.0) + (cost or 0.0)
         return True
+
+    def committed_cost(self, job_id: int) -> float:
+        """What this run has paid for the job and committed to the database (the rest is still queued)."""
+        return self.committed.get(job_id, 0.0)

@@ -131,6 +131,7 @@ class RunSummary:
     in_batches: int = 0  # held by open batches at the provider after the run (a resume collects them)
     batches_submitted: int = 0  # batches this run submitted
     budget_reached: list[str] = field(default_factory=list)  # one line per job that reached its budget
+    larger_budget: float | None = None  # then: a --max-cost that lets the next request of each go
     running_elsewhere: int = 0  # claimed by another process that is still working on them
     failed_total: int = 0  # failed in the file after the run
 

@@ -199,11 +199,8 @@ class LivePool:
             self.ledger.claim(rows)
             todo = []
             for row in rows:
-                tag = self.ledger.cache_tag(lane.job, row.id)
-                text = lane.cache.get(row.hash, tag if lane.fresh else None)
-                if text is not None:
-                    self.ledger.from_cache(row, text)
-                elif self.ledger.lead(row, lane.endpoint.identity):
+                if not self.ledger.from_cache(lane.job, row, lane.cache, "live") and self.ledger.lead(
+                        row, lane.endpoint.identity):
                     todo.append(row)
             for item in lane.items(todo):
                 if self._halted(lane):
@@ -244,10 +241,11 @@ class LivePool:
                         if self._halted(lane) or not remaining:
                             raise _Stopped
                         if lane.budget is not None:  # its worst case, reserved before it is sent
-                            body = lane.body(remaining)
-                            prompt, completion = tokens.estimate_parts(body, tokens.UNBOUNDED_CHAT_TOKENS)
-                            got = lane.budget.reserve(lane.model, "live", prompt, completion)
-                            if got is None:
+                            prompt, completion = tokens.budget_parts(lane.body(remaining))
+                            got = await lane.budget.reserve_when_settled(lane.model, "live", prompt, completion)
+                            if got is None or self._halted(lane):
+                                if got:
+                                    lane.budget.release(got)
                                 raise _Stopped
                             reserved = got
                         calls += 1

@@ -16,7 +16,7 @@ import functools
 import gc
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import tokens
@@ -39,10 +39,11 @@ from .progress import HealthNotes, Progress, auto_progress
 from .retry import RetryPolicy
 from .slots import Slots
 from .spec import rate_for
-from .store import JobRow, Store
+from .store import JobRow, Spend, Store
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TICK = 1.0  # seconds between progress redraws and health checks
+BUDGET_SYNC = 0.25  # seconds between two shares of a budget with the other processes running the job
 CACHE_NOTE_ROWS = 50_000  # at most this many pending rows are looked up in the cache at the start
 
 
@@ -172,6 +173,7 @@ class _Run:
         self.signals = 0
         self.engine: BatchEngine | None = None
         self.batching: asyncio.Task[None] | None = None
+        self.budgets: dict[int, Budget] = {}
 
     async def go(self, names: list[str] | None) -> RunSummary:
         jobs = await self._jobs(names)
@@ -201,6 +203,10 @@ class _Run:
                 if found.limit:
                     budgets[job.id] = Budget.check(job, found.limit, found.prices, await self.store.spend(job),
                                                    functools.partial(self.ledger.job_cost, job.id))
+            self.budgets = budgets
+            for budget in budgets.values():
+                budget.store = functools.partial(self._hold_budget, budget)
+                budget.committed_now = functools.partial(self.ledger.committed_cost, budget.job.id)
             for lane in lanes:
                 lane.budget = budgets.get(lane.job.id)
             for batch_lane in batch_lanes:
@@ -228,6 +234,7 @@ class _Run:
             await self._work(pool, engine, view)
             summary = self._summary(view, pool)
             summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
+            summary.larger_budget = max((b.larger() for b in budgets.values() if b.reached), default=None)
             summary.batches_submitted = engine.submitted if engine is not None else 0
         finally:
             await self._close()
@@ -348,7 +355,7 @@ class _Run:
                 loop.add_signal_handler(sig, self._on_signal, pool)
         background = [asyncio.create_task(coro, name=name) for name, coro in (
             ("clock", self.clock.watch()), ("leases", self.leases.keep()), ("ledger", self.ledger.run()),
-            ("ticker", self._tick(pool, view)),
+            ("ticker", self._tick(pool, view)), ("budgets", self._share_budgets()),
         )]
         try:
             async with asyncio.TaskGroup() as group:
@@ -365,6 +372,9 @@ class _Run:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.ledger.flush()
+            for budget in self.budgets.values():  # this process holds nothing any more
+                with contextlib.suppress(BatchPromptError):
+                    await self._hold_budget(budget, lambda spend, others: 0.0)
             if self.ledger.failure is None or not isinstance(self.ledger.failure, StoreError):
                 with contextlib.suppress(BatchPromptError):
                     await self.store.release(self.ledger.unfinished(), self.owner)
@@ -399,6 +409,22 @@ class _Run:
         if self.engine is not None:
             self.engine.stop()
         asyncio.get_running_loop().call_later(grace, self._abandon, pool)
+
+    async def _hold_budget(self, budget: Budget, amount: Callable[[list[Spend], float], float | None]
+                           ) -> tuple[float | None, list[Spend], float]:
+        return await self.store.run(functools.partial(
+            Store.hold_budget, job=budget.job, owner=self.owner, lease_seconds=self.opts.lease_seconds,
+            amount=amount))
+
+    async def _share_budgets(self) -> None:
+        """One budget per job across processes: every `BUDGET_SYNC` seconds, keep this process's holds (the
+        worst cases of its requests in flight) in the database and read the spend every process recorded
+        and what the others hold."""
+        while self.budgets:
+            for budget in self.budgets.values():
+                with contextlib.suppress(BatchPromptError):  # a locked or failing database: the ledger says so
+                    await budget.share()
+            await asyncio.sleep(BUDGET_SYNC)
 
     async def _tick(self, pool: LivePool, view: _View) -> None:
         """Redraw progress, say when the run's health changes, notice a database deleted under the run."""

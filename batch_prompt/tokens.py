@@ -7,6 +7,7 @@ from the heuristic of 1 token per 4 characters (rounded up) plus 4 per chat mess
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -60,6 +61,34 @@ def estimate_parts(body: dict[str, Any], unbounded: int = DEFAULT_MAX_TOKENS) ->
         prompt = sum(count_text(str(t)) for t in texts)
         prompts = len(texts)
     return prompt, max_tokens * n * prompts
+
+
+REPLY_PRIMING = 3  # tokens a chat request's reply is primed with, besides its messages
+BOS_TOKENS = 1  # a begin-of-text token a completions prompt may be given
+
+
+def budget_parts(body: dict[str, Any]) -> tuple[int, int]:
+    """(most prompt tokens, most completion tokens) of one request, for a budget: an upper bound that no
+    tokenizer beats, whatever the text (code, digits, CJK, one-letter words): a byte-level tokenizer makes
+    at most one token of each UTF-8 byte, and a chat message adds `TOKENS_PER_MESSAGE` of its own. The
+    completion part is `estimate_parts`' with `UNBOUNDED_CHAT_TOKENS` per choice of a chat request with no
+    limit."""
+    _, completion = estimate_parts(body, UNBOUNDED_CHAT_TOKENS)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        prompt = REPLY_PRIMING + sum(
+            _bytes(m.get("content", "") if isinstance(m, dict) else m) + TOKENS_PER_MESSAGE for m in messages)
+    else:
+        raw = body.get("prompt", "")
+        prompt = sum(_bytes(text) + BOS_TOKENS for text in (raw if isinstance(raw, list) else [raw]))
+    return prompt, completion
+
+
+def _bytes(content: Any) -> int:
+    """UTF-8 bytes of a message's content (a string, or a list of parts: their text, and any other part as JSON)."""
+    if isinstance(content, str):
+        return len(content.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(content, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _positive_int(value: Any, default: int) -> int:

@@ -69,7 +69,8 @@ def test_the_spec_can_set_the_budget_and_the_command_line_says_it(fake: FakeServ
     out = run_cli("run", str(spec), "--db", str(db), "--cache-dir", str(tmp_path / "c"), "--quiet", "--yes",
                   env=cli_env(fake, tmp_path), cwd=tmp_path)
     assert out.returncode == 1, out.stderr
-    assert "job 'chat' reached its budget of $0.05" in out.stderr and "resume with a larger --max-cost" in out.stderr
+    assert "job 'chat' reached its budget of $0.05" in out.stderr and "resume with a larger budget: " in out.stderr
+    assert "python -m batch_prompt.resume" in out.stderr and "--max-cost 0.1" in out.stderr
     assert server_cost(fake) <= 0.05 and statuses(db)["pending"] > 0
 
 
@@ -105,3 +106,82 @@ def test_a_chat_request_without_a_token_limit_reserves_a_long_answer(fake: FakeS
     assert summary.budget_reached and summary.exit_code == 1
     assert fake.record == [] and statuses(db) == Counter({"pending": 10})
     assert run(db, fake, tmp_path, max_cost=50.0).exit_code == 0 and len(fake.answered()) == 10
+
+
+def byte_server_cost(fake: FakeServer) -> float:
+    """What the fake answered at PRICE, its usage counted per UTF-8 byte (`usage_bytes`: 4 more a message)."""
+    tokens = 0
+    for entry in fake.record:
+        if entry["status"] != 200:
+            continue
+        for prompt in entry["prompts"]:
+            tokens += len(prompt.encode()) + 4
+            tokens += sum(min(len(f"echo {j}: {prompt}".split()), 8) for j in range(entry["n"]))
+    return tokens * PRICE / 1e6
+
+
+def test_the_budget_holds_whatever_the_tokenizer_counts(fake: FakeServer, tmp_path: Path) -> None:
+    """Prompts of CJK text and digits, which a tokenizer counts far above 1 token per 4 characters (here
+    the worst a byte-level one can: a token per UTF-8 byte): the server's own usage never passes the budget."""
+    fake.configure(latency=0.05, usage_bytes=True)
+    db = tmp_path / "jobs.db"
+    spec = {**chat_spec(60, n=1), "templates": ["数字 {w} 一二三四五六七八九十 3.14159265358979 2718281828"]}
+    bp.create(db, **spec)
+    summary = run(db, fake, tmp_path, max_cost=0.5, concurrency=20)
+    spent = byte_server_cost(fake)
+    assert 0.25 < spent <= 0.5, spent  # at the server's count, not ours
+    assert summary.exit_code == 1 and summary.budget_reached and statuses(db)["pending"] > 0
+    assert bp.status(db, prices=price_file(tmp_path))[0].cost == pytest.approx(spent)
+    # the same budget again: nothing more is sent; a larger one goes on
+    before = len(fake.record)
+    summary = run(db, fake, tmp_path, max_cost=0.5, concurrency=20)
+    assert summary.budget_reached and len(fake.record) == before and summary.larger_budget is not None
+    larger = summary.larger_budget
+    run(db, fake, tmp_path, max_cost=larger, concurrency=20)
+    assert len(fake.record) > before and byte_server_cost(fake) <= larger
+
+
+def test_answers_paid_for_by_a_killed_run_count_when_taken_from_the_cache(fake: FakeServer, tmp_path: Path) -> None:
+    """A run killed after caching answers and before recording them: its resume takes them from the cache
+    (free now) and counts what they cost then, in the job's spend and against its budget; answers the cache
+    holds for other rows (another job's, counted there) stay free."""
+    from batch_prompt.cache import ResponseCache
+    from batch_prompt.store import Store
+
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(20, n=1))
+    bp.create(db, **chat_spec(20, name="other", n=1))  # the same requests, as another job
+    usage = {"prompt_tokens": 100, "completion_tokens": 100, "total_tokens": 200}
+    with Store(db) as store, ResponseCache(tmp_path / "cache", fake.url.lower()) as cache:
+        job = store.job("chat")
+        assert job is not None
+        rows = store.claim(job, "gpt-4o-mini", "test:1:x", 5, 60)  # what the killed run held
+        for row in rows:
+            body = {"id": f"x{row.id}", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                                     "finish_reason": "stop"}], "usage": usage}
+            cache.set(row.hash, json.dumps(body), tag=f"{job.name}@{job.created_at}#{row.id}")
+        store.release([row.id for row in rows], "test:1:x")
+    summary = run(db, fake, tmp_path)
+    assert summary.exit_code == 0 and len(fake.record) == 15  # 5 from the cache, the rest asked
+    report = {job.job: job for job in bp.status(db, prices=price_file(tmp_path))}
+    assert report["chat"].prompt_tokens == 5 * 100 + sum(
+        max(1, len(p) // 4) for e in fake.record for p in e["prompts"])
+    assert report["chat"].requests == 20 and report["other"].requests == 0  # other: the same answers, free
+    assert report["other"].done == 20 and len(fake.answered()) == 15
+
+
+def test_two_processes_resuming_one_job_share_its_budget(fake: FakeServer, tmp_path: Path, procs: Any) -> None:
+    """Two real processes resume the same job at once, each given the budget: together they spend at most it
+    (the database holds the spend and what each has in flight)."""
+    fake.configure(latency=0.1)
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(400, n=1))
+    prices = price_file(tmp_path)
+    args = [str(db), "--cache-dir", str(tmp_path / "cache"), "--concurrency", "8", "--quiet",
+            "--max-cost", "0.3", "--prices", str(prices)]
+    first, second = procs.resume(*args), procs.resume(*args)
+    assert (first.wait(60), second.wait(60)) == (1, 1), (first.stderr, second.stderr)
+    spent = server_cost(fake)
+    assert 0.2 < spent <= 0.3, spent
+    assert bp.status(db, prices=prices)[0].cost == pytest.approx(spent)
+    assert set(fake.answered().values()) == {1}

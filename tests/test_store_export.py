@@ -39,6 +39,7 @@ INTENDED_SCHEMA = {
     "batches": ["id", "job_id", "model", "endpoint", "token", "state", "status", "input_file_id", "batch_id",
                 "output_file_id", "error_file_id", "requests", "completed", "failed", "error", "files_left",
                 "created_at", "submitted_at", "finished_at", "base_url", "api_key_env"],
+    "budget_holds": ["job_id", "owner", "reserved", "expires"],
     "batch_prompt_migrations": ["version", "name", "applied_at"],
 }
 
@@ -97,7 +98,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert {i.name: i.columns for i in database["batches"].indexes} == {  # type: ignore[union-attr]
         "batches_open": ["job_id"], "sqlite_autoindex_batches_1": ["token"]}
     versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6]
     assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

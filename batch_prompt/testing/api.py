@@ -51,6 +51,9 @@ class FakeConfig:
     # usage as llama.cpp's server reports it for n > 1 or a list of prompts: one generation's tokens (the
     # first prompt's, the first choice's), whatever the number of choices
     usage_first_choice_only: bool = False
+    # prompt tokens counted as a byte-level tokenizer's worst case, one per UTF-8 byte (+4 per chat
+    # message), where the default counts 1 per 4 characters: code, digits and CJK text are counted so
+    usage_bytes: bool = False
     # the Batch API (batches.py, lifecycle.py); a batch runs under the settings in force at its creation
     batch_validate_seconds: float = 0.0
     batch_lines_per_second: float | None = None  # None: as fast as the CPU allows; 0: never (until cancel or expiry)
@@ -68,6 +71,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "quota_exhausted": (bool,),
     "headers_per_minute": (bool,),
     "usage_first_choice_only": (bool,),
+    "usage_bytes": (bool,),
     "batch_api": (bool,),
     "stall_bytes": (bool,),
     "rpm_limit": (int, type(None)),
@@ -139,10 +143,11 @@ def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi:
 class FakeRequest:
     """A parsed completion request (or as much as could be parsed)."""
 
-    __slots__ = ("chat", "error", "max_tokens", "model", "n", "prompts", "texts")
+    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "texts")
 
     def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
         """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
+        self.per_byte = False  # prompt tokens counted as a byte-level tokenizer's worst case (`usage_bytes`)
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
@@ -184,6 +189,10 @@ class FakeRequest:
         return any(marker in t for t in self.texts)
 
     def prompt_tokens(self, first_only: bool = False) -> int:
+        if self.per_byte:
+            if self.chat:
+                return sum(len(t.encode()) + 4 for t in self.texts)
+            return sum(len(p.encode()) for p in self.prompts[: 1 if first_only else None])
         if self.chat:
             return max(1, sum(len(t) for t in self.texts) // 4)
         return sum(max(1, len(p) // 4) for p in self.prompts[: 1 if first_only else None])

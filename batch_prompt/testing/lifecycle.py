@@ -240,6 +240,7 @@ class Lifecycle:
         for i in indexes:
             line = json.loads(data[scan.starts[i] : scan.ends[i]])
             req = FakeRequest(self.chat, None, line["body"])
+            req.per_byte = settings.usage_bytes
             draw = self.rng.random()  # one draw per line, whatever its fate: a seed replays a batch
             if req.error is not None:
                 status, body = 400, req.error

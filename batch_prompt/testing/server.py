@@ -269,6 +269,7 @@ class FakeServer:
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         req = FakeRequest(request.path.endswith("/chat/completions"), raw)
+        req.per_byte = self._config.usage_bytes
         key = self._config.api_key
         auth_ok = key is None or request.headers.get("Authorization") == f"Bearer {key}"
         adm = self._admit(req, request.path, auth_ok)
