@@ -504,17 +504,25 @@ class BatchEngine:
                 await self._api(lane, delete)
         await self.store.run(lambda s: s.update_batch(batch.id, files_left=False))
 
-    async def cancel(self, lane: BatchLane) -> int:
-        """Ask the provider to cancel every open batch of the lane; returns how many were asked."""
-        asked = 0
+    async def cancel(self, lane: BatchLane) -> tuple[int, int]:
+        """Ask the provider to cancel every open batch of the lane; returns how many were asked, and how many
+        were being cancelled already (asked before)."""
+        asked = already = 0
         for batch in await self._open_batches(lane):
             try:
                 await self._recover(lane, batch)
             except _Halted:  # the endpoint refused (or has no Batch API): the run says so
-                return asked
+                return asked, already
             if batch.id not in lane.open:
                 continue
             batch = lane.open[batch.id]
+            if batch.batch_id is not None:  # as it is now (someone may have asked already)
+                retrieve = functools.partial(self._sdk(lane).batches.retrieve, batch.batch_id)
+                with contextlib.suppress(BatchPromptError):
+                    seen = await self._api(lane, retrieve)
+                    await self._set(lane, batch, status=seen.status)
+                    batch = lane.open[batch.id]
+            already += batch.status == "cancelling"
             if batch.batch_id is not None and batch.status not in (*ENDED, "cancelling"):
                 cancel = functools.partial(self._sdk(lane).batches.cancel, batch.batch_id)
                 try:
@@ -523,4 +531,4 @@ class BatchEngine:
                     continue  # it ended meanwhile (409): collecting it is all there is to do
                 await self._set(lane, batch, status=seen.status)
                 asked += 1
-        return asked
+        return asked, already

@@ -267,8 +267,9 @@ def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
     result = jobs.cancel(args.db, job=args.job, **vars(_options(args)))
-    print(f"{result.asked} open batches asked to cancel; {result.summary.done} prompts answered by what they "
-          f"completed, {result.summary.unfinished} pending again", file=sys.stderr)
+    already = f" ({result.already} being cancelled already)" if result.already else ""
+    print(f"{result.asked} open batches asked to cancel{already}; {result.summary.done} prompts answered by what "
+          f"they completed, {result.summary.unfinished} pending again", file=sys.stderr)
     if result.summary.in_batches:
         print(f"{result.summary.in_batches} prompts are still in batches being cancelled: "
               f"{resume_command(args.db, args)} collects them", file=sys.stderr)

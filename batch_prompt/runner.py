@@ -83,6 +83,7 @@ def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
 class CancelResult:
     asked: int  # open batches asked to cancel
     summary: RunSummary  # what collecting them did
+    already: int = 0  # open batches that were being cancelled already
 
 
 async def cancel_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> CancelResult:
@@ -90,7 +91,7 @@ async def cancel_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -
     recorded, the rest goes back to pending. Sends nothing new."""
     run = _Run(AsyncStore(db_path), opts, cancel=True)
     summary = await _open_and(run, names)
-    return CancelResult(run.cancelled, summary)
+    return CancelResult(run.cancelled, summary, run.already_cancelling)
 
 
 async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
@@ -160,7 +161,7 @@ class _Run:
 
     def __init__(self, store: AsyncStore, opts: RunOptions, cancel: bool = False) -> None:
         self.store, self.opts = store, opts
-        self.cancelling, self.cancelled = cancel, 0
+        self.cancelling, self.cancelled, self.already_cancelling = cancel, 0, 0
         self.owner = lease_owner()
         self.clock = RunClock()
         self.ledger = Ledger(store, self.owner, flush_interval=opts.flush_interval, flush_batch=opts.flush_batch)
@@ -228,7 +229,8 @@ class _Run:
                 await self.store.reclaim(job)
             if engine is not None and self.cancelling:
                 for batch_lane in batch_lanes:
-                    self.cancelled += await engine.cancel(batch_lane)
+                    asked, already = await engine.cancel(batch_lane)
+                    self.cancelled, self.already_cancelling = self.cancelled + asked, self.already_cancelling + already
             self.progress.start(view)
             await self._say_what_the_cache_answers([*lanes, *(b for b in batch_lanes if b.submit)])
             await self._work(pool, engine, view)

@@ -118,3 +118,25 @@ def test_batches_are_collected_where_they_were_sent(
         assert "sk-test-key-1234" not in (tmp_path / "second.db").read_bytes().decode(errors="replace")
     finally:
         other.stop()
+
+
+def test_cancel_says_one_thing(fake: FakeServer, tmp_path: Path, monkeypatch: Any,
+                               capsys: Any) -> None:
+    """A batch someone already asked to cancel: `cancel` does not ask again, says so, and collects it."""
+    import openai
+
+    from batch_prompt import cli
+
+    fake.configure(**{**FAST, "batch_lines_per_second": 0.0, "batch_cancel_seconds": 0.5})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-1234")
+    db = tmp_path / "jobs.db"
+    bp.create(db, **chat_spec(12, n=1))
+    common = ["--base-url", fake.url, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--poll", "0.05"]
+    assert cli.main(["resume", str(db), "--mode", "batch", "--no-wait", *common]) == 0
+    openai.OpenAI(base_url=fake.url, api_key="sk-test").batches.cancel(fake.batches[0]["id"])
+    capsys.readouterr()
+    assert cli.main(["cancel", str(db), *common]) == 0
+    err = capsys.readouterr().err
+    assert "0 open batches asked to cancel (1 being cancelled already); 0 prompts answered by what they completed, " \
+           "12 pending again" in err, err
+    assert "still in batches" not in err and statuses(db) == Counter({"pending": 12})
