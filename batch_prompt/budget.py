@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 from .pricing import Prices
+from .render import money
 from .store import JobRow, Spend
 
 
@@ -55,10 +56,12 @@ class Budget:
         """Recorded by every process when last read, and paid by this one since, at list price."""
         return self.spent_before + self._spent_now() - self._own_at_read + self.unmeasured
 
-    def refresh(self, spend: Iterable[Spend], others: float) -> None:
-        """What the database says now (every process's recorded spend, the other processes' holds)."""
+    def refresh(self, spend: Iterable[Spend], others: float, own: float | None = None) -> None:
+        """What the database says now: every process's recorded spend, the other processes' holds, and
+        (`own`) what of this run's spend was committed when it was read (read before the database: a
+        commit meanwhile is then counted twice, never not at all)."""
         self.spent_before = self.priced(spend)
-        self._own_at_read = self.committed_now()
+        self._own_at_read = self.committed_now() if own is None else own
         self.others = others
 
     def priced(self, spend: Iterable[Spend]) -> float:
@@ -109,7 +112,7 @@ class Budget:
         is) and read what they spent and hold. False when the growth does not fit."""
         if self.store is None:
             return True
-        own = self.committed_now()  # read before the database: a commit meanwhile is counted twice, never not
+        own = self.committed_now()  # (see `refresh`)
 
         def amount(spend: list[Spend], others: float) -> float | None:
             need = self.need()
@@ -119,11 +122,10 @@ class Budget:
             return None if room < 0 else need + min(3 * grow, room)
 
         held, spend, others = await self.store(amount)
-        self.spent_before, self._own_at_read, self.others = self.priced(spend), own, others
+        self.refresh(spend, others, own)
         if held is not None:
             self.held = held
         return held is not None
-
 
     def release(self, cost: float) -> None:
         """The request reserved for has its answer (its real cost is in the ledger now), or was not sent."""
@@ -131,9 +133,9 @@ class Budget:
         self._settled.set()
 
     def message(self) -> str:
-        return (f"job {self.job.name!r} reached its budget of ${self.limit:g}: {usd(self.spent)} spent at list price"
-                + (f", {usd(self.reserved)} held by requests in flight" if self.reserved else "")
-                + f"; the next request could cost up to {usd(self.next_cost)}: its unsent prompts are pending "
+        return (f"job {self.job.name!r} reached its budget of ${self.limit:g}: {money(self.spent)} spent at list "
+                "price" + (f", {money(self.reserved)} held by requests in flight" if self.reserved else "")
+                + f"; the next request could cost up to {money(self.next_cost)}: its unsent prompts are pending "
                 f"(a resume with more than ${self.spent + self.next_cost:.4g} goes on)")
 
     def larger(self) -> float:
@@ -145,6 +147,3 @@ class Budget:
 HoldBudget = Callable[[Callable[[list[Spend], float], float | None]],
                       Awaitable[tuple[float | None, list[Spend], float]]]
 
-
-def usd(cost: float) -> str:
-    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"

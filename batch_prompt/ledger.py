@@ -205,13 +205,13 @@ class Ledger:
         row (`row_id`): it is committed only with that row's answer, so collecting twice pays once."""
         usage = usage if isinstance(usage, dict) else {}
         prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
-        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion, row_id))
+        prices = self.job_prices.get(job_id, self.prices)
+        cost = prices.cost(model, mode, prompt, completion) if prices is not None else None
+        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion, row_id, cost or 0.0))
         tally = self.tally(job_id, model)
         tally.paid += 1
         tally.prompt_tokens += prompt
         tally.completion_tokens += completion
-        prices = self.job_prices.get(job_id, self.prices)
-        cost = prices.cost(model, mode, prompt, completion) if prices is not None else None
         if cost is not None:
             tally.cost_usd += cost
             tally.priced += 1
@@ -270,10 +270,7 @@ class Ledger:
             self._fail(exc)
             return False
         for charge in charges:
-            prices = self.job_prices.get(charge.job_id, self.prices)
-            cost = prices.cost(charge.model, charge.mode, charge.prompt_tokens, charge.completion_tokens) \
-                if prices is not None else None
-            self.committed[charge.job_id] = self.committed.get(charge.job_id, 0.0) + (cost or 0.0)
+            self.committed[charge.job_id] = self.committed.get(charge.job_id, 0.0) + charge.cost
         return True
 
     def committed_cost(self, job_id: int) -> float:

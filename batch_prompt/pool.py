@@ -177,8 +177,7 @@ class LivePool:
     def _end_if_idle(self) -> None:
         # Stopping (or every lane halted: refused, out of budget) and nothing in flight: whatever still waits
         # (a backoff, a limiter's pause, a slot) has nothing paid for to lose, so the pool ends now.
-        halted = self.stopping or all(self._halted(lane) for lane in self.lanes)
-        if halted and self.in_flight == 0:
+        if self.in_flight == 0 and (self.stopping or all(self._halted(lane) for lane in self.lanes)):
             self.abandon()
 
     # --- feeding ----------------------------------------------------------------------------------

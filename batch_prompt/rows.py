@@ -63,6 +63,7 @@ class Charge:
     prompt_tokens: int
     completion_tokens: int
     row_id: int | None = None  # a batch line's charge: counted only if that row is answered by this commit
+    cost: float = 0.0  # USD at list price (0: unpriced); not stored, the spend table keeps the tokens
 
 
 @dataclass(frozen=True, slots=True)

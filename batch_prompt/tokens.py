@@ -45,22 +45,12 @@ def estimate_parts(body: dict[str, Any], unbounded: int = DEFAULT_MAX_TOKENS) ->
     passes `UNBOUNDED_CHAT_TOKENS`). Never raises on odd values: an `n` or token limit that is not a
     positive integer counts as its default.
     """
-    n = _positive_int(body.get("n"), 1)
-    messages = body.get("messages")
-    default = unbounded if isinstance(messages, list) else DEFAULT_MAX_TOKENS
-    max_tokens = _positive_int(body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), default))
-    if isinstance(messages, list):
-        prompt = sum(
-            count_text(str(m.get("content", "") if isinstance(m, dict) else m)) + TOKENS_PER_MESSAGE
-            for m in messages
-        )
-        prompts = 1
+    texts, chat = _texts(body)
+    if chat:
+        prompt = sum(count_text(str(text)) + TOKENS_PER_MESSAGE for text in texts)
     else:
-        raw = body.get("prompt", "")
-        texts = raw if isinstance(raw, list) else [raw]
-        prompt = sum(count_text(str(t)) for t in texts)
-        prompts = len(texts)
-    return prompt, max_tokens * n * prompts
+        prompt = sum(count_text(str(text)) for text in texts)
+    return prompt, _most_completion(body, chat, 1 if chat else len(texts), unbounded)
 
 
 REPLY_PRIMING = 3  # tokens a chat request's reply is primed with, besides its messages
@@ -73,15 +63,30 @@ def budget_parts(body: dict[str, Any]) -> tuple[int, int]:
     at most one token of each UTF-8 byte, and a chat message adds `TOKENS_PER_MESSAGE` of its own. The
     completion part is `estimate_parts`' with `UNBOUNDED_CHAT_TOKENS` per choice of a chat request with no
     limit."""
-    _, completion = estimate_parts(body, UNBOUNDED_CHAT_TOKENS)
+    texts, chat = _texts(body)
+    if chat:
+        prompt = REPLY_PRIMING + sum(_bytes(text) + TOKENS_PER_MESSAGE for text in texts)
+    else:
+        prompt = sum(_bytes(text) + BOS_TOKENS for text in texts)
+    return prompt, _most_completion(body, chat, 1 if chat else len(texts), UNBOUNDED_CHAT_TOKENS)
+
+
+def _texts(body: dict[str, Any]) -> tuple[list[Any], bool]:
+    """What a request body asks about: its messages' contents (chat: True), or its prompts (completions)."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        prompt = REPLY_PRIMING + sum(
-            _bytes(m.get("content", "") if isinstance(m, dict) else m) + TOKENS_PER_MESSAGE for m in messages)
-    else:
-        raw = body.get("prompt", "")
-        prompt = sum(_bytes(text) + BOS_TOKENS for text in (raw if isinstance(raw, list) else [raw]))
-    return prompt, completion
+        return [m.get("content", "") if isinstance(m, dict) else m for m in messages], True
+    raw = body.get("prompt", "")
+    return (raw if isinstance(raw, list) else [raw]), False
+
+
+def _most_completion(body: dict[str, Any], chat: bool, prompts: int, unbounded: int) -> int:
+    """`max_completion_tokens` (or `max_tokens`) x `n` x prompts; a chat request with no limit counts
+    `unbounded` a choice, a completions request the legacy default."""
+    n = _positive_int(body.get("n"), 1)
+    default = unbounded if chat else DEFAULT_MAX_TOKENS
+    max_tokens = _positive_int(body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), default))
+    return max_tokens * n * prompts
 
 
 def _bytes(content: Any) -> int:
