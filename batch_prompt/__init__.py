@@ -26,11 +26,11 @@ from .errors import (
 )
 from .job import Job, aresume, cancel, create, resume, retry_failed
 from .options import RunOptions, RunSummary
-from .preview import Estimate, ModelEstimate, estimate
-from .pricing import Prices
-from .report import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
-from .results import ExportSummary, export, iter_results, load_results, to_dataframe
-from .spec import Spec, load_spec
+from .reports.estimate import Estimate, ModelEstimate, estimate
+from .reports.prices import Prices
+from .reports.status import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
+from .results.export import ExportSummary, export, iter_results, load_results, to_dataframe
+from .spec.spec import Spec, load_spec
 
 
 def __getattr__(name: str) -> typing.Any:

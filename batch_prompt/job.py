@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
 from .options import RunOptions, RunSummary
-from .spec import Spec, load_spec
-from .store import JobRow, Store
+from .spec.spec import Spec, load_spec
+from .store.database import JobRow, Store
 
 if TYPE_CHECKING:
-    from .runner import CancelResult
+    from .run.runner import CancelResult
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class Job:
 
     async def arun(self, **options: Any) -> RunSummary:
         """`run` for code already inside an event loop."""
-        from .runner import run_jobs
+        from .run.runner import run_jobs
 
         opts = RunOptions(**options)
         if opts.base_url is None:
@@ -135,7 +135,7 @@ def resume(db_path: str | Path, **options: Any) -> RunSummary:
 
 
 async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
-    from .runner import run_jobs
+    from .run.runner import run_jobs
 
     return await run_jobs(str(db_path), None, RunOptions(**options))
 
@@ -143,7 +143,7 @@ async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
 def cancel(db_path: str | Path, job: str | None = None, **options: Any) -> CancelResult:
     """Cancel the open batches (batch mode) of every job in `db_path`, or of `job`: what they completed is
     recorded, the rest is pending again. Options: see `RunOptions` (where the endpoint is, how to poll)."""
-    from .runner import cancel_jobs
+    from .run.runner import cancel_jobs
 
     return run_blocking(cancel_jobs(str(db_path), [job] if job else None, RunOptions(**options)))
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # for annotations only: importing this module must not load the SDK
-    from .limiter import Limiter
-    from .progress import Progress
-    from .retry import RetryPolicy
+    from .run.limiter import Limiter
+    from .run.progress import Progress
+    from .run.retry import RetryPolicy
 
 MAX_CONCURRENCY = 10_000
 FILES_BESIDES_CONNECTIONS = 64  # databases, their WAL and shared-memory files, the cache, stdio, the event loop

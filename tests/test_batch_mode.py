@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from .helpers_procs import Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec

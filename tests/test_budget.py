@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env, run_cli
@@ -145,8 +145,8 @@ def test_answers_paid_for_by_a_killed_run_count_when_taken_from_the_cache(fake: 
     """A run killed after caching answers and before recording them: its resume takes them from the cache
     (free now) and counts what they cost then, in the job's spend and against its budget; answers the cache
     holds for other rows (another job's, counted there) stay free."""
-    from batch_prompt.cache import ResponseCache
-    from batch_prompt.store import Store
+    from batch_prompt.store.cache import ResponseCache
+    from batch_prompt.store.database import Store
 
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(20, n=1))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.store import Outcome, Store
+from batch_prompt.store.database import Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from .helpers_procs import (

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.endpoints import (
+from batch_prompt.errors import ConfigError, SpecError
+from batch_prompt.spec.endpoints import (
     DEFAULT_BASE_URL,
     Endpoint,
     endpoint_for,
@@ -16,8 +17,7 @@ from batch_prompt.endpoints import (
     normalize_base_url,
     resolve_endpoint,
 )
-from batch_prompt.errors import ConfigError, SpecError
-from batch_prompt.spec import Spec
+from batch_prompt.spec.spec import Spec
 from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env, run_cli

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.retry import RetryPolicy
-from batch_prompt.store import Outcome, Store
+from batch_prompt.run.retry import RetryPolicy
+from batch_prompt.store.database import Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, run_cli
@@ -189,7 +189,7 @@ class NoPyarrow:
         if name == "pyarrow" or name.startswith("pyarrow."):
             raise ImportError(f"No module named {name!r} (blocked)")
 sys.meta_path.insert(0, NoPyarrow())
-from batch_prompt.cli import main
+from batch_prompt.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
     out = subprocess.run([sys.executable, "-c", code, "export", str(done_db), "-o", str(tmp_path / "r.parquet")],

@@ -11,9 +11,9 @@ import httpx2
 import openai
 import pytest
 
-from batch_prompt.client import make_client, resolve_endpoint, split_choices, status_error
 from batch_prompt.errors import RetryExhausted
-from batch_prompt.failures import (
+from batch_prompt.run.client import make_client, resolve_endpoint, split_choices, status_error
+from batch_prompt.run.failures import (
     Failure,
     MalformedResponse,
     RequestTimeout,
@@ -23,7 +23,7 @@ from batch_prompt.failures import (
     describe,
     retry_after_from,
 )
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.run.retry import RetryPolicy
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
 R, RL, F, X, L = Verdict.RETRY, Verdict.RATE_LIMITED, Verdict.FAIL, Verdict.FATAL, Verdict.LOCAL

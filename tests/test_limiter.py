@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from batch_prompt.errors import RetryExhausted
-from batch_prompt.limiter import Bucket, Limiter, parse_duration, server_level
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.run.limiter import Bucket, Limiter, parse_duration, server_level
+from batch_prompt.run.retry import RetryPolicy
 
 
 class FakeClock:
@@ -203,7 +203,7 @@ def test_remaining_counts_what_is_still_in_flight() -> None:
 
 
 def test_token_estimator_calibrates_to_the_servers_count() -> None:
-    from batch_prompt.tokens import TokenEstimator
+    from batch_prompt.spec.tokens import TokenEstimator
 
     estimator = TokenEstimator()
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 10}

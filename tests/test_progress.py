@@ -15,8 +15,8 @@ from typing import TextIO
 
 import pytest
 
-from batch_prompt.ledger import Tally
-from batch_prompt.progress import BarProgress, LogProgress, Progress, auto_progress, duration
+from batch_prompt.run.ledger import Tally
+from batch_prompt.run.progress import BarProgress, LogProgress, Progress, auto_progress, duration
 from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env

@@ -14,8 +14,8 @@ import genai_prices
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.pricing import Prices
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.reports.prices import Prices
+from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 from batch_prompt.testing.api import FakeRequest
 
@@ -56,7 +56,7 @@ def library_cost(model: str, prompt_tokens: int, completion_tokens: int, batch: 
 def test_list_prices_are_genai_prices_and_need_no_network(tmp_path: Path) -> None:
     code = NO_NETWORK + """
 import json
-from batch_prompt.pricing import Prices
+from batch_prompt.reports.prices import Prices
 p = Prices()
 print(json.dumps([p.cost(m, mode, 1000, 2000) for m in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o")
                   for mode in ("live", "batch")] + [p.known("my-llama"), p.cost("my-llama", "live", 1, 1)]))
@@ -281,7 +281,7 @@ def test_retry_failed_by_error_type_and_job(grid_db: Path, tmp_path: Path) -> No
 def test_reading_needs_no_key_and_no_network(grid_db: Path, tmp_path: Path) -> None:
     """status, show, export and estimate in a process that can open no socket and has no key."""
     code = NO_NETWORK + """
-from batch_prompt.cli import main
+from batch_prompt.cli.main import main
 db, out, spec = sys.argv[1:4]
 codes = [main(["status", db]), main(["show", db, "--json"]), main(["estimate", spec])]
 codes += [main(["export", db, "-o", f"{out}.{suffix}"]) for suffix in ("pkl", "jsonl", "csv", "parquet", "db")]

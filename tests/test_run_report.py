@@ -9,10 +9,10 @@ import pytest
 
 import batch_prompt as bp
 from batch_prompt import cli
-from batch_prompt.arguments import build_parser
-from batch_prompt.ledger import Tally
+from batch_prompt.cli.arguments import build_parser
 from batch_prompt.options import RunSummary
-from batch_prompt.progress import HealthNotes, Progress
+from batch_prompt.run.ledger import Tally
+from batch_prompt.run.progress import HealthNotes, Progress
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, cli_env, run_cli
@@ -247,7 +247,7 @@ def test_retry_failed_then_resume(fake: FakeServer, tmp_path: Path) -> None:
 
 
 def bp_limiter_without_breaker() -> Any:
-    from batch_prompt.limiter import Limiter
+    from batch_prompt.run.limiter import Limiter
 
     return Limiter(breaker_threshold=10**9)
 
@@ -392,7 +392,7 @@ def test_unwritable_cache_stops_the_run_with_rows_pending(fake: FakeServer, tmp_
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(10, n=1))
     cache_dir = tmp_path / "cache"
-    from batch_prompt.cache import ResponseCache
+    from batch_prompt.store.cache import ResponseCache
 
     ResponseCache(cache_dir, "x").close()
     immutable(cache_dir / "cache.db")
@@ -404,7 +404,7 @@ def test_unwritable_cache_stops_the_run_with_rows_pending(fake: FakeServer, tmp_
 
 
 def test_cache_write_failure_is_a_typed_error(tmp_path: Path) -> None:
-    from batch_prompt.cache import ResponseCache
+    from batch_prompt.store.cache import ResponseCache
 
     with ResponseCache(tmp_path / "cache", "http://x") as cache:
         cache.set("a" * 64, '{"ok": 1}')
@@ -417,7 +417,7 @@ def test_cache_write_failure_is_a_typed_error(tmp_path: Path) -> None:
 
 
 def test_an_outage_longer_than_the_attempt_budget_fails_no_prompt(fake: FakeServer, tmp_path: Path) -> None:
-    from batch_prompt.limiter import Limiter
+    from batch_prompt.run.limiter import Limiter
 
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(20, n=1))
@@ -505,8 +505,8 @@ async def local_server(routes: dict[str, Any]) -> AsyncIterator[str]:
 def test_whole_request_deadline_beats_a_trickling_body(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from batch_prompt.client import make_client, resolve_endpoint
-    from batch_prompt.failures import RequestTimeout
+    from batch_prompt.run.client import make_client, resolve_endpoint
+    from batch_prompt.run.failures import RequestTimeout
 
     async def trickle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -535,7 +535,7 @@ def test_requests_carry_the_sdks_headers_and_the_body_as_stored(tmp_path: Path) 
     """The hot path builds requests once per client from the SDK's own headers: check what arrives."""
     from aiohttp import web
 
-    from batch_prompt.client import make_client, resolve_endpoint
+    from batch_prompt.run.client import make_client, resolve_endpoint
 
     seen: list[tuple[str, Any, Any]] = []
 
@@ -630,7 +630,7 @@ def test_a_low_soft_file_limit_is_raised_to_fit_the_concurrency(fake: FakeServer
 LIBRARY_CALLER = """
 import gc, resource, sys
 import batch_prompt as bp
-from batch_prompt.progress import Progress
+from batch_prompt.run.progress import Progress
 
 class Seen(Progress):
     def start(self, view):
@@ -671,8 +671,8 @@ def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tm
     """A log (no terminal) gets the outage once, not a countdown line a second, and a line when it is over."""
     import io
 
-    from batch_prompt.limiter import Limiter
-    from batch_prompt.progress import LogProgress
+    from batch_prompt.run.limiter import Limiter
+    from batch_prompt.run.progress import LogProgress
 
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(120, n=1))

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batch_prompt.errors import MissingFieldError, SpecError
-from batch_prompt.expand import Occurrences, expand, request_body, request_hash
-from batch_prompt.spec import Spec, canonical_json, load_spec, rate_for
+from batch_prompt.spec.expand import Occurrences, expand, request_body, request_hash
+from batch_prompt.spec.spec import Spec, canonical_json, load_spec, rate_for
 
 
 def spec(**fields: object) -> Spec:
@@ -74,7 +74,7 @@ def test_inline_identity_matches_request_hash() -> None:
 def test_hash_is_stable_across_processes() -> None:
     body = request_body("chat", "gpt-4o-mini", [{"role": "user", "content": "héllo"}], {"n": 2})
     code = (
-        "from batch_prompt.expand import request_body, request_hash;"
+        "from batch_prompt.spec.expand import request_body, request_hash;"
         "print(request_hash('chat', request_body('chat', 'gpt-4o-mini',"
         " [{'role': 'user', 'content': 'h\\u00e9llo'}], {'n': 2})))"
     )
@@ -271,7 +271,7 @@ def test_hashes_unique_without_dedupe_and_first_occurrences_unchanged(fields: di
 @given(fields=st.lists(small_specs, min_size=10, max_size=10))
 def test_hashes_are_stable_across_processes(fields: list[dict[str, Any]]) -> None:
     code = (
-        "import json, sys; from batch_prompt.spec import Spec; from batch_prompt.expand import expand;"
+        "import json, sys; from batch_prompt.spec.spec import Spec; from batch_prompt.spec.expand import expand;"
         "print(json.dumps([[r.hash for r in expand(Spec.from_dict(f))] for f in json.load(sys.stdin)]))"
     )
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(fields), capture_output=True, text=True,

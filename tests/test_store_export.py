@@ -16,8 +16,8 @@ import pytest
 import sqlite_utils
 
 import batch_prompt as bp
-from batch_prompt import schema
-from batch_prompt.store import Charge, Outcome, Store
+from batch_prompt.store import schema
+from batch_prompt.store.database import Charge, Outcome, Store
 
 from .conftest import run_cli
 
@@ -416,7 +416,7 @@ def test_estimate_writes_nothing_and_counts(tmp_path: Path) -> None:
 def test_lease_owner_liveness() -> None:
     import signal as sig
 
-    from batch_prompt.leases import _scope, _start_time, lease_owner, owner_is_dead
+    from batch_prompt.store.leases import _scope, _start_time, lease_owner, owner_is_dead
 
     assert not owner_is_dead(lease_owner())  # ourselves
     assert not owner_is_dead("another-host/b00t/4026531836:1:1:x")  # elsewhere: only its lease can expire
@@ -492,8 +492,8 @@ def test_release_and_failure_only_under_our_lease(tmp_path: Path) -> None:
 
 
 def test_redaction_and_tolerant_usage() -> None:
-    from batch_prompt.failures import redact
-    from batch_prompt.ledger import count as _count
+    from batch_prompt.run.failures import redact
+    from batch_prompt.run.ledger import count as _count
 
     key = "0123456789abcdef0123456789abcdef"  # an Azure-style key: no sk- prefix to recognize
     assert key not in redact(f"Access denied: invalid subscription key {key}.", key)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.retry import RetryPolicy
+from batch_prompt.reports.usage import FIRST_CHOICE_ONLY, doubt, undercounts
+from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
-from batch_prompt.usage import FIRST_CHOICE_ONLY, doubt, undercounts
 
 from .conftest import API_KEY, cli_env, run_cli
 

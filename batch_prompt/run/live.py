@@ -1,0 +1,375 @@
+"""The live worker pool: every job's models, each at its endpoint, worked side by side in one concurrency.
+
+Each (job, model) is a `Lane`. Its feeder claims rows in chunks (one `UPDATE ... RETURNING` each, through
+the store's thread), answers what the cache holds at once, lets rows asking what another row of this run
+already asks follow it, packs the rest into requests (legacy completions) and queues them. Its workers
+take requests; each attempt waits for the lane's limiter (one per endpoint and model: its own limits,
+learned from its own headers, a careful start), then for a fair share of the run's `concurrency`
+(`Slots`), makes sure this process still holds the rows' leases, sends, and hands every answer to the
+ledger. Nothing per request waits for the database.
+
+Stopping (`stop()`: Ctrl-C, a store or cache failing): no lane claims or starts anything more; requests
+in flight finish and their answers are kept; once none is in flight the pool ends. A refused key, an
+exhausted quota or an endpoint that never answers stops the lanes of that endpoint only (`Endpoint
+State.fatal`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) cancels what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from ..errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
+from ..spec import tokens
+from ..store.asyncstore import AsyncStore
+from ..store.cache import ResponseCache
+from ..store.database import Claimed, JobRow
+from ..store.leases import LeaseKeeper
+from .budget import Budget
+from .client import ApiClient, Endpoint, split_choices
+from .failures import MalformedResponse, Verdict, classify, redact
+from .ledger import Ledger
+from .limiter import Limiter
+from .retry import RetryPolicy
+from .slots import Slots
+
+# Connection failures with no answer yet after which the endpoint is called wrong (a wrong URL or port):
+# this many, or at least UNREACHABLE_LEAST of them over UNREACHABLE_SECONDS (reported within 10 s).
+UNREACHABLE_AFTER = 12
+UNREACHABLE_LEAST = 3
+UNREACHABLE_SECONDS = 3.0
+BLOCKED_WAIT = 1.0  # seconds between claims while the only rows left wait for an answer in flight elsewhere
+PACK_COMPLETION_TOKENS = 4096  # a packed request asks at most this many completion tokens (max_tokens x n each)
+Item = list[Claimed]  # the prompts of one request (one for chat; several packed for legacy completions)
+
+
+@dataclass
+class EndpointState:
+    """What the run knows of one endpoint (base URL and key): shared by the lanes sent there."""
+
+    endpoint: Endpoint
+    reached: bool = False  # some request got an answer: the endpoint exists
+    unreached: int = 0  # connection failures before any answer
+    first_unreached: float | None = None  # when the first of them was (time.monotonic())
+    fatal: BatchPromptError | None = None  # it refused the run: its lanes stop
+
+    def could_not_connect(self, error: str) -> None:
+        """A connection failure (`error`, for a person). Before any answer, enough of them make the endpoint
+        wrong: `fatal` says so, naming it. The one rule for live and batch calls."""
+        if self.reached:
+            return
+        now = time.monotonic()
+        self.unreached += 1
+        self.first_unreached = now if self.first_unreached is None else self.first_unreached
+        long = self.unreached >= UNREACHABLE_LEAST and now - self.first_unreached >= UNREACHABLE_SECONDS
+        if (long or self.unreached >= UNREACHABLE_AFTER) and self.fatal is None:
+            self.fatal = ConfigError(f"cannot reach {self.endpoint.base_url} (nothing answered yet): {error}",
+                                     endpoint=self.endpoint.base_url)
+
+
+@dataclass(eq=False)
+class Lane:
+    """One job's prompts for one model, at its endpoint."""
+
+    job: JobRow
+    model: str
+    state: EndpointState
+    client: ApiClient
+    cache: ResponseCache
+    limiter: Limiter
+    fresh: bool  # fresh samples: the cache is not read (but for an answer bought for this very row)
+    workers: int
+    budget: Budget | None = None  # the job's, shared by its lanes
+    queue: asyncio.Queue[Item | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.workers)
+        self.pack = 1
+        if self.job.api == "completions":  # at most prompts_per_request, and short enough to wait for
+            per_prompt = _completion_tokens(self.job.spec.get("model_args") or {})
+            self.pack = max(1, min(self.job.prompts_per_request, PACK_COMPLETION_TOKENS // per_prompt))
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.state.endpoint
+
+    def items(self, rows: list[Claimed]) -> Iterator[Item]:
+        for start in range(0, len(rows), self.pack):
+            yield rows[start : start + self.pack]
+
+    def body(self, rows: Item) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(rows[0].request)
+        if len(rows) > 1:
+            body["prompt"] = [json.loads(row.request)["prompt"] for row in rows]
+        return body
+
+
+def _completion_tokens(model_args: dict[str, Any]) -> int:
+    """Most completion tokens one prompt may ask: max_tokens x n (the legacy default of 16 when unset)."""
+    n = model_args.get("n") if isinstance(model_args.get("n"), int) else 1
+    limit = model_args.get("max_tokens")
+    limit = limit if isinstance(limit, int) and limit > 0 else tokens.DEFAULT_MAX_TOKENS
+    return max(1, int(n or 1) * limit)
+
+
+class _Stopped(Exception):
+    """Raised instead of a new attempt once its lane, or the run, is stopping."""
+
+
+class LivePool:
+    """Runs the lanes: see the module docstring. Dependencies come in; nothing is built here."""
+
+    def __init__(
+        self, lanes: list[Lane], *, store: AsyncStore, ledger: Ledger, leases: LeaseKeeper, slots: Slots,
+        policy: RetryPolicy, estimator: tokens.TokenEstimator, owner: str, lease_seconds: float,
+    ) -> None:
+        self.lanes, self.store, self.ledger, self.leases, self.slots = lanes, store, ledger, leases, slots
+        self.policy, self.estimator, self.owner, self.lease_seconds = policy, estimator, owner, lease_seconds
+        self.stopping = False
+        self.in_flight = 0  # requests sent and not yet answered, all lanes
+        self._deadline: asyncio.Timeout | None = None
+        self._ended = False  # run() has returned: its deadline can no longer be moved
+        self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
+
+    def _halted(self, lane: Lane) -> bool:
+        return (self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
+                or (lane.budget is not None and lane.budget.reached))
+
+    async def run(self) -> None:
+        """Work every lane until its rows are done, or the pool is stopped."""
+        try:
+            async with asyncio.timeout(None) as self._deadline:
+                async with asyncio.TaskGroup() as group:
+                    for lane in self.lanes:
+                        group.create_task(self._feed(lane), name=f"feed-{lane.job.name}-{lane.model}")
+                        for i in range(lane.workers):
+                            group.create_task(self._work(lane), name=f"work-{lane.job.name}-{lane.model}-{i}")
+        except TimeoutError:
+            pass  # abandoned, or stopped with nothing left in flight
+        finally:
+            self._ended = True
+
+    def stop(self) -> None:
+        """Claim and start nothing more; let what is in flight finish (`abandon` ends it sooner)."""
+        self.stopping = True
+        for lane in self.lanes:
+            while not lane.queue.empty():
+                lane.queue.get_nowait()
+            for _ in range(lane.workers):
+                if not lane.queue.full():
+                    lane.queue.put_nowait(None)
+        self._end_if_idle()
+
+    def abandon(self) -> None:
+        """Cancel everything now, in-flight requests included (their answers, if they come, are lost). Once
+        the pool has ended (a batch-mode run's, with no live lane, ends at once) there is nothing to cancel."""
+        self.stopping = True
+        if self._deadline is not None and not self._deadline.expired() and not self._ended:
+            self.abandoned = self.in_flight
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    def _end_if_idle(self) -> None:
+        # Stopping (or every lane halted: refused, out of budget) and nothing in flight: whatever still waits
+        # (a backoff, a limiter's pause, a slot) has nothing paid for to lose, so the pool ends now.
+        if self.in_flight == 0 and (self.stopping or all(self._halted(lane) for lane in self.lanes)):
+            self.abandon()
+
+    # --- feeding ----------------------------------------------------------------------------------
+
+    async def _feed(self, lane: Lane) -> None:
+        chunk = max(64, 2 * self.slots.total // max(1, len(self.lanes))) * lane.pack
+        while not self._halted(lane):
+            wall = time.time()
+            rows = await self.store.claim(lane.job, lane.model, self.owner, chunk, self.lease_seconds)
+            if not rows:
+                if await self.store.reclaim(lane.job):
+                    continue
+                if not await self.store.pending(lane.job, lane.model):
+                    break
+                await asyncio.sleep(BLOCKED_WAIT)  # the rows left wait for an answer in flight elsewhere
+                continue
+            self.leases.claimed([row.id for row in rows], wall)
+            self.ledger.claim(rows)
+            todo = []
+            for row in rows:
+                if not self.ledger.from_cache(lane.job, row, lane.cache, "live") and self.ledger.lead(
+                        row, lane.endpoint.identity):
+                    todo.append(row)
+            for item in lane.items(todo):
+                if self._halted(lane):
+                    break
+                await lane.queue.put(item)
+        for _ in range(lane.workers):
+            await lane.queue.put(None)
+
+    # --- working ----------------------------------------------------------------------------------
+
+    async def _work(self, lane: Lane) -> None:
+        while True:
+            item = await lane.queue.get()
+            if item is None:
+                return
+            if not self._halted(lane):
+                await self._request(lane, item)
+
+    async def _request(self, lane: Lane, rows: Item) -> None:
+        """Send one request until it is answered, refused, or out of attempts; record what became of it."""
+        n = int(json.loads(rows[0].request).get("n") or 1)
+        remaining = list(rows)
+        calls = 0
+        probe_failed = False  # the last attempt was the breaker's probe, and failed: the outage's fault
+        tally = self.ledger.tally(lane.job.id, lane.model)
+
+        async def attempt() -> None:
+            nonlocal remaining, calls, probe_failed
+            if self._halted(lane):
+                raise _Stopped
+            cost, ours = self.estimator.cost(lane.body(remaining))
+            probe = probe_failed = await lane.limiter.acquire(cost)
+            reserved = 0.0
+            try:
+                try:
+                    async with self.slots.hold(lane):
+                        remaining = await self._still_ours(lane, remaining)
+                        if self._halted(lane) or not remaining:
+                            raise _Stopped
+                        if lane.budget is not None:  # its worst case, reserved before it is sent
+                            prompt, completion = tokens.budget_parts(lane.body(remaining))
+                            got = await lane.budget.reserve_when_settled(lane.model, "live", prompt, completion)
+                            if got is None or self._halted(lane):
+                                if got:
+                                    lane.budget.release(got)
+                                raise _Stopped
+                            reserved = got
+                        calls += 1
+                        tally.retries += int(calls > 1)
+                        data, headers = await self._send(lane, remaining, tally)
+                        if lane.budget is not None and not (isinstance(data, dict) and isinstance(
+                                data.get("usage"), dict)):  # no usage to measure it by: its worst case counts
+                            lane.budget.unmeasured += reserved
+                finally:
+                    lane.limiter.release(cost)
+                    if lane.budget is not None:  # nothing awaits before the ledger has its real cost
+                        lane.budget.release(reserved)
+                    self._end_if_idle()
+            except _Stopped:
+                if probe:
+                    lane.limiter.abandon_probe()
+                raise
+            except Exception as exc:
+                self._observe_failure(lane, exc, probe)
+                raise
+            except BaseException:  # cancelled: let another request be the probe
+                if probe:
+                    lane.limiter.abandon_probe()
+                raise
+            lane.limiter.observe(headers, answer=True)
+            lane.state.reached = True
+            probe_failed = False
+            lane.limiter.succeeded()  # it answered: no outage, whatever the answer is worth
+            usage = data.get("usage") if isinstance(data, dict) else None
+            self.estimator.observe(ours, usage)
+            # billed even when its choices cannot be mapped (then it is an attempt, asked again)
+            self.ledger.paid(lane.job.id, lane.model, "live", len(remaining), usage)
+            parts = split_choices(data, n, len(remaining))
+            incomplete = []
+            for i, (row, choices) in enumerate(zip(remaining, parts, strict=True)):
+                if choices is None:
+                    incomplete.append(row)
+                    continue
+                response = _response_for(data, choices, len(remaining), i)
+                text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+                tag = self.ledger.cache_tag(lane.job, row.id)
+                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, calls)
+            if incomplete:  # ask again only for the prompts whose choices did not all come
+                missing, remaining = len(incomplete), incomplete
+                raise MalformedResponse(f"{missing} of {len(parts)} prompts lack some of their {n} choices")
+
+        try:  # a failed probe of an outage costs no attempt; an answer, however bad, always does
+            await self.policy.call(attempt, lane.limiter.sleep, free=lambda exc: probe_failed and classify(exc).outage)
+        except _Stopped:
+            return  # the rows stay claimed and are handed back when the run ends
+        except Exception as exc:
+            if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
+                raise  # not about this request: the run stops
+            await self._give_up(lane, remaining, exc, calls)
+
+    async def _give_up(self, lane: Lane, rows: Item, exc: Exception, calls: int) -> None:
+        failure = classify(exc)
+        error = redact(failure.message, lane.endpoint.api_key)
+        if failure.verdict is Verdict.FATAL:
+            if lane.state.fatal is None:
+                lane.state.fatal = FatalAPIError(
+                    f"the API refused the run at {lane.endpoint.base_url}: {error}", status_code=failure.status,
+                    endpoint=lane.endpoint.base_url,
+                )
+            return  # its rows stay unfinished, not failed
+        if failure.verdict is Verdict.LOCAL:  # not an answer from the server: our side is broken
+            raise BatchPromptError(f"the run stopped on an unexpected error: {error}") from None
+        if failure.verdict is Verdict.FAIL and len(rows) > 1:  # find the bad prompt(s), spare the rest
+            half = len(rows) // 2
+            await self._request(lane, rows[:half])
+            await self._request(lane, rows[half:])
+            return
+        for row in rows:
+            self.ledger.failed(row, lane.endpoint.identity, error, failure.kind, calls)
+
+    async def _send(self, lane: Lane, rows: Item, tally: Any) -> tuple[dict[str, Any], Any]:
+        tally.requests += 1
+        tally.in_flight += len(rows)
+        self.in_flight += 1
+        try:
+            return await lane.client.send(lane.job.api, lane.body(rows))
+        finally:
+            tally.in_flight -= len(rows)
+            self.in_flight -= 1
+
+    async def _still_ours(self, lane: Lane, rows: Item) -> Item:
+        """The rows whose leases this process still holds (after a long stop, another may have taken some)."""
+        await self.leases.ensure()
+        if not self.leases.lost:
+            return rows
+        kept = []
+        for row in rows:
+            if row.id in self.leases.lost:  # another process answers it: never pay for it twice
+                self.ledger.lose(row)
+                self.ledger.abandon(row, lane.endpoint.identity)  # its followers are handed back at the end
+            else:
+                kept.append(row)
+        return kept
+
+    def _observe_failure(self, lane: Lane, exc: Exception, probe: bool) -> None:
+        failure = classify(exc)
+        state = lane.state
+        if isinstance(exc, openai.APIConnectionError):
+            state.could_not_connect(redact(failure.message, lane.endpoint.api_key))
+            self._end_if_idle()  # the last lane's endpoint is wrong: nothing to wait for
+        if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
+            lane.limiter.observe(exc.response.headers)
+            lane.limiter.rate_limited(failure.retry_after)
+        elif failure.outage:
+            lane.limiter.failed(probe)
+        elif not isinstance(exc, _Stopped):  # the server answered: not an outage
+            lane.limiter.succeeded()
+
+
+def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int) -> dict[str, Any]:
+    """One prompt's own response: the completion with only its choices, indexed 0..n-1.
+
+    For a packed request the usage is split evenly among its prompts (the API reports only the total).
+    """
+    response = {key: value for key, value in data.items() if key != "choices"}
+    response["choices"] = [{**choice, "index": j} for j, choice in enumerate(choices)] if packed > 1 else choices
+    if packed > 1 and isinstance(data.get("usage"), dict):
+        usage = {}
+        for key, total in data["usage"].items():
+            if isinstance(total, int):
+                usage[key] = total // packed + (1 if position < total % packed else 0)
+        response["usage"] = usage
+    return response

@@ -1,0 +1,513 @@
+"""The runner: sends every unfinished prompt of a job database, all jobs and models side by side.
+
+`run_jobs` checks the options, resolves every (job, model)'s endpoint and key before any work, builds
+what a run shares (the store's own thread, the ledger, the leases, the clock; one client and one cache
+per endpoint; one limiter per endpoint and model), installs the signal handlers when asked (the CLI: the
+first SIGINT/SIGTERM/SIGHUP stops gracefully, a second abandons what is in flight), runs the live pool,
+and returns a `RunSummary` derived from the ledger. Whatever stopped the run early (a store or cache
+that failed, an endpoint that refused it) is raised once everything in flight has been kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..errors import BatchPromptError, ConfigError, StoreError
+from ..options import FILES_BESIDES_CONNECTIONS, RunOptions, RunSummary
+from ..reports.prices import Prices
+from ..spec import tokens
+from ..spec.endpoints import batch_endpoint
+from ..spec.spec import rate_for
+from ..store.asyncstore import AsyncStore
+from ..store.cache import ResponseCache
+from ..store.database import JobRow, Spend, Store
+from ..store.leases import LeaseKeeper, lease_owner
+from .batch import BatchEngine, BatchLane
+from .budget import Budget
+from .client import ApiClient, Endpoint, make_client
+from .clock import RunClock
+from .ledger import Ledger, Tally
+from .limiter import Limiter
+from .live import EndpointState, Lane, LivePool
+from .preflight import check_run
+from .progress import HealthNotes, Progress, auto_progress
+from .retry import RetryPolicy
+from .slots import Slots
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TICK = 1.0  # seconds between progress redraws and health checks
+BUDGET_SYNC = 0.25  # seconds between two shares of a budget with the other processes running the job
+CACHE_NOTE_ROWS = 50_000  # at most this many pending rows are looked up in the cache at the start
+
+
+def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
+    """Make sure `concurrency` connections can be open at once; `ConfigError` when they cannot (the
+    connections past the limit would fail one after another and be retried for nothing). With
+    `raise_limit` (the command line), this process's soft limit on open files (`ulimit -n`) is raised
+    up to its hard limit if needed; without it (a library caller), a soft limit too low is refused."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to check
+        return
+    needed = concurrency + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if not raise_limit:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {soft} "
+            f"(ulimit -n): lower the concurrency to {max(1, soft - FILES_BESIDES_CONNECTIONS)} or less, or raise "
+            "the limit (resource.setrlimit)"
+        )
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {hard} "
+            f"(ulimit -n): lower --concurrency to {max(1, hard - FILES_BESIDES_CONNECTIONS)} or less"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"concurrency {concurrency} needs about {needed} open files, and the limit is {soft}: {exc}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    asked: int  # open batches asked to cancel
+    summary: RunSummary  # what collecting them did
+    already: int = 0  # open batches that were being cancelled already
+
+
+async def cancel_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> CancelResult:
+    """Cancel the open batches of the named jobs (all when None), then collect them: what they completed is
+    recorded, the rest goes back to pending. Sends nothing new."""
+    run = _Run(AsyncStore(db_path), opts, cancel=True)
+    summary = await _open_and(run, names)
+    return CancelResult(run.cancelled, summary, run.already_cancelling)
+
+
+async def run_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> RunSummary:
+    """Run the named jobs of `db_path` (all jobs when `names` is None) until done, failed or stopped."""
+    return await _open_and(_Run(AsyncStore(db_path), opts), names)
+
+
+async def _open_and(run: _Run, names: list[str] | None) -> RunSummary:
+    opts, store = run.opts, run.store
+    opts.validate()
+    ensure_open_files(opts.concurrency, opts.raise_open_files)
+    gc_tuning = _collector_out_of_the_way() if opts.tune_gc else contextlib.nullcontext()
+    with gc_tuning:
+        await store.open()
+        try:
+            return await run.go(names)
+        finally:
+            await store.close()
+
+
+@dataclass
+class _View:
+    """What the progress reporter reads (see `progress.RunView`)."""
+
+    label: str
+    total: int
+    already: int
+    ledger: Ledger
+    lanes: list[Lane]
+    prices: Prices
+    store: AsyncStore
+    todo: dict[str, int]  # per model: prompts unfinished at the start
+    engine: BatchEngine | None = None
+
+    def tally(self) -> Tally:
+        return self.ledger.total()
+
+    def per_model(self) -> dict[str, Tally]:
+        result: dict[str, Tally] = {}
+        for (_, model), tally in self.ledger.tallies.items():
+            result.setdefault(model, Tally()).add(tally)
+        return result
+
+    def cost(self) -> float | None:
+        total = self.ledger.total()
+        return total.cost_usd if total.priced else None
+
+    def health(self) -> list[str]:
+        seen: dict[str, str] = {}
+        for lane in self.lanes:
+            say = lane.limiter.health()
+            if lane.state.fatal is not None:
+                say = f"stopped: {lane.state.fatal}"
+            if say:
+                seen.setdefault(f"{lane.endpoint.base_url} {lane.model}", say)
+        if self.engine is not None:
+            seen.update({f"batch {i}": text for i, text in enumerate(self.engine.health())})
+        if self.store.locked_for > 2:
+            seen["database"] = f"the job database is locked by another process: waiting ({self.store.locked_for:.0f} s)"
+        if len({key.split(" ")[0] for key in seen}) <= 1 and len(self.lanes) <= 1:
+            return list(dict.fromkeys(seen.values()))
+        return [f"{key}: {text}" for key, text in seen.items()]
+
+
+class _Run:
+    """One call of `run_jobs`."""
+
+    def __init__(self, store: AsyncStore, opts: RunOptions, cancel: bool = False) -> None:
+        self.store, self.opts = store, opts
+        self.cancelling, self.cancelled, self.already_cancelling = cancel, 0, 0
+        self.owner = lease_owner()
+        self.clock = RunClock()
+        self.ledger = Ledger(store, self.owner, flush_interval=opts.flush_interval, flush_batch=opts.flush_batch)
+        self.leases = LeaseKeeper(lambda: store.renew(self.owner, opts.lease_seconds), opts.lease_seconds)
+        self.clients: dict[tuple[str, str], ApiClient] = {}
+        self.caches: dict[str, ResponseCache] = {}
+        self.limiters: dict[tuple[str, str], Limiter] = {}
+        self.states: dict[tuple[str, str], EndpointState] = {}
+        self.progress: Progress = opts.progress or auto_progress(opts.quiet)
+        self.signals = 0
+        self.engine: BatchEngine | None = None
+        self.batching: asyncio.Task[None] | None = None
+        self.budgets: dict[int, Budget] = {}
+
+    async def go(self, names: list[str] | None) -> RunSummary:
+        jobs = await self._jobs(names)
+        prices, checked = check_run([job.spec for job in jobs], self.opts)  # before anything is written
+        endpoints = {(job.id, model): endpoint for job, found in zip(jobs, checked, strict=True)
+                     for model, endpoint in found.endpoints.items()}
+        elsewhere = await self._batches_elsewhere(jobs, endpoints)  # their keys checked before anything too
+        jobs = [await self._remember_choices(job) for job in jobs]
+        try:
+            models = [(job, model) for job in jobs for model in job.spec["models"]]
+            live = not self.cancelling
+            lanes = [self._lane(job, model, endpoints[job.id, model]) for job, model in models
+                     if job.mode == "live" and live]
+            open_batches = {job.id: await self.store.batches(job, open_only=True) for job in jobs}
+            batch_lanes = [self._batch_lane(job, model, endpoints[job.id, model], submit=job.mode == "batch" and live)
+                           for job, model in models
+                           if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
+            by_id = {job.id: job for job in jobs}
+            batch_lanes += [self._batch_lane(by_id[job_id], model, endpoint, submit=False)
+                            for (job_id, model), found in elsewhere.items() for endpoint in found]
+            counts = [await self.store.counts(job) for job in jobs]
+            self.ledger.prices = prices
+            budgets = {}
+            for job, found in zip(jobs, checked, strict=True):
+                if found.own_prices:
+                    self.ledger.job_prices[job.id] = found.prices
+                if found.limit:
+                    budgets[job.id] = Budget.check(job, found.limit, found.prices, await self.store.spend(job),
+                                                   functools.partial(self.ledger.job_cost, job.id))
+            self.budgets = budgets
+            for budget in budgets.values():
+                budget.store = functools.partial(self._hold_budget, budget)
+                budget.committed_now = functools.partial(self.ledger.committed_cost, budget.job.id)
+            for lane in lanes:
+                lane.budget = budgets.get(lane.job.id)
+            for batch_lane in batch_lanes:
+                batch_lane.budget = budgets.get(batch_lane.job.id)
+            policy = self.opts.retry or RetryPolicy(max_attempts=self.opts.max_attempts)
+            engine = BatchEngine(
+                batch_lanes, store=self.store, ledger=self.ledger, leases=self.leases, owner=self.owner,
+                opts=self.opts, policy=policy, note=self.progress.note,
+            ) if batch_lanes else None
+            view = _View(jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs", sum(c["total"] for c in counts),
+                         sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store,
+                         await self._todo(jobs), engine)
+            pool = LivePool(
+                lanes, store=self.store, ledger=self.ledger, leases=self.leases, slots=Slots(self.opts.concurrency),
+                policy=policy, estimator=tokens.TokenEstimator(), owner=self.owner,
+                lease_seconds=self.opts.lease_seconds,
+            )
+            for job in jobs:
+                await self.store.reclaim(job)
+            if engine is not None and self.cancelling:
+                for batch_lane in batch_lanes:
+                    asked, already = await engine.cancel(batch_lane)
+                    self.cancelled, self.already_cancelling = self.cancelled + asked, self.already_cancelling + already
+            self.progress.start(view)
+            await self._say_what_the_cache_answers([*lanes, *(b for b in batch_lanes if b.submit)])
+            await self._work(pool, engine, view)
+            summary = self._summary(view, pool)
+            summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
+            summary.larger_budget = max((b.larger() for b in budgets.values() if b.reached), default=None)
+            summary.batches_submitted = engine.submitted if engine is not None else 0
+        finally:
+            await self._close()
+        for job in jobs:
+            counts_after = await self.store.counts(job)
+            in_batches = await self.store.in_batches(job)
+            summary.unfinished += counts_after["pending"]
+            summary.in_batches += in_batches
+            summary.running_elsewhere += counts_after["running"] - in_batches  # another live resumer's
+            summary.failed_total += counts_after["failed"]
+        self._raise_what_stopped_it()
+        return summary
+
+    async def _say_what_the_cache_answers(self, lanes: list[Lane | BatchLane]) -> None:
+        """Before anything is sent: how many of the prompts about to be asked the cache already answers
+        (free, and the same answer as before), unless the run has more than `CACHE_NOTE_ROWS` to look at."""
+        hashes: list[tuple[list[str], ResponseCache]] = []
+        for lane in lanes:
+            if not lane.job.fresh:
+                found = await self.store.run(functools.partial(
+                    Store.pending_hashes, job=lane.job, model=lane.model, limit=CACHE_NOTE_ROWS + 1))
+                hashes.append((found, lane.cache))
+        if not hashes or sum(len(found) for found, _ in hashes) > CACHE_NOTE_ROWS:
+            return
+        answered = await asyncio.to_thread(lambda: sum(cache.contains(h) for found, cache in hashes for h in found))
+        if answered:
+            total = sum(len(found) for found, _ in hashes)
+            self.progress.note(f"{answered:,} of {total:,} prompts to ask are already answered in the cache: free; "
+                               "--no-cache for fresh samples")
+
+    async def _todo(self, jobs: list[JobRow]) -> dict[str, int]:
+        """Per model, the prompts of these jobs not finished yet (pending or running): O(rows not done)."""
+        todo: dict[str, int] = {}
+        for job in jobs:
+            found = await self.store.run(functools.partial(Store.unfinished_by_model, job=job))
+            for (model, status), count in found.items():
+                if status in ("pending", "running"):
+                    todo[model] = todo.get(model, 0) + count
+        return todo
+
+    async def _batches_elsewhere(self, jobs: list[JobRow], endpoints: dict[tuple[int, str], Endpoint]
+                                 ) -> dict[tuple[int, str], list[Endpoint]]:
+        """Per (job, model), the endpoints other than this run's where it has open batches (sent with another
+        --base-url, or before its endpoint changed): they are collected there, with the key of the variable
+        they were sent with. `ConfigError` naming the endpoint when that variable is not set."""
+        found: dict[tuple[int, str], dict[str, Endpoint]] = {}
+        for job in jobs:
+            for batch in await self.store.batches(job, open_only=True):
+                here = endpoints.get((job.id, batch.model))
+                if here is None or batch.endpoint == here.identity:
+                    continue
+                url = batch.base_url or batch.endpoint
+                try:
+                    endpoint = batch_endpoint(url, batch.api_key_env, self.opts.api_key)
+                except ConfigError as exc:
+                    variable = batch.api_key_env or "OPENAI_API_KEY"
+                    raise ConfigError(f"{exc}: {variable}=... python -m batch_prompt.resume {self.store.path}",
+                                      endpoint=url) from None
+                found.setdefault((job.id, batch.model), {})[endpoint.identity] = endpoint
+        return {key: list(each.values()) for key, each in found.items()}
+
+    async def _jobs(self, names: list[str] | None) -> list[JobRow]:
+        jobs = [job for job in await self.store.jobs() if job.state == "ready"]
+        if names is not None:
+            missing = sorted(set(names) - {job.name for job in jobs})
+            if missing:
+                raise ConfigError(f"no job named {missing[0]!r} in {self.store.path}")
+            jobs = [job for job in jobs if job.name in names]
+        return jobs
+
+    async def _remember_choices(self, job: JobRow) -> JobRow:
+        """The run choices that decide what the results mean are kept with the job for every resume."""
+        if self.cancelling:
+            return job
+        mode = self.opts.mode or job.mode
+        fresh = job.fresh if self.opts.cache is None else not self.opts.cache
+        # the endpoint a --base-url names, for the models the spec does not send elsewhere
+        base_url = self.opts.base_url if self.opts.base_url not in (None, job.spec.get("base_url")) else None
+        if (mode, fresh, base_url) == (job.mode, job.fresh, None):
+            return job
+        await self.store.set_mode(job, mode, fresh, base_url)
+        spec = job.spec if base_url is None else {**job.spec, "base_url": base_url}
+        return JobRow(**{**vars(job), "mode": mode, "fresh": fresh, "spec": spec,
+                         "base_url": base_url or job.base_url})
+
+    def _lane(self, job: JobRow, model: str, endpoint: Endpoint) -> Lane:
+        key = (endpoint.identity, endpoint.api_key)
+        if key not in self.states:
+            self.states[key] = EndpointState(endpoint)
+            self.clients[key] = make_client(endpoint, self.opts.timeout, self.opts.concurrency, self.clock)
+        if endpoint.identity not in self.caches:
+            self.caches[endpoint.identity] = ResponseCache(self.opts.cache_dir, endpoint.identity)
+        return Lane(job, model, self.states[key], self.clients[key], self.caches[endpoint.identity],
+                    self._limiter(job, model, endpoint), job.fresh, self.opts.concurrency)
+
+    def _batch_lane(self, job: JobRow, model: str, endpoint: Endpoint, submit: bool) -> BatchLane:
+        key = (endpoint.identity, endpoint.api_key)
+        lane = self._lane(job, model, endpoint)  # the same client, cache and endpoint state as live
+        return BatchLane(job, model, self.states[key], lane.client, lane.cache, submit)
+
+    def _limiter(self, job: JobRow, model: str, endpoint: Endpoint) -> Limiter:
+        """One per endpoint and model (providers limit per model), at the told limits: options first,
+        then the job's spec (`rpm`, `tpm`: a number, or a mapping by model)."""
+        if self.opts.limiter is not None:
+            return self.opts.limiter
+        rpm = rate_for(self.opts.rpm, model) or rate_for(job.spec.get("rpm"), model)
+        tpm = rate_for(self.opts.tpm, model) or rate_for(job.spec.get("tpm"), model)
+        key = (endpoint.identity, model)
+        if key not in self.limiters:
+            self.limiters[key] = Limiter(rpm, tpm)
+        return self.limiters[key]
+
+    async def _work(self, pool: LivePool, engine: BatchEngine | None, view: _View) -> None:
+        loop = asyncio.get_running_loop()
+        self.engine = engine
+        if self.opts.handle_signals:
+            for sig in SIGNALS:
+                loop.add_signal_handler(sig, self._on_signal, pool)
+        background = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("clock", self.clock.watch()), ("leases", self.leases.keep()), ("ledger", self.ledger.run()),
+            ("ticker", self._tick(pool, view)), ("budgets", self._share_budgets()),
+        )]
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(pool.run(), name="live")
+                if engine is not None:
+                    self.batching = group.create_task(engine.run(), name="batch")
+        finally:
+            if self.opts.handle_signals:
+                for sig in SIGNALS:
+                    loop.remove_signal_handler(sig)
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.ledger.flush()
+            for budget in self.budgets.values():  # this process holds nothing any more
+                with contextlib.suppress(BatchPromptError):
+                    await self._hold_budget(budget, lambda spend, others: 0.0)
+            if self.ledger.failure is None or not isinstance(self.ledger.failure, StoreError):
+                with contextlib.suppress(BatchPromptError):
+                    await self.store.release(self.ledger.unfinished(), self.owner)
+            self.progress.render(final=True)
+
+    def _on_signal(self, pool: LivePool) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.stop(pool)
+        else:
+            if pool.in_flight:
+                self.progress.note(f"abandoned {pool.in_flight} requests in flight: their answers, if they come, "
+                                   "are lost")
+            self._abandon(pool)
+
+    def _abandon(self, pool: LivePool) -> None:
+        pool.abandon()
+        if self.batching is not None:
+            self.batching.cancel()  # what it was doing is recorded step by step: a resume goes on from there
+
+    def stop(self, pool: LivePool) -> None:
+        """Stop gracefully: nothing new is sent; what is in flight gets the grace to arrive."""
+        if pool.stopping:
+            return
+        grace = self.opts.grace_seconds
+        if pool.in_flight:
+            self.progress.note(
+                f"stopping: waiting up to {grace:g} s for {pool.in_flight} requests in flight (already paid for); "
+                "press Ctrl-C again to abandon them"
+            )
+        pool.stop()
+        if self.engine is not None:
+            self.engine.stop()
+        asyncio.get_running_loop().call_later(grace, self._abandon, pool)
+
+    async def _hold_budget(self, budget: Budget, amount: Callable[[list[Spend], float], float | None]
+                           ) -> tuple[float | None, list[Spend], float]:
+        return await self.store.run(functools.partial(
+            Store.hold_budget, job=budget.job, owner=self.owner, lease_seconds=self.opts.lease_seconds,
+            amount=amount))
+
+    async def _share_budgets(self) -> None:
+        """One budget per job across processes: every `BUDGET_SYNC` seconds, keep this process's holds (the
+        worst cases of its requests in flight) in the database and read the spend every process recorded
+        and what the others hold."""
+        while self.budgets:
+            for budget in self.budgets.values():
+                with contextlib.suppress(BatchPromptError):  # a locked or failing database: the ledger says so
+                    await budget.share()
+            await asyncio.sleep(BUDGET_SYNC)
+
+    async def _tick(self, pool: LivePool, view: _View) -> None:
+        """Redraw progress, say when the run's health changes, notice a database deleted under the run."""
+        path = self.store.path
+        identity = _file_identity(path)
+        health = HealthNotes()
+        while True:
+            await asyncio.sleep(TICK)
+            if identity is not None and _file_identity(path) != identity and self.ledger.failure is None:
+                self.ledger.failure = StoreError(
+                    f"{path} was deleted or replaced while the run was writing to it: answers since are only "
+                    "in the cache", path=path)
+            if self.ledger.failure is not None and not pool.stopping:
+                self.progress.note(f"stopping: {self.ledger.failure}")
+                pool.stop()
+                if self.engine is not None:
+                    self.engine.stop()
+            for text in health.update(view.health()):
+                self.progress.note(text)
+            self.progress.render()
+
+    def _summary(self, view: _View, pool: LivePool) -> RunSummary:
+        t = view.tally()
+        summary = RunSummary(
+            done=t.done, cached=t.cached, shared=t.shared, failed=t.failed, requests=t.requests, paid=t.paid,
+            prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens, cost_usd=view.cost(),
+            interrupted=self.signals > 0, abandoned=pool.abandoned if self.signals > 1 else 0,
+        )
+        for kind, (number, example) in self.ledger.errors.items():
+            summary.errors[kind] = number
+            summary.error_examples[kind] = example
+        return summary
+
+    def _raise_what_stopped_it(self) -> None:
+        if self.ledger.failure is not None:
+            raise self.ledger.failure
+        refused = [state.fatal for state in self.states.values() if state.fatal is not None]
+        if len(refused) == 1:
+            raise refused[0]
+        if refused:
+            first = refused[0]
+            raise type(first)("; ".join(str(error) for error in refused), **{
+                k: v for k, v in vars(first).items() if k != "message"})
+
+    async def _close(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+        for cache in self.caches.values():
+            cache.close()
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (stat.st_dev, stat.st_ino)
+
+
+_gc_runs = 0  # runs in progress in this process
+_gc_threshold = gc.get_threshold()  # to restore when the last one ends
+
+
+@contextlib.contextmanager
+def _collector_out_of_the_way() -> Iterator[None]:
+    """While runs are in progress: the objects alive when the first started (modules, the SDK's
+    classes) are frozen out of the garbage collector's scans, and young collections are rarer. A full
+    collection over the openai SDK's objects stalled the event loop for up to 50 ms, and every request
+    in flight waited it out (scripts/bench_throughput.py: 370 ms of collections in a 10 s run, 110 ms
+    after). Both are undone when the last run ends."""
+    global _gc_runs, _gc_threshold
+    if _gc_runs == 0:
+        gc.freeze()
+        _gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(_gc_threshold[0], 10_000), *_gc_threshold[1:])
+    _gc_runs += 1
+    try:
+        yield
+    finally:
+        _gc_runs -= 1
+        if _gc_runs == 0:
+            gc.set_threshold(*_gc_threshold)
+            gc.unfreeze()
