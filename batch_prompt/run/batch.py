@@ -1,6 +1,6 @@
 """Batch API mode: a job's unfinished prompts go to the provider's batch engine, through the same job table.
 
-Per (job, model) a `BatchLane` submits, polls and collects, with the openai SDK's own `files` and
+Per (job, model) a `Lane` submits, polls and collects, with the openai SDK's own `files` and
 `batches` resources. It shares with live mode everything but the transport: claims and leases, the
 cache, the ledger (answers cached, then committed with their charges, at the batch price), status and
 export.
@@ -31,7 +31,6 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import openai
@@ -40,15 +39,13 @@ from ..errors import BatchPromptError, CacheError, ConfigError, FatalAPIError, R
 from ..options import RunOptions
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
-from ..store.cache import ResponseCache
-from ..store.database import BatchRow, Claimed, JobRow, Store
+from ..store.database import BatchRow, Claimed, Store
 from ..store.leases import LeaseKeeper
 from .batchfile import URLS, line_size, read_results, write_input
-from .budget import Budget
-from .client import ApiClient, split_choices
+from .client import split_choices
 from .failures import Failure, MalformedResponse, Verdict, classify, classify_line, redact
+from .lanes import Intake, Lane
 from .ledger import Ledger
-from .live import EndpointState
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -56,26 +53,6 @@ ENDED = ("completed", "failed", "expired", "cancelled")
 COLLECT_CHUNK = 2_000  # results cached in one transaction and committed together while collecting
 MAX_POLL = 50.0  # seconds: a finished batch is noticed within a minute
 FILE_TIMEOUT = 900.0  # seconds an upload or download of up to 200 MB may take
-
-
-@dataclass(eq=False)
-class BatchLane:
-    """One job's prompts for one model, at its endpoint, in batch mode (`submit`: False collects only)."""
-
-    job: JobRow
-    model: str
-    state: EndpointState
-    client: ApiClient
-    cache: ResponseCache
-    submit: bool
-    budget: Budget | None = None
-    last_refusal: str | None = None
-    open: dict[int, BatchRow] = field(default_factory=dict)
-    reserved: dict[int, float] = field(default_factory=dict)  # an open batch's worst case, held in the budget
-
-    @property
-    def endpoint(self) -> str:
-        return self.state.endpoint.identity
 
 
 class _Halted(Exception):
@@ -90,11 +67,12 @@ class BatchEngine:
     """Drives the batch lanes of a run: see the module docstring."""
 
     def __init__(
-        self, lanes: list[BatchLane], *, store: AsyncStore, ledger: Ledger, leases: LeaseKeeper, owner: str,
+        self, lanes: list[Lane], *, store: AsyncStore, ledger: Ledger, leases: LeaseKeeper, owner: str,
         opts: RunOptions, policy: RetryPolicy, note: Callable[[str], None],
     ) -> None:
         self.lanes, self.store, self.ledger, self.leases, self.owner = lanes, store, ledger, leases, owner
         self.opts, self.policy, self.note = opts, policy, note
+        self.intake = Intake(store, ledger, leases, owner, opts.lease_seconds)
         self.stopping = False
         self.submitted = 0
         self._wake = asyncio.Event()
@@ -103,7 +81,7 @@ class BatchEngine:
         self.stopping = True
         self._wake.set()
 
-    def _halted(self, lane: BatchLane) -> bool:
+    def _halted(self, lane: Lane) -> bool:
         return self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
 
     async def run(self) -> None:
@@ -123,7 +101,7 @@ class BatchEngine:
 
     # --- the loop of a lane --------------------------------------------------------------------------
 
-    async def _drive(self, lane: BatchLane) -> None:
+    async def _drive(self, lane: Lane) -> None:
         try:
             for batch in await self._open_batches(lane):
                 if lane.budget is not None:  # what an open batch may still cost counts against the budget
@@ -175,9 +153,9 @@ class BatchEngine:
         except StoreError as exc:  # the job database failed (disk full, read-only): the run stops, exit 2
             self.ledger.stop_with(exc)
 
-    async def _open_batches(self, lane: BatchLane) -> list[BatchRow]:
+    async def _open_batches(self, lane: Lane) -> list[BatchRow]:
         batches = await self.store.batches(lane.job)
-        mine = [b for b in batches if b.model == lane.model and b.endpoint == lane.endpoint]
+        mine = [b for b in batches if b.model == lane.model and b.endpoint == lane.endpoint.identity]
         for settled in mine:  # files a process killed while deleting them left behind
             if settled.state in ("collected", "returned") and settled.files_left:
                 await self._delete_files(lane, settled, [settled.input_file_id, settled.output_file_id,
@@ -185,7 +163,7 @@ class BatchEngine:
         lane.open = {b.id: b for b in mine if b.state not in ("collected", "returned")}
         return list(lane.open.values())
 
-    async def _api(self, lane: BatchLane, call: Callable[[], Awaitable[T]], first: bool = False) -> T:
+    async def _api(self, lane: Lane, call: Callable[[], Awaitable[T]], first: bool = False) -> T:
         """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
         call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
         server has none (llama.cpp's): `_NoBatchAPI`."""
@@ -215,48 +193,39 @@ class BatchEngine:
             failure = classify(exc)
             message = redact(failure.message, lane.state.endpoint.api_key)
             if first and failure.status in (404, 405):  # a server without the Batch API
-                if lane.state.fatal is None:
-                    lane.state.fatal = FatalAPIError(
-                        f"{lane.state.endpoint.base_url} has no Batch API (it answered {message}): "
-                        "run with --mode live", status_code=failure.status, endpoint=lane.state.endpoint.base_url)
+                url = lane.endpoint.base_url
+                lane.state.refuse(FatalAPIError(f"{url} has no Batch API (it answered {message}): run with --mode live",
+                                                status_code=failure.status, endpoint=url))
                 raise _NoBatchAPI from None
             if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
-                lane.state.fatal = FatalAPIError(
-                    f"the API refused the run at {lane.state.endpoint.base_url}: {message}",
-                    status_code=failure.status, endpoint=lane.state.endpoint.base_url)
+                lane.state.refused_by_api(message, failure.status)
                 raise _Halted from None
             if failure.verdict is Verdict.LOCAL:
                 raise
             raise BatchPromptError(f"the Batch API call failed at {lane.state.endpoint.base_url}: {message}",
                                    endpoint=lane.state.endpoint.base_url) from None
 
-    def _sdk(self, lane: BatchLane) -> openai.AsyncOpenAI:
+    def _sdk(self, lane: Lane) -> openai.AsyncOpenAI:
         return lane.client.sdk
 
     # --- submitting ----------------------------------------------------------------------------------
 
-    async def _submit(self, lane: BatchLane) -> bool:
+    async def _submit(self, lane: Lane) -> bool:
         """Put the next pending prompts in a new batch; False when there were none (or the budget is spent)."""
         if lane.budget is not None and lane.budget.reached:
             return False
-        wall = time.time()
-        rows = await self.store.claim(lane.job, lane.model, self.owner, self.opts.batch_size,
-                                      self.opts.lease_seconds)
-        if not rows:
+        rows = await self.intake.take(lane, self.opts.batch_size)
+        if rows is None:
             return False
-        self.leases.claimed([row.id for row in rows], wall)
-        self.ledger.claim(rows)
         keep: list[Claimed] = []
         size, seen = 0, set()
         for i, row in enumerate(rows):
-            if self.ledger.from_cache(lane.job, row, lane.cache, "batch"):
-                continue
             grows = 0 if row.hash in seen else line_size(row, lane.job.api)
             if keep and size + grows > self.opts.batch_bytes:
-                await self._hand_back(rows[i:])
+                await self.intake.hand_back(rows[i:])
                 break
             if lane.budget is not None and row.hash not in seen and not self._reserve(lane, row):
-                await self._hand_back(rows[i:])  # past the budget: stays pending
+                await self.intake.hand_back(rows[i:])  # past the budget: stays pending
                 break
             keep.append(row)
             seen.add(row.hash)
@@ -266,9 +235,7 @@ class BatchEngine:
             return not (lane.budget is not None and lane.budget.reached)
         batch = await self.store.run(lambda s: s.open_batch(
             lane.job, lane.model, lane.state.endpoint, secrets.token_hex(8), [row.id for row in keep], self.owner))
-        for row in keep:
-            self.ledger.lose(row)  # the batch holds it now, not this process
-        self.leases.released(row.id for row in keep)
+        self.intake.drop(keep)  # the batch holds them now, not this process
         lane.open[batch.id] = batch
         lane.reserved[batch.id] = lane.reserved.pop(0, 0.0)
         self.ledger.tally(lane.job.id, lane.model).requests += len(seen)
@@ -278,7 +245,7 @@ class BatchEngine:
         self.note(f"submitted batch {batch.id} of {lane.job.name}: {len(seen):,} requests to {lane.model}")
         return True
 
-    def _reserve(self, lane: BatchLane, row: Claimed) -> bool:
+    def _reserve(self, lane: Lane, row: Claimed) -> bool:
         """Reserve a line's worst case at the batch price (held under key 0 until its batch has an id)."""
         assert lane.budget is not None
         prompt, completion = tokens.budget_parts(json.loads(row.request))
@@ -288,20 +255,14 @@ class BatchEngine:
         lane.reserved[0] = lane.reserved.get(0, 0.0) + got
         return True
 
-    def _unreserve(self, lane: BatchLane, batch_id: int) -> None:
+    def _unreserve(self, lane: Lane, batch_id: int) -> None:
         if lane.budget is not None:
             lane.budget.release(lane.reserved.pop(batch_id, 0.0))
-
-    async def _hand_back(self, rows: list[Claimed]) -> None:
-        await self.store.release([row.id for row in rows], self.owner)
-        for row in rows:
-            self.ledger.lose(row)
-        self.leases.released(row.id for row in rows)
 
     def _file_name(self, batch: BatchRow) -> str:
         return f"batch-prompt-{batch.token}.jsonl"
 
-    async def _upload(self, lane: BatchLane, batch: BatchRow) -> None:
+    async def _upload(self, lane: Lane, batch: BatchRow) -> None:
         rows = await self.store.run(lambda s: s.batch_rows(batch.id))
         file, _ = write_input(rows, lane.job.api)
         try:
@@ -322,13 +283,13 @@ class BatchEngine:
             file.close()
         await self._set(lane, batch, state="uploaded", input_file_id=uploaded.id)
 
-    async def _return_unuploaded(self, lane: BatchLane, batch: BatchRow) -> None:
+    async def _return_unuploaded(self, lane: Lane, batch: BatchRow) -> None:
         """A batch whose file cannot exist (the server has no Files API): its prompts are pending again."""
         await self.store.run(lambda s: s.return_batch(batch.id, str(lane.state.fatal)))
         lane.open.pop(batch.id, None)
         self._unreserve(lane, batch.id)
 
-    async def _create(self, lane: BatchLane, batch: BatchRow) -> None:
+    async def _create(self, lane: Lane, batch: BatchRow) -> None:
         assert batch.input_file_id is not None
         file_id = batch.input_file_id
         created = await self._api(lane, lambda: self._sdk(lane).batches.create(
@@ -337,13 +298,13 @@ class BatchEngine:
         await self._set(lane, batch, state="submitted", batch_id=created.id, status=created.status,
                         submitted_at=time.time())
 
-    async def _set(self, lane: BatchLane, batch: BatchRow, **fields: Any) -> None:
+    async def _set(self, lane: Lane, batch: BatchRow, **fields: Any) -> None:
         await self.store.run(lambda s: s.update_batch(batch.id, **fields))
         lane.open[batch.id] = BatchRow(**{**{k: getattr(batch, k) for k in BatchRow.__slots__}, **fields})
 
     # --- finding what a killed process left ------------------------------------------------------------
 
-    async def _recover(self, lane: BatchLane, batch: BatchRow) -> None:
+    async def _recover(self, lane: Lane, batch: BatchRow) -> None:
         """Bring a batch recorded before a kill to `submitted`: find its file and batch before making any."""
         if batch.state == "preparing":
             async def find_file() -> Any:
@@ -380,7 +341,7 @@ class BatchEngine:
 
     # --- waiting and collecting ------------------------------------------------------------------------
 
-    async def _poll(self, lane: BatchLane, batch: BatchRow) -> bool:
+    async def _poll(self, lane: Lane, batch: BatchRow) -> bool:
         """Look at an open batch; collect it when it has ended. True when something changed. A batch not
         yet created (its upload or create failed for a while) is brought up to date first."""
         if batch.batch_id is None:
@@ -400,7 +361,7 @@ class BatchEngine:
             return True
         return changed
 
-    async def _collect(self, lane: BatchLane, batch: BatchRow, seen: Any) -> None:
+    async def _collect(self, lane: Lane, batch: BatchRow, seen: Any) -> None:
         if seen.status == "failed":
             errors = seen.errors.data if seen.errors and seen.errors.data else []
             reason = "; ".join(f"{e.message}" + (f" (line {e.line})" if e.line else "") for e in errors[:3])
@@ -410,10 +371,10 @@ class BatchEngine:
             lane.open.pop(batch.id, None)
             self._unreserve(lane, batch.id)
             self.note(f"batch {batch.id} of {lane.job.name} was refused: {reason}; its {back} prompts are pending")
-            if lane.last_refusal == reason and lane.state.fatal is None:
-                lane.state.fatal = ConfigError(
+            if lane.last_refusal == reason:
+                lane.state.refuse(ConfigError(
                     f"the Batch API refused two batches of {lane.job.name!r} ({lane.model}) for the same reason: "
-                    f"{reason}", endpoint=lane.state.endpoint.base_url)
+                    f"{reason}", endpoint=lane.state.endpoint.base_url))
             lane.last_refusal = reason
             return
         rows = await self.store.run(lambda s: s.batch_rows(batch.id))
@@ -457,7 +418,7 @@ class BatchEngine:
         self.note(f"collected batch {batch.id} of {lane.job.name} ({seen.status}): {len(rows) - len(unanswered):,} "
                   f"results, {len(unanswered):,} prompts without one")
 
-    def _settle(self, lane: BatchLane, batch: BatchRow, row: Claimed, line: Any, answered: dict[str, str],
+    def _settle(self, lane: Lane, batch: BatchRow, row: Claimed, line: Any, answered: dict[str, str],
                 shared: set[str]) -> None:
         failure = classify_line(line) if isinstance(line, dict) else Failure(Verdict.RETRY, "MalformedResponse", "")
         if failure is None:
@@ -473,28 +434,28 @@ class BatchEngine:
                 response["choices"] = parts[0]
                 text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
                 self.ledger.paid(lane.job.id, lane.model, "batch", 1, body.get("usage"), row_id=row.id)
-                self.ledger.answered(row, text, lane.endpoint, lane.cache, self.ledger.cache_tag(lane.job, row.id), 1)
+                tag = self.ledger.cache_tag(lane.job, row.id)
+                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, 1)
                 if row.hash in shared:
                     answered[row.hash] = text
                 return
             failure = failure or Failure(Verdict.RETRY, "MalformedResponse", f"the answer lacks some of {n} choices")
         self._again(lane, batch, row, failure)
 
-    def _again(self, lane: BatchLane, batch: BatchRow, row: Claimed, failure: Failure) -> None:
+    def _again(self, lane: Lane, batch: BatchRow, row: Claimed, failure: Failure) -> None:
         """A line that is not an answer: fail its prompt, or send it back to pending for a later batch."""
         message = redact(failure.message, lane.state.endpoint.api_key)
         spent = 0 if failure.outage else 1  # expired or cancelled by the provider: never run, no attempt used
         if failure.verdict is Verdict.FAIL or (spent and row.attempts + 1 >= self.opts.max_attempts):
             if failure.verdict is not Verdict.FAIL:
                 message = f"gave up after {row.attempts + 1} attempts: {message}"
-            self.ledger.failed(row, lane.endpoint, message, failure.kind, 1, owner=batch.owner)
+            self.ledger.failed(row, lane.endpoint.identity, message, failure.kind, 1, owner=batch.owner)
             return
         self.ledger.retry(row, message, failure.kind, owner=batch.owner, attempts=spent)
-        if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
-            lane.state.fatal = FatalAPIError(f"the API refused the run at {lane.state.endpoint.base_url}: {message}",
-                                             status_code=failure.status, endpoint=lane.state.endpoint.base_url)
+        if failure.verdict is Verdict.FATAL:
+            lane.state.refused_by_api(message, failure.status)
 
-    async def _delete_files(self, lane: BatchLane, batch: BatchRow, ids: list[str | None]) -> None:
+    async def _delete_files(self, lane: Lane, batch: BatchRow, ids: list[str | None]) -> None:
         for file_id in ids:
             if not file_id:
                 continue
@@ -504,7 +465,7 @@ class BatchEngine:
                 await self._api(lane, delete)
         await self.store.run(lambda s: s.update_batch(batch.id, files_left=False))
 
-    async def cancel(self, lane: BatchLane) -> tuple[int, int]:
+    async def cancel(self, lane: Lane) -> tuple[int, int]:
         """Ask the provider to cancel every open batch of the lane; returns how many were asked, and how many
         were being cancelled already (asked before)."""
         asked = already = 0

@@ -18,104 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 
-from ..errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
+from ..errors import BatchPromptError, RetryExhausted
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
-from ..store.cache import ResponseCache
-from ..store.database import Claimed, JobRow
 from ..store.leases import LeaseKeeper
-from .budget import Budget
-from .client import ApiClient, Endpoint, split_choices
+from .client import split_choices
 from .failures import MalformedResponse, Verdict, classify, redact
+from .lanes import Intake, Item, Lane
 from .ledger import Ledger
-from .limiter import Limiter
 from .retry import RetryPolicy
 from .slots import Slots
 
-# Connection failures with no answer yet after which the endpoint is called wrong (a wrong URL or port):
-# this many, or at least UNREACHABLE_LEAST of them over UNREACHABLE_SECONDS (reported within 10 s).
-UNREACHABLE_AFTER = 12
-UNREACHABLE_LEAST = 3
-UNREACHABLE_SECONDS = 3.0
 BLOCKED_WAIT = 1.0  # seconds between claims while the only rows left wait for an answer in flight elsewhere
-PACK_COMPLETION_TOKENS = 4096  # a packed request asks at most this many completion tokens (max_tokens x n each)
-Item = list[Claimed]  # the prompts of one request (one for chat; several packed for legacy completions)
-
-
-@dataclass
-class EndpointState:
-    """What the run knows of one endpoint (base URL and key): shared by the lanes sent there."""
-
-    endpoint: Endpoint
-    reached: bool = False  # some request got an answer: the endpoint exists
-    unreached: int = 0  # connection failures before any answer
-    first_unreached: float | None = None  # when the first of them was (time.monotonic())
-    fatal: BatchPromptError | None = None  # it refused the run: its lanes stop
-
-    def could_not_connect(self, error: str) -> None:
-        """A connection failure (`error`, for a person). Before any answer, enough of them make the endpoint
-        wrong: `fatal` says so, naming it. The one rule for live and batch calls."""
-        if self.reached:
-            return
-        now = time.monotonic()
-        self.unreached += 1
-        self.first_unreached = now if self.first_unreached is None else self.first_unreached
-        long = self.unreached >= UNREACHABLE_LEAST and now - self.first_unreached >= UNREACHABLE_SECONDS
-        if (long or self.unreached >= UNREACHABLE_AFTER) and self.fatal is None:
-            self.fatal = ConfigError(f"cannot reach {self.endpoint.base_url} (nothing answered yet): {error}",
-                                     endpoint=self.endpoint.base_url)
-
-
-@dataclass(eq=False)
-class Lane:
-    """One job's prompts for one model, at its endpoint."""
-
-    job: JobRow
-    model: str
-    state: EndpointState
-    client: ApiClient
-    cache: ResponseCache
-    limiter: Limiter
-    fresh: bool  # fresh samples: the cache is not read (but for an answer bought for this very row)
-    workers: int
-    budget: Budget | None = None  # the job's, shared by its lanes
-    queue: asyncio.Queue[Item | None] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.workers)
-        self.pack = 1
-        if self.job.api == "completions":  # at most prompts_per_request, and short enough to wait for
-            per_prompt = _completion_tokens(self.job.spec.get("model_args") or {})
-            self.pack = max(1, min(self.job.prompts_per_request, PACK_COMPLETION_TOKENS // per_prompt))
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.state.endpoint
-
-    def items(self, rows: list[Claimed]) -> Iterator[Item]:
-        for start in range(0, len(rows), self.pack):
-            yield rows[start : start + self.pack]
-
-    def body(self, rows: Item) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(rows[0].request)
-        if len(rows) > 1:
-            body["prompt"] = [json.loads(row.request)["prompt"] for row in rows]
-        return body
-
-
-def _completion_tokens(model_args: dict[str, Any]) -> int:
-    """Most completion tokens one prompt may ask: max_tokens x n (the legacy default of 16 when unset)."""
-    n = model_args.get("n") if isinstance(model_args.get("n"), int) else 1
-    limit = model_args.get("max_tokens")
-    limit = limit if isinstance(limit, int) and limit > 0 else tokens.DEFAULT_MAX_TOKENS
-    return max(1, int(n or 1) * limit)
 
 
 class _Stopped(Exception):
@@ -131,6 +49,7 @@ class LivePool:
     ) -> None:
         self.lanes, self.store, self.ledger, self.leases, self.slots = lanes, store, ledger, leases, slots
         self.policy, self.estimator, self.owner, self.lease_seconds = policy, estimator, owner, lease_seconds
+        self.intake = Intake(store, ledger, leases, owner, lease_seconds)
         self.stopping = False
         self.in_flight = 0  # requests sent and not yet answered, all lanes
         self._deadline: asyncio.Timeout | None = None
@@ -185,22 +104,15 @@ class LivePool:
     async def _feed(self, lane: Lane) -> None:
         chunk = max(64, 2 * self.slots.total // max(1, len(self.lanes))) * lane.pack
         while not self._halted(lane):
-            wall = time.time()
-            rows = await self.store.claim(lane.job, lane.model, self.owner, chunk, self.lease_seconds)
-            if not rows:
+            rows = await self.intake.take(lane, chunk)
+            if rows is None:
                 if await self.store.reclaim(lane.job):
                     continue
                 if not await self.store.pending(lane.job, lane.model):
                     break
                 await asyncio.sleep(BLOCKED_WAIT)  # the rows left wait for an answer in flight elsewhere
                 continue
-            self.leases.claimed([row.id for row in rows], wall)
-            self.ledger.claim(rows)
-            todo = []
-            for row in rows:
-                if not self.ledger.from_cache(lane.job, row, lane.cache, "live") and self.ledger.lead(
-                        row, lane.endpoint.identity):
-                    todo.append(row)
+            todo = [row for row in rows if self.ledger.lead(row, lane.endpoint.identity)]
             for item in lane.items(todo):
                 if self._halted(lane):
                     break
@@ -304,11 +216,7 @@ class LivePool:
         failure = classify(exc)
         error = redact(failure.message, lane.endpoint.api_key)
         if failure.verdict is Verdict.FATAL:
-            if lane.state.fatal is None:
-                lane.state.fatal = FatalAPIError(
-                    f"the API refused the run at {lane.endpoint.base_url}: {error}", status_code=failure.status,
-                    endpoint=lane.endpoint.base_url,
-                )
+            lane.state.refused_by_api(error, failure.status)
             return  # its rows stay unfinished, not failed
         if failure.verdict is Verdict.LOCAL:  # not an answer from the server: our side is broken
             raise BatchPromptError(f"the run stopped on an unexpected error: {error}") from None

@@ -29,13 +29,14 @@ from ..store.asyncstore import AsyncStore
 from ..store.cache import ResponseCache
 from ..store.database import JobRow, Spend, Store
 from ..store.leases import LeaseKeeper, lease_owner
-from .batch import BatchEngine, BatchLane
+from .batch import BatchEngine
 from .budget import Budget
 from .client import ApiClient, Endpoint, make_client
 from .clock import RunClock
+from .lanes import EndpointState, Lane
 from .ledger import Ledger, Tally
 from .limiter import Limiter
-from .live import EndpointState, Lane, LivePool
+from .live import LivePool
 from .preflight import check_run
 from .progress import HealthNotes, Progress, auto_progress
 from .retry import RetryPolicy
@@ -189,11 +190,12 @@ class _Run:
             lanes = [self._lane(job, model, endpoints[job.id, model]) for job, model in models
                      if job.mode == "live" and live]
             open_batches = {job.id: await self.store.batches(job, open_only=True) for job in jobs}
-            batch_lanes = [self._batch_lane(job, model, endpoints[job.id, model], submit=job.mode == "batch" and live)
+            batch_lanes = [self._lane(job, model, endpoints[job.id, model], "batch",
+                                      submit=job.mode == "batch" and live)
                            for job, model in models
                            if (job.mode == "batch" and live) or any(b.model == model for b in open_batches[job.id])]
             by_id = {job.id: job for job in jobs}
-            batch_lanes += [self._batch_lane(by_id[job_id], model, endpoint, submit=False)
+            batch_lanes += [self._lane(by_id[job_id], model, endpoint, "batch", submit=False)
                             for (job_id, model), found in elsewhere.items() for endpoint in found]
             counts = [await self.store.counts(job) for job in jobs]
             self.ledger.prices = prices
@@ -250,7 +252,7 @@ class _Run:
         self._raise_what_stopped_it()
         return summary
 
-    async def _say_what_the_cache_answers(self, lanes: list[Lane | BatchLane]) -> None:
+    async def _say_what_the_cache_answers(self, lanes: list[Lane]) -> None:
         """Before anything is sent: how many of the prompts about to be asked the cache already answers
         (free, and the same answer as before), unless the run has more than `CACHE_NOTE_ROWS` to look at."""
         hashes: list[tuple[list[str], ResponseCache]] = []
@@ -322,20 +324,15 @@ class _Run:
         return JobRow(**{**vars(job), "mode": mode, "fresh": fresh, "spec": spec,
                          "base_url": base_url or job.base_url})
 
-    def _lane(self, job: JobRow, model: str, endpoint: Endpoint) -> Lane:
+    def _lane(self, job: JobRow, model: str, endpoint: Endpoint, mode: str = "live", submit: bool = True) -> Lane:
         key = (endpoint.identity, endpoint.api_key)
         if key not in self.states:
             self.states[key] = EndpointState(endpoint)
             self.clients[key] = make_client(endpoint, self.opts.timeout, self.opts.concurrency, self.clock)
         if endpoint.identity not in self.caches:
             self.caches[endpoint.identity] = ResponseCache(self.opts.cache_dir, endpoint.identity)
-        return Lane(job, model, self.states[key], self.clients[key], self.caches[endpoint.identity],
-                    self._limiter(job, model, endpoint), job.fresh, self.opts.concurrency)
-
-    def _batch_lane(self, job: JobRow, model: str, endpoint: Endpoint, submit: bool) -> BatchLane:
-        key = (endpoint.identity, endpoint.api_key)
-        lane = self._lane(job, model, endpoint)  # the same client, cache and endpoint state as live
-        return BatchLane(job, model, self.states[key], lane.client, lane.cache, submit)
+        return Lane(job, model, mode, self.states[key], self.clients[key], self.caches[endpoint.identity],
+                    self._limiter(job, model, endpoint), workers=self.opts.concurrency, submit=submit)
 
     def _limiter(self, job: JobRow, model: str, endpoint: Endpoint) -> Limiter:
         """One per endpoint and model (providers limit per model), at the told limits: options first,
