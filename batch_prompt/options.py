@@ -43,10 +43,10 @@ class RunOptions:
     batch_bytes: int = 200_000_000
     poll: float = 10.0
     wait: bool = True
-    max_attempts: int = 8
+    max_attempts: int = 8  # per prompt, live and batch (a `retry` policy given says its own)
     quiet: bool = False
     progress: Progress | None = None
-    retry: RetryPolicy | None = None
+    retry: RetryPolicy | None = None  # None: `RetryPolicy(max_attempts=max_attempts)`
     limiter: Limiter | None = None
     lease_seconds: float = 300.0
     grace: float | None = None  # seconds in-flight requests get to finish after a stop (None: `timeout`)

@@ -229,3 +229,18 @@ def test_a_refused_connection_is_reported_as_refused() -> None:
     exc = asyncio.run(go())
     assert type(exc) is openai.APIConnectionError and classify(exc).verdict is R
     assert describe(exc) == "APIConnectionError: connection refused by 127.0.0.1:9"
+
+
+def test_the_retry_decision_is_one_pure_function_of_the_failure_and_the_attempt() -> None:
+    from batch_prompt.run.failures import Failure, Verdict
+
+    policy = RetryPolicy(max_attempts=3, initial=0.5, maximum=60.0, jitter=0.0, max_server_wait=60.0)
+    transient = Failure(Verdict.RETRY, "InternalServerError", "500")
+    assert [policy.decide(transient, attempt) for attempt in (1, 2, 3)] == [0.5, 1.0, None]  # backoff, then give up
+    told = Failure(Verdict.RATE_LIMITED, "RateLimitError", "429", 429, retry_after=7.0)
+    assert policy.decide(told, 1) == 7.0  # the server's wait, not the backoff
+    absurd = Failure(Verdict.RATE_LIMITED, "RateLimitError", "429", 429, retry_after=1e9)
+    assert policy.decide(absurd, 1) == 60.0  # capped
+    assert policy.decide(Failure(Verdict.FAIL, "BadRequestError", "400", 400), 1) is None  # never asked again
+    assert policy.decide(Failure(Verdict.FATAL, "AuthenticationError", "401", 401), 1) is None
+    assert RetryPolicy.no_wait(8).decide(transient, 7) == 0.0 and RetryPolicy.no_wait(8).decide(transient, 8) is None

@@ -446,8 +446,8 @@ class BatchEngine:
         """A line that is not an answer: fail its prompt, or send it back to pending for a later batch."""
         message = redact(failure.message, lane.state.endpoint.api_key)
         spent = 0 if failure.outage else 1  # expired or cancelled by the provider: never run, no attempt used
-        if failure.verdict is Verdict.FAIL or (spent and row.attempts + 1 >= self.opts.max_attempts):
-            if failure.verdict is not Verdict.FAIL:
+        if failure.verdict is not Verdict.FATAL and self.policy.decide(failure, row.attempts + spent) is None:
+            if failure.verdict.retryable:
                 message = f"gave up after {row.attempts + 1} attempts: {message}"
             self.ledger.failed(row, lane.endpoint.identity, message, failure.kind, 1, owner=batch.owner)
             return

@@ -5,7 +5,9 @@ Plain parameters; exponential backoff with jitter; a server-directed wait (`retr
 retried is the `retryable` predicate's call (by default `failures.classify`'s verdict). Rate-limit
 retries (429) do not use up a prompt's attempts, up to a bound: the limiter has already paused the pool
 for them; nor do failures the caller calls free (the runner: an outage probe's failure is the outage's,
-not the prompt's). `RetryPolicy.no_wait()` is the test mode: every wait is zero, so tests never sleep
+not the prompt's). `RetryPolicy.decide(failure, attempt)` is the decision itself, pure: wait this long and
+ask again, or give up; `call` drives it for live requests, the batch engine for a batch's lines (which
+are asked again in a later batch). `RetryPolicy.no_wait()` is the test mode: every wait is zero, so tests never sleep
 through backoff.
 """
 
@@ -19,7 +21,7 @@ from typing import TypeVar
 import tenacity
 
 from ..errors import RetryExhausted
-from .failures import MAX_SERVER_WAIT, Verdict, classify
+from .failures import MAX_SERVER_WAIT, Failure, Verdict, classify
 
 T = TypeVar("T")
 
@@ -43,12 +45,16 @@ class RetryPolicy:
     def no_wait(cls, max_attempts: int = 8) -> RetryPolicy:
         return cls(max_attempts=max_attempts, initial=0.0, maximum=0.0, jitter=0.0, max_server_wait=0.0)
 
-    def wait(self, attempt: int, exc: BaseException | None) -> float:
-        """Seconds before retry number `attempt` (1 = the first retry) after `exc`."""
-        server = classify(exc).retry_after if exc is not None else None
-        if server is not None:
-            return float(min(server, self.max_server_wait))
-        backoff: float = min(self.maximum, self.initial * 2.0 ** (attempt - 1))
+    def decide(self, failure: Failure, attempt: int) -> float | None:
+        """After `failure` on a prompt's `attempt`-th attempt that counts (1: its first), the seconds to wait
+        before asking again, or None: give up (the failure is not one to retry, or no attempt is left).
+        A server-directed wait is used when given (capped at `max_server_wait`), else exponential backoff
+        with jitter."""
+        if not failure.verdict.retryable or attempt >= self.max_attempts:
+            return None
+        if failure.retry_after is not None:
+            return float(min(failure.retry_after, self.max_server_wait))
+        backoff: float = min(self.maximum, self.initial * 2.0 ** (max(1, attempt) - 1))
         return backoff * (1 - self.jitter * random.random())
 
     async def call(
@@ -66,12 +72,18 @@ class RetryPolicy:
         """
         calls = free_calls = rate_limited = 0
 
+        def decision(state: tenacity.RetryCallState) -> float | None:
+            exc = state.outcome.exception() if state.outcome else None
+            failure = classify(exc) if exc is not None else Failure(Verdict.RETRY, "", "")
+            # (a failure the `retryable` predicate retries is retried as transient, whatever classify says)
+            failure = failure if failure.verdict.retryable else Failure(Verdict.RETRY, failure.kind, failure.message)
+            return self.decide(failure, state.attempt_number - free_calls)
+
         def stop(state: tenacity.RetryCallState) -> bool:
-            return state.attempt_number - free_calls >= self.max_attempts
+            return decision(state) is None
 
         def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            return self.wait(max(1, state.attempt_number - free_calls), exc)
+            return decision(state) or 0.0
 
         retrying = tenacity.AsyncRetrying(
             stop=stop, wait=wait, retry=tenacity.retry_if_exception(self.retryable), reraise=True, sleep=sleep
