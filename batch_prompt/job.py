@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .options import RunOptions, RunSummary
 from .spec.spec import Spec, load_spec
 from .store.database import JobRow, Store
+from .store.leases import process_gone
 
 if TYPE_CHECKING:
     from .run.runner import CancelResult
@@ -120,11 +121,9 @@ def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None) -> tup
 
 def _remove_stale_private_files(path: Path) -> None:
     """Private files of creates killed before their link: those whose process is gone."""
-    if not Path("/proc/self").exists():  # no way to tell here whether a process lives
-        return
     for stale in path.parent.glob(f".{path.name}.*{CREATING}*"):
         pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and process_gone(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
 

@@ -15,7 +15,6 @@ the run's back, where a failing terminal could not be caught), never reads or re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -24,6 +23,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ..reports.prices import money
 from ..run.ledger import Tally
 from ..run.progress import Clock, Figures, Size, duration
 
@@ -110,10 +110,10 @@ def below(f: Figures, width: int) -> list[RenderableType]:
     counts = Text.assemble(*(["this run: "] if f.finished - t.done - t.failed else []), *_counts(t))
     if t.retries:
         counts.append(f" · retries {t.retries:,}", style="yellow")
-    money = Text(f"tokens {t.prompt_tokens:,} + {t.completion_tokens:,}")
+    spent = Text(f"tokens {t.prompt_tokens:,} + {t.completion_tokens:,}")
     if f.cost is not None:
-        money.append(f" · ~{_money(f.cost)} at list price")
-    shown: list[RenderableType] = [counts, money]
+        spent.append(f" · ~{money(f.cost)} at list price")
+    shown: list[RenderableType] = [counts, spent]
     if len(f.models) > 1:
         shown.append(_models(f.models, width))
     shown += [Text(text, style="yellow") for text in f.health]
@@ -139,8 +139,3 @@ def _counts(t: Tally) -> list[Text | str]:
     failed = Text(f"failed {t.failed:,}", style="red" if t.failed else "")
     return [f"done {t.done:,} · ", failed, f" · cached {t.cached:,} · in flight {t.in_flight:,}"]
 
-
-def _money(cost: float) -> str:
-    """$12.34, or two significant digits below 10 cents ($0.0012)."""
-    decimals = 2 if cost >= 0.1 or cost <= 0 else 1 - math.floor(math.log10(cost))
-    return f"${cost:,.{decimals}f}"

@@ -4,10 +4,10 @@ prints (the CLI does); every line fits `WIDTH` columns where it could run long."
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..reports.prices import money as money
 from ..reports.prices import unknown_price_message
 from ..reports.status import JobStatus, ModelStatus, PromptView
 from ..results.table import messages_text
@@ -106,9 +106,3 @@ def short(text: str, reserve: int = 0) -> str:
 def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
-
-def money(cost: float, scale: float | None = None) -> str:
-    """$12.34; below $0.10 two significant digits ($0.00011), or as many decimals as `scale` gets."""
-    ref = scale if scale is not None else cost
-    decimals = 2 if ref >= 0.1 or ref <= 0 else 1 - math.floor(math.log10(ref))
-    return f"${cost:,.{decimals}f}"

@@ -214,3 +214,11 @@ def _rate(entry: Any, model: str, path: Path) -> Rate:
         rate = replace(rate, batch_input=values.get("batch_input", rate.batch_input),
                        batch_output=values.get("batch_output", rate.batch_output), batch_source=f"override {path}")
     return rate
+
+
+def money(cost: float, scale: float | None = None) -> str:
+    """USD as every command and display prints it: $12.34; below $0.10 two significant digits ($0.00011), or
+    as many decimals as `scale` gets (a second amount shown beside a first)."""
+    ref = scale if scale is not None else cost
+    decimals = 2 if ref >= 0.1 or ref <= 0 else 1 - math.floor(math.log10(ref))
+    return f"${cost:,.{decimals}f}"

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..store.database import SQLITE_MAGIC
+from ..store.leases import process_gone
 from .table import Columns, cell
 
 FORMATS = ("pickle", "jsonl", "csv", "parquet", "sqlite")
@@ -248,7 +249,7 @@ def _remove_stale_temp_files(folder: Path, name: str) -> None:
     """Temp files of exports killed before their rename: those whose process is gone."""
     for stale in folder.glob(f".{name}.*.tmp"):
         pid = stale.name[len(name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+        if pid.isdigit() and process_gone(int(pid)):
             _unlink(str(stale))
 
 

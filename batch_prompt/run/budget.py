@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-from ..cli.render import money
-from ..reports.prices import Prices
+from ..reports.prices import Prices, money
 from ..store.database import JobRow, Spend
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
+from ..reports.prices import money
 from .ledger import Tally
 
 if TYPE_CHECKING:  # rich loads only when a terminal shows the display
@@ -272,10 +273,8 @@ class HealthNotes:
 
 
 def usd(cost: float | None) -> str:
-    """", ~$1.23 at list price" (more digits below a cent), or "" when nothing was priced."""
-    if cost is None:
-        return ""
-    return f", ~${cost:.2f} at list price" if cost >= 0.01 else f", ~${cost:.6f} at list price"
+    """"", ~$1.23 at list price" (as `prices.money` prints it), or "" when nothing was priced."""
+    return "" if cost is None else f", ~{money(cost)} at list price"
 
 
 def duration(seconds: float | None) -> str:

@@ -51,7 +51,13 @@ def owner_is_dead(owner: str) -> bool:
     scope, pid_text, start, _ = [*owner.split(":"), "", "", ""][:4]
     if scope != _scope() or "-" in scope.split("/")[1:] or not pid_text.isdigit():
         return False  # another machine, boot or container (or unknown): only the lease's expiry tells
-    pid = int(pid_text)
+    return process_gone(int(pid_text), start)
+
+
+def process_gone(pid: int, start: str | None = None) -> bool:
+    """The one liveness rule (leases, and the private files of a create or an export): True when process
+    `pid` of this machine is provably gone: no such process, or (given the start time it had, `_start_time`)
+    another process that has reused its pid. A process that cannot be signalled (another user's) is alive."""
     if pid == os.getpid():
         return False
     try:
@@ -60,7 +66,7 @@ def owner_is_dead(owner: str) -> bool:
         return True
     except PermissionError:
         pass
-    return start not in ("-", "") and _start_time(pid) not in ("-", start)
+    return start not in (None, "-", "") and _start_time(pid) not in ("-", start)
 
 
 class LeaseKeeper:
