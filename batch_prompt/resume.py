@@ -11,6 +11,6 @@ if __name__ != "__main__":
         "batch_prompt.resume is the command `python -m batch_prompt.resume`; in Python call batch_prompt.resume()"
     )
 
-from .cli.main import main
+from .cli import main
 
 sys.exit(main(["resume", *sys.argv[1:]], prog="python -m batch_prompt.resume"))

@@ -311,7 +311,7 @@ def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Pat
 def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path) -> None:
     """An internal error (here: a command made to fail as a bug would) prints one line, never a traceback;
     the traceback is saved to a file (with keys masked), and --debug prints it too."""
-    code = ("import sys; import batch_prompt.cli.main as cli\n"
+    code = ("import sys; import batch_prompt.cli.commands as cli\n"
             "def broken(args): raise RuntimeError('boom ' + 'sk-test-SECRET-a1b2c3d4e5f6')\n"
             "cli.COMMANDS['status'] = broken\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")

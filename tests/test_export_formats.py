@@ -189,7 +189,7 @@ class NoPyarrow:
         if name == "pyarrow" or name.startswith("pyarrow."):
             raise ImportError(f"No module named {name!r} (blocked)")
 sys.meta_path.insert(0, NoPyarrow())
-from batch_prompt.cli.main import main
+from batch_prompt.cli import main
 sys.exit(main(sys.argv[1:]))
 """
     out = subprocess.run([sys.executable, "-c", code, "export", str(done_db), "-o", str(tmp_path / "r.parquet")],

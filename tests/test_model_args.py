@@ -118,7 +118,7 @@ def test_ranged_parameters_are_optional_numbers_of_the_installed_sdk() -> None:
 
 def test_the_sdk_is_imported_only_to_check_model_args_outside_the_ranged_ones() -> None:
     code = (
-        "import sys; import batch_prompt as bp, batch_prompt.cli.main;"
+        "import sys; import batch_prompt as bp, batch_prompt.cli;"
         "args = [{'extra_body': {'top_k': 1}}, {'n': 2, 'max_tokens': 5, 'temperature': 1.0, 'top_p': None},"
         " {'n': 1, 'stop': ['x']}];"
         "[print(bp.Spec.from_dict({'model': 'm', 'templates': ['hi'], 'model_args': a}) and 'openai' in sys.modules,"

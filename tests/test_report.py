@@ -281,7 +281,7 @@ def test_retry_failed_by_error_type_and_job(grid_db: Path, tmp_path: Path) -> No
 def test_reading_needs_no_key_and_no_network(grid_db: Path, tmp_path: Path) -> None:
     """status, show, export and estimate in a process that can open no socket and has no key."""
     code = NO_NETWORK + """
-from batch_prompt.cli.main import main
+from batch_prompt.cli import main
 db, out, spec = sys.argv[1:4]
 codes = [main(["status", db]), main(["show", db, "--json"]), main(["estimate", spec])]
 codes += [main(["export", db, "-o", f"{out}.{suffix}"]) for suffix in ("pkl", "jsonl", "csv", "parquet", "db")]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import batch_prompt as bp
-from batch_prompt import cli
+from batch_prompt.cli import commands as cli
 from batch_prompt.cli.arguments import build_parser
 from batch_prompt.options import RunSummary
 from batch_prompt.run.ledger import Tally

@@ -1,4 +1,4 @@
 """The command line: `batch-prompt` / `python -m batch_prompt` (`main`), its arguments, what it prints and the
 live display on a terminal."""
 
-from .main import main as main
+from .commands import main as main

@@ -19,7 +19,7 @@ from ..spec.expand import expand
 from ..spec.spec import Spec, load_spec
 from ..spec.tokens import estimate_parts
 from ..store.cache import ResponseCache, endpoint_identity
-from .prices import Prices
+from .prices import job_prices
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def estimate(
     parsed = spec if isinstance(spec, Spec) else (
         Spec.from_dict(spec) if isinstance(spec, Mapping) else load_spec(spec)
     )
-    price_table = Prices.load(getattr(parsed, "prices", None)).overlay(prices)
+    price_table = job_prices(getattr(parsed, "prices", None), prices)
     per_request = parsed.prompts_per_request if parsed.api == "completions" else 1
     sums = {model: [0, 0, 0, 0] for model in parsed.models}  # prompts, input, output, cached
     caches = _caches(parsed, cache_dir, base_url)

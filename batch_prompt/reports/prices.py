@@ -91,6 +91,21 @@ class Prices:
         return None if rate is None else rate.cost(mode, prompt_tokens, completion_tokens)
 
 
+def job_prices(own: str | Path | None, override: str | Path | None = None, *, lenient: bool = False) -> Prices:
+    """The prices that apply to a job (the one rule for estimate, run, budget and status): the list prices,
+    its spec's price file (`own`) over them, and `override` (`--prices`) over both. Raises `ConfigError`
+    for a bad file; `lenient` (a recorded job's status) passes over a spec's file gone or changed since."""
+    base = Prices.load(override)
+    if own is None or (lenient and not (isinstance(own, (str, Path)) and Path(own).is_file())):
+        return base
+    try:
+        return Prices.load(own).overlay(override)
+    except ConfigError:
+        if lenient:  # the spec's file changed since: the list prices and `override` still hold
+            return base
+        raise
+
+
 @lru_cache(maxsize=1)
 def list_prices() -> Prices:
     """The list prices with no override, shared (the run's answers are priced with it)."""

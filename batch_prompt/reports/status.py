@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..results.table import choice_text
 from ..spec.expand import raw_messages
 from ..store.database import JobRow, PromptRow, Store
 from . import usage
-from .prices import Prices
+from .prices import Prices, job_prices
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -99,19 +98,10 @@ class JobStatus:
 def status(db_path: str | Path, prices: str | Path | None = None) -> list[JobStatus]:
     """Every job of `db_path`, in creation order. `prices`: a price override file, on top of each job's
     spec's `prices` (when that file can still be read). Raises `StoreError`, `ConfigError` (bad `prices`)."""
-    base = Prices.load(prices)
+    Prices.load(prices)  # a bad override file is an error before the database is opened
     with Store(db_path, create=False, readonly=True) as store:
-        return [_job_status(store, job, _job_prices(job, base, prices)) for job in store.jobs()]
-
-
-def _job_prices(job: JobRow, base: Prices, override: str | Path | None) -> Prices:
-    own = job.spec.get("prices")
-    if not isinstance(own, str) or not Path(own).is_file():
-        return base
-    try:
-        return Prices.load(own).overlay(override)
-    except ConfigError:  # the spec's file changed since: the list prices and --prices still hold
-        return base
+        return [_job_status(store, job, job_prices(job.spec.get("prices"), prices, lenient=True))
+                for job in store.jobs()]
 
 
 def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import RunOptions
-from ..reports.prices import PRICE_HINT, Prices
+from ..reports.prices import PRICE_HINT, Prices, job_prices
 from ..spec.endpoints import Endpoint, endpoint_for
 
 
@@ -44,7 +44,7 @@ def check_run(specs: Sequence[Mapping[str, Any]], opts: RunOptions) -> tuple[Pri
     for spec in specs:
         endpoints = {model: endpoint_for(spec, model, base_url=opts.base_url, api_key=opts.api_key)
                      for model in spec["models"]}
-        own = Prices.load(spec["prices"]).overlay(opts.prices) if spec.get("prices") else prices
+        own = job_prices(spec.get("prices"), opts.prices) if spec.get("prices") else prices
         limit = opts.max_cost or spec.get("max_cost")
         if limit:
             unpriced = [model for model in spec["models"] if not own.known(model)]
