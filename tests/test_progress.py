@@ -15,8 +15,9 @@ from typing import TextIO
 
 import pytest
 
+from batch_prompt.cli.progress import BarProgress, auto_progress
 from batch_prompt.run.ledger import Tally
-from batch_prompt.run.progress import BarProgress, LogProgress, Progress, auto_progress, duration
+from batch_prompt.run.progress import LogProgress, Progress, duration
 from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env

@@ -2,8 +2,8 @@
 
 A reporter reads a `RunView` (the ledger's tallies, what holds the run back) when `render()` is called on
 a timer; it counts nothing itself: `figures()` is one reading of the view, the same for every reporter.
-`note(text)` is a message for a person (stopping, a change of health). `BarProgress` is a live display
-on a terminal, drawn by rich (`display.py`), never wider than the terminal; `LogProgress` prints plain
+`note(text)` is a message for a person (stopping, a change of health). `cli.progress.BarProgress` is a live
+display on a terminal, drawn by rich, never wider than the terminal; `LogProgress` prints plain
 lines, at the start, every `interval` seconds, at every note and at the end (a log, `nohup`, a
 notebook); `Progress` itself shows nothing (`--quiet`). Output goes to stderr; nothing here ever sees a
 key. Drawing never stops a run: a reporter whose stream fails (a closed pipe, a closed terminal) goes
@@ -13,20 +13,15 @@ quiet.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from ..reports.prices import money
 from .ledger import Tally
-
-if TYPE_CHECKING:  # rich loads only when a terminal shows the display
-    from ..cli.display import LiveDisplay
 
 Clock = Callable[[], float]
 Size = Callable[[], tuple[int, int]]  # the terminal's (columns, lines)
@@ -143,7 +138,7 @@ class Progress:
         ]
 
 
-class _Shown(Progress):
+class Shown(Progress):
     """A reporter that writes to a stream, and goes quiet when the stream fails."""
 
     def __init__(self, stream: TextIO | None = None, clock: Clock = time.monotonic) -> None:
@@ -161,68 +156,7 @@ class _Shown(Progress):
             self.broken = True
 
 
-class BarProgress(_Shown):
-    """A live display on a terminal (rich's, see `display.py`): a bar, then the counts, rate, ETA, tokens,
-    cost, retries, a line per model when there are several, and the run's health, redrawn in place at
-    every `render`; notes print above it. Its size is read again at every redraw (`size`, by default the
-    stream's own terminal), so it follows a resized window."""
-
-    REPEAT_AFTER = 10.0  # seconds before a note that differs from the last only in its numbers is printed again
-
-    def __init__(self, stream: TextIO | None = None, clock: Clock = time.monotonic, size: Size | None = None) -> None:
-        super().__init__(stream, clock)
-        self.size = size or self._terminal_size
-        self.display: LiveDisplay | None = None
-        self.said: dict[str, float] = {}  # a note's shape (its numbers blanked) -> when it was last printed
-
-    def _terminal_size(self) -> tuple[int, int]:
-        try:
-            columns, lines = os.get_terminal_size(self.stream.fileno())
-        except (OSError, ValueError, AttributeError):  # not a file descriptor: the process's terminal
-            columns, lines = shutil.get_terminal_size((80, 24))
-        return columns or 80, lines or 24
-
-    def start(self, view: RunView) -> None:
-        super().start(view)
-        from ..cli.display import LiveDisplay
-
-        self.display = LiveDisplay(self.stream, self.size, self.clock)
-        figures = self.figures()
-        if figures is not None:
-            self._draw(lambda display: display.start(figures))
-
-    def note(self, text: str) -> None:
-        """Printed above the display; a countdown ("waiting 3 s", "waiting 2 s", ...) once in
-        `REPEAT_AFTER` seconds: the display itself shows the run's health as it changes."""
-        super().note(text)
-        shape, now = re.sub(r"\d+", "#", text), self.clock()
-        if now - self.said.get(shape, -math.inf) < self.REPEAT_AFTER:
-            return
-        self.said = {seen: at for seen, at in self.said.items() if now - at < self.REPEAT_AFTER}
-        self.said[shape] = now
-        if self.display is None:
-            self._write(text + "\n")
-        else:
-            self._draw(lambda display: display.note(text))
-
-    def render(self, final: bool = False) -> None:
-        figures = self.figures()
-        if figures is not None:
-            self._draw(lambda display: display.show(figures, final))
-
-    def _draw(self, step: Callable[[LiveDisplay], None]) -> None:
-        display = self.display
-        if self.broken or display is None:
-            return
-        try:
-            step(display)
-        except (OSError, ValueError):  # a closed terminal or pipe: progress stops, the run does not
-            self.broken = True
-        if display.broken:
-            self.broken = True
-
-
-class LogProgress(_Shown):
+class LogProgress(Shown):
     """Plain lines for logs and `nohup`: at the start, every `interval` seconds, at each note, at the end."""
 
     def __init__(self, stream: TextIO | None = None, interval: float = 30.0, clock: Clock = time.monotonic) -> None:
@@ -292,13 +226,3 @@ def duration(seconds: float | None) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
-
-
-def auto_progress(quiet: bool, stream: TextIO | None = None) -> Progress:
-    """Silent when quiet; the live display on a terminal that can redraw; plain lines otherwise."""
-    stream = stream or sys.stderr
-    if quiet:
-        return Progress()
-    if stream.isatty() and os.environ.get("TERM") != "dumb":
-        return BarProgress(stream)
-    return LogProgress(stream)

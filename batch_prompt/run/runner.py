@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BatchPromptError, ConfigError, StoreError
-from ..options import FILES_BESIDES_CONNECTIONS, RunOptions, RunSummary
+from ..options import RunOptions, RunSummary
 from ..reports.prices import Prices
 from ..spec import tokens
 from ..spec.endpoints import batch_endpoint
@@ -38,7 +37,8 @@ from .ledger import Ledger, Tally
 from .limiter import Limiter
 from .live import LivePool
 from .preflight import check_run
-from .progress import HealthNotes, Progress, auto_progress
+from .process import collector_out_of_the_way, ensure_open_files
+from .progress import HealthNotes, Progress
 from .retry import RetryPolicy
 from .slots import Slots
 
@@ -46,38 +46,6 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TICK = 1.0  # seconds between progress redraws and health checks
 BUDGET_SYNC = 0.25  # seconds between two shares of a budget with the other processes running the job
 CACHE_NOTE_ROWS = 50_000  # at most this many pending rows are looked up in the cache at the start
-
-
-def ensure_open_files(concurrency: int, raise_limit: bool) -> None:
-    """Make sure `concurrency` connections can be open at once; `ConfigError` when they cannot (the
-    connections past the limit would fail one after another and be retried for nothing). With
-    `raise_limit` (the command line), this process's soft limit on open files (`ulimit -n`) is raised
-    up to its hard limit if needed; without it (a library caller), a soft limit too low is refused."""
-    try:
-        import resource
-    except ImportError:  # not POSIX: nothing to check
-        return
-    needed = concurrency + FILES_BESIDES_CONNECTIONS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if not raise_limit:
-        raise ConfigError(
-            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {soft} "
-            f"(ulimit -n): lower the concurrency to {max(1, soft - FILES_BESIDES_CONNECTIONS)} or less, or raise "
-            "the limit (resource.setrlimit)"
-        )
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise ConfigError(
-            f"concurrency {concurrency} needs about {needed} open files, but this process may open only {hard} "
-            f"(ulimit -n): lower --concurrency to {max(1, hard - FILES_BESIDES_CONNECTIONS)} or less"
-        )
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    except (ValueError, OSError) as exc:
-        raise ConfigError(
-            f"concurrency {concurrency} needs about {needed} open files, and the limit is {soft}: {exc}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -104,7 +72,7 @@ async def _open_and(run: _Run, names: list[str] | None) -> RunSummary:
     opts, store = run.opts, run.store
     opts.validate()
     ensure_open_files(opts.concurrency, opts.raise_open_files)
-    gc_tuning = _collector_out_of_the_way() if opts.tune_gc else contextlib.nullcontext()
+    gc_tuning = collector_out_of_the_way() if opts.tune_gc else contextlib.nullcontext()
     with gc_tuning:
         await store.open()
         try:
@@ -171,7 +139,7 @@ class _Run:
         self.caches: dict[str, ResponseCache] = {}
         self.limiters: dict[tuple[str, str], Limiter] = {}
         self.states: dict[tuple[str, str], EndpointState] = {}
-        self.progress: Progress = opts.progress or auto_progress(opts.quiet)
+        self.progress: Progress = opts.progress or _default_progress(opts.quiet)
         self.signals = 0
         self.engine: BatchEngine | None = None
         self.batching: asyncio.Task[None] | None = None
@@ -484,27 +452,9 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
-_gc_runs = 0  # runs in progress in this process
-_gc_threshold = gc.get_threshold()  # to restore when the last one ends
+def _default_progress(quiet: bool) -> Progress:
+    """The reporter of a run given none: the command line's choice (a live display on a terminal, plain
+    lines elsewhere, nothing when quiet)."""
+    from ..cli.progress import auto_progress
 
-
-@contextlib.contextmanager
-def _collector_out_of_the_way() -> Iterator[None]:
-    """While runs are in progress: the objects alive when the first started (modules, the SDK's
-    classes) are frozen out of the garbage collector's scans, and young collections are rarer. A full
-    collection over the openai SDK's objects stalled the event loop for up to 50 ms, and every request
-    in flight waited it out (scripts/bench_throughput.py: 370 ms of collections in a 10 s run, 110 ms
-    after). Both are undone when the last run ends."""
-    global _gc_runs, _gc_threshold
-    if _gc_runs == 0:
-        gc.freeze()
-        _gc_threshold = gc.get_threshold()
-        gc.set_threshold(max(_gc_threshold[0], 10_000), *_gc_threshold[1:])
-    _gc_runs += 1
-    try:
-        yield
-    finally:
-        _gc_runs -= 1
-        if _gc_runs == 0:
-            gc.set_threshold(*_gc_threshold)
-            gc.unfreeze()
+    return auto_progress(quiet)

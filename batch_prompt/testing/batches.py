@@ -19,7 +19,6 @@ per batch created, oldest first, with its metadata, input file, line count and s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 import threading
 import time
@@ -30,71 +29,11 @@ from aiohttp import web
 
 from .api import FakeConfig
 from .files import FilesAPI
-from .lifecycle import Lifecycle
+from .lifecycle import FakeBatch, Lifecycle
 from .rest import ApiError, guarded, invalid, json_object, list_object, missing, not_found, page, query_int
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 _CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
-_TIMES = ("in_progress", "expires", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-
-
-@dataclasses.dataclass(eq=False)
-class FakeBatch:
-    """One batch.  Changed only with the server's lock held; ``gone`` once a reset dropped it."""
-
-    id: str
-    seq: int  # creation number, for list order, cursors and the seeded shuffle
-    input_file_id: str
-    endpoint: str
-    metadata: dict[str, str] | None
-    settings: FakeConfig  # the config in force at creation: the batch's timing and faults
-    created_at: float  # time.time()
-    started: float  # time.monotonic(), the completion window's start
-    status: str = "validating"
-    model: str | None = None
-    lines: int | None = None  # lines in the input file, once validation has counted them
-    errors: list[dict[str, Any]] | None = None
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    at: dict[str, int] = dataclasses.field(default_factory=dict)  # "in_progress" -> unix time, ...
-    gone: bool = False
-    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # set on cancel (loop thread)
-
-    def to_object(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": self.endpoint,
-            "model": self.model,
-            "errors": None if self.errors is None else {"object": "list", "data": self.errors},
-            "input_file_id": self.input_file_id,
-            "completion_window": "24h",
-            "status": self.status,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": int(self.created_at),
-        }
-        obj.update({f"{name}_at": self.at.get(name) for name in _TIMES})
-        obj["request_counts"] = {"total": self.total, "completed": self.completed, "failed": self.failed}
-        obj["metadata"] = self.metadata
-        return obj
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "input_file_id": self.input_file_id,
-            "endpoint": self.endpoint,
-            "metadata": self.metadata,
-            "lines": self.lines,
-            "status": self.status,
-            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "errors": self.errors,
-        }
 
 
 def _metadata(value: Any) -> dict[str, str] | None:

@@ -34,26 +34,84 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .api import FAIL400_ERROR, SERVER_ERROR, FakeRequest
+from .api import FAIL400_ERROR, SERVER_ERROR, FakeConfig, FakeRequest
 from .files import FakeFile, FileStore
 
-if TYPE_CHECKING:
-    from .batches import FakeBatch
-
+_TIMES = ("in_progress", "expires", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 _MAX_ERRORS = 100
 _CHUNK = 500  # lines answered between two yields to the event loop (~10 ms)
 _EXPIRED = (
     b'{"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}'
 )
 _CANCELLED = b'{"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}'
+
+
+@dataclasses.dataclass(eq=False)
+class FakeBatch:
+    """One batch.  Changed only with the server's lock held; ``gone`` once a reset dropped it."""
+
+    id: str
+    seq: int  # creation number, for list order, cursors and the seeded shuffle
+    input_file_id: str
+    endpoint: str
+    metadata: dict[str, str] | None
+    settings: FakeConfig  # the config in force at creation: the batch's timing and faults
+    created_at: float  # time.time()
+    started: float  # time.monotonic(), the completion window's start
+    status: str = "validating"
+    model: str | None = None
+    lines: int | None = None  # lines in the input file, once validation has counted them
+    errors: list[dict[str, Any]] | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    at: dict[str, int] = dataclasses.field(default_factory=dict)  # "in_progress" -> unix time, ...
+    gone: bool = False
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # set on cancel (loop thread)
+
+    def to_object(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "errors": None if self.errors is None else {"object": "list", "data": self.errors},
+            "input_file_id": self.input_file_id,
+            "completion_window": "24h",
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": int(self.created_at),
+        }
+        obj.update({f"{name}_at": self.at.get(name) for name in _TIMES})
+        obj["request_counts"] = {"total": self.total, "completed": self.completed, "failed": self.failed}
+        obj["metadata"] = self.metadata
+        return obj
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "input_file_id": self.input_file_id,
+            "endpoint": self.endpoint,
+            "metadata": self.metadata,
+            "lines": self.lines,
+            "status": self.status,
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "errors": self.errors,
+        }
 
 
 class _Gone(Exception):
