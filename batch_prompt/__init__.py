@@ -25,9 +25,9 @@ from .errors import (
     StoreError,
 )
 from .job import Job, aresume, cancel, create, resume, retry_failed
-from .options import RunOptions, RunSummary
+from .options import CancelResult, RunArgs, RunOptions, RunSummary
 from .reports.estimate import Estimate, ModelEstimate, estimate
-from .reports.prices import Prices
+from .reports.prices import Prices, Rate
 from .reports.status import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
 from .results.export import ExportSummary, export, iter_results, load_results, to_dataframe
 from .spec.spec import Spec, load_spec
@@ -52,6 +52,7 @@ __all__ = [
     "BatchPromptError",
     "BatchStatus",
     "CacheError",
+    "CancelResult",
     "ConfigError",
     "ErrorGroup",
     "Estimate",
@@ -68,7 +69,9 @@ __all__ = [
     "NotADatabaseError",
     "Prices",
     "PromptView",
+    "Rate",
     "RetryExhausted",
+    "RunArgs",
     "RunOptions",
     "RunSummary",
     "SchemaTooNewError",

@@ -15,7 +15,8 @@
     │                                prompt fails, the run goes on (never reaches the CLI)
     └── ExportError                  the export destination cannot be written
 
-Each class's docstring is its default message.
+Each class's docstring is its default message; what an error is about is in typed attributes, set by its
+constructor's keyword arguments (`StoreError(message, path=...)`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,8 @@ from typing import Any
 class BatchPromptError(Exception):
     """batch-prompt failed."""
 
-    def __init__(self, message: str | None = None, **data: Any) -> None:
+    def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
-        for key, value in data.items():
-            setattr(self, key, value)
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -44,20 +43,25 @@ class SpecError(BatchPromptError):
 class MissingFieldError(SpecError):
     """A template field is missing from a keyword dict."""
 
-    template: str
-    field: str
+    def __init__(self, message: str | None = None, *, template: str | list[dict[str, str]], field: str) -> None:
+        super().__init__(message)
+        self.template, self.field = template, field
 
 
 class JobConflictError(BatchPromptError):
     """A job with this name already exists with a different spec."""
 
-    name: str
+    def __init__(self, message: str | None = None, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class StoreError(BatchPromptError):
     """The job database cannot be used."""
 
-    path: str
+    def __init__(self, message: str | None = None, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class NotADatabaseError(StoreError):
@@ -71,11 +75,17 @@ class SchemaTooNewError(StoreError):
 class JobNotFoundError(StoreError):
     """No job of that name in the job database."""
 
-    name: str
+    def __init__(self, message: str | None = None, *, name: str, path: str) -> None:
+        super().__init__(message, path=path)
+        self.name = name
 
 
 class ConfigError(BatchPromptError):
     """The run configuration is invalid."""
+
+    def __init__(self, message: str | None = None, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint  # the base URL it is about, when it is about one
 
 
 class CacheError(BatchPromptError):
@@ -85,17 +95,19 @@ class CacheError(BatchPromptError):
 class FatalAPIError(BatchPromptError):
     """The API refused the run; nothing more can succeed until that is fixed."""
 
-    status_code: int | None
+    def __init__(self, message: str | None = None, *, status_code: int | None = None,
+                 endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.endpoint = endpoint  # the base URL that refused it
 
 
 class RetryExhausted(BatchPromptError):
     """A request failed on every attempt allowed."""
 
-    last: BaseException
-    attempts: int
-
     def __init__(self, last: BaseException, attempts: int) -> None:
-        super().__init__(f"gave up after {attempts} attempts: {last}", last=last, attempts=attempts)
+        super().__init__(f"gave up after {attempts} attempts: {last}")
+        self.last, self.attempts = last, attempts
 
 
 class ExportError(BatchPromptError):

@@ -9,16 +9,13 @@ import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from .errors import ConfigError
-from .options import RunOptions, RunSummary
+from .options import CancelResult, RunArgs, RunOptions, RunSummary
 from .spec.spec import Spec, load_spec
 from .store.database import JobRow, Store
 from .store.leases import process_gone
-
-if TYPE_CHECKING:
-    from .run.runner import CancelResult
 
 T = TypeVar("T")
 
@@ -36,14 +33,14 @@ class Job:
     created: bool = True
     base_url: str | None = None
 
-    def run(self, **options: Any) -> RunSummary:
+    def run(self, **options: Unpack[RunArgs]) -> RunSummary:
         """Send every unfinished prompt of this job; blocks until done. Options: see `RunOptions`.
 
         Inside a running event loop (a Jupyter cell) use `await job.arun()` instead.
         """
         return run_blocking(self.arun(**options))
 
-    async def arun(self, **options: Any) -> RunSummary:
+    async def arun(self, **options: Unpack[RunArgs]) -> RunSummary:
         """`run` for code already inside an event loop."""
         from .run.runner import run_jobs
 
@@ -128,18 +125,18 @@ def _remove_stale_private_files(path: Path) -> None:
                 stale.unlink()
 
 
-def resume(db_path: str | Path, **options: Any) -> RunSummary:
+def resume(db_path: str | Path, **options: Unpack[RunArgs]) -> RunSummary:
     """Finish every unfinished prompt of every job in `db_path` (failed prompts stay failed)."""
     return run_blocking(aresume(db_path, **options))
 
 
-async def aresume(db_path: str | Path, **options: Any) -> RunSummary:
+async def aresume(db_path: str | Path, **options: Unpack[RunArgs]) -> RunSummary:
     from .run.runner import run_jobs
 
     return await run_jobs(str(db_path), None, RunOptions(**options))
 
 
-def cancel(db_path: str | Path, job: str | None = None, **options: Any) -> CancelResult:
+def cancel(db_path: str | Path, job: str | None = None, **options: Unpack[RunArgs]) -> CancelResult:
     """Cancel the open batches (batch mode) of every job in `db_path`, or of `job`: what they completed is
     recorded, the rest is pending again. Options: see `RunOptions` (where the endpoint is, how to poll)."""
     from .run.runner import cancel_jobs

@@ -1,12 +1,12 @@
-"""How to run (`RunOptions`) and what a run did (`RunSummary`): the data shared by the runner, the worker
-pool and the entry points."""
+"""How to run (`RunOptions`, as keyword arguments `RunArgs`) and what a run did (`RunSummary`,
+`CancelResult`): the data shared by the runner, the lanes and the entry points."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from .errors import ConfigError
 
@@ -99,6 +99,48 @@ class RunOptions:
     @property
     def grace_seconds(self) -> float:
         return self.timeout if self.grace is None else self.grace
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What `cancel` did: the open batches it asked the provider to cancel, and what collecting them did."""
+
+    asked: int  # open batches asked to cancel
+    summary: RunSummary  # what collecting them did
+    already: int = 0  # open batches that were being cancelled already
+
+
+class RunArgs(TypedDict, total=False):
+    """`RunOptions` as keyword arguments (`job.run(concurrency=50, mode="batch")`, `bp.resume(db, ...)`):
+    the same names and types, each optional, checked by a type checker."""
+
+    concurrency: int
+    rpm: float | dict[str, float] | None
+    tpm: float | dict[str, float] | None
+    timeout: float
+    cache: bool | None
+    cache_dir: str | None
+    base_url: str | None
+    api_key: str | None
+    mode: str | None
+    max_cost: float | None
+    prices: str | None
+    batch_size: int
+    batch_bytes: int
+    poll: float
+    wait: bool
+    max_attempts: int
+    quiet: bool
+    progress: Progress | None
+    retry: RetryPolicy | None
+    limiter: Limiter | None
+    lease_seconds: float
+    grace: float | None
+    flush_interval: float
+    flush_batch: int
+    handle_signals: bool
+    raise_open_files: bool
+    tune_gc: bool
 
 
 def _positive(value: object) -> bool:

@@ -202,8 +202,7 @@ class BatchEngine:
                 raise _Halted from None
             if failure.verdict is Verdict.LOCAL:
                 raise
-            raise BatchPromptError(f"the Batch API call failed at {lane.state.endpoint.base_url}: {message}",
-                                   endpoint=lane.state.endpoint.base_url) from None
+            raise BatchPromptError(f"the Batch API call failed at {lane.state.endpoint.base_url}: {message}") from None
 
     def _sdk(self, lane: Lane) -> openai.AsyncOpenAI:
         return lane.client.sdk

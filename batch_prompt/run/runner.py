@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BatchPromptError, ConfigError, StoreError
-from ..options import RunOptions, RunSummary
+from ..options import CancelResult, RunOptions, RunSummary
 from ..reports.prices import Prices
 from ..spec import tokens
 from ..spec.endpoints import batch_endpoint
@@ -46,13 +46,6 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TICK = 1.0  # seconds between progress redraws and health checks
 BUDGET_SYNC = 0.25  # seconds between two shares of a budget with the other processes running the job
 CACHE_NOTE_ROWS = 50_000  # at most this many pending rows are looked up in the cache at the start
-
-
-@dataclass(frozen=True)
-class CancelResult:
-    asked: int  # open batches asked to cancel
-    summary: RunSummary  # what collecting them did
-    already: int = 0  # open batches that were being cancelled already
 
 
 async def cancel_jobs(db_path: str, names: list[str] | None, opts: RunOptions) -> CancelResult:
