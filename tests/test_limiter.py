@@ -182,9 +182,12 @@ def test_parse_duration() -> None:
 
 
 def test_retry_policy_waits() -> None:
+    from batch_prompt.run.failures import Failure, Verdict
+
+    transient = Failure(Verdict.RETRY, "InternalServerError", "500")
     policy = RetryPolicy(initial=0.5, maximum=4.0, jitter=0.0)
-    assert [policy.wait(a, None) for a in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
-    assert RetryPolicy.no_wait().wait(5, None) == 0.0
+    assert [policy.decide(transient, a) for a in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert RetryPolicy.no_wait().decide(transient, 5) == 0.0
 
 
 def test_remaining_counts_what_is_still_in_flight() -> None:

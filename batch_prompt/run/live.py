@@ -17,7 +17,9 @@ State.fatal`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -38,6 +40,18 @@ BLOCKED_WAIT = 1.0  # seconds between claims while the only rows left wait for a
 
 class _Stopped(Exception):
     """Raised instead of a new attempt once its lane, or the run, is stopping."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request across its attempts: its lane, the rows it still asks for, the choices each asks (`n`), the
+    calls made, and whether the last attempt was the breaker's probe and failed (the outage's fault)."""
+
+    lane: Lane
+    rows: Item
+    n: int
+    calls: int = 0
+    probe_failed: bool = False
 
 
 class LivePool:
@@ -132,85 +146,97 @@ class LivePool:
 
     async def _request(self, lane: Lane, rows: Item) -> None:
         """Send one request until it is answered, refused, or out of attempts; record what became of it."""
-        n = int(json.loads(rows[0].request).get("n") or 1)
-        remaining = list(rows)
-        calls = 0
-        probe_failed = False  # the last attempt was the breaker's probe, and failed: the outage's fault
-        tally = self.ledger.tally(lane.job.id, lane.model)
-
-        async def attempt() -> None:
-            nonlocal remaining, calls, probe_failed
-            if self._halted(lane):
-                raise _Stopped
-            cost, ours = self.estimator.cost(lane.body(remaining))
-            probe = probe_failed = await lane.limiter.acquire(cost)
-            reserved = 0.0
-            try:
-                try:
-                    async with self.slots.hold(lane):
-                        remaining = await self._still_ours(lane, remaining)
-                        if self._halted(lane) or not remaining:
-                            raise _Stopped
-                        if lane.budget is not None:  # its worst case, reserved before it is sent
-                            prompt, completion = tokens.budget_parts(lane.body(remaining))
-                            got = await lane.budget.reserve_when_settled(lane.model, "live", prompt, completion)
-                            if got is None or self._halted(lane):
-                                if got:
-                                    lane.budget.release(got)
-                                raise _Stopped
-                            reserved = got
-                        calls += 1
-                        tally.retries += int(calls > 1)
-                        data, headers = await self._send(lane, remaining, tally)
-                        if lane.budget is not None and not (isinstance(data, dict) and isinstance(
-                                data.get("usage"), dict)):  # no usage to measure it by: its worst case counts
-                            lane.budget.unmeasured += reserved
-                finally:
-                    lane.limiter.release(cost)
-                    if lane.budget is not None:  # nothing awaits before the ledger has its real cost
-                        lane.budget.release(reserved)
-                    self._end_if_idle()
-            except _Stopped:
-                if probe:
-                    lane.limiter.abandon_probe()
-                raise
-            except Exception as exc:
-                self._observe_failure(lane, exc, probe)
-                raise
-            except BaseException:  # cancelled: let another request be the probe
-                if probe:
-                    lane.limiter.abandon_probe()
-                raise
-            lane.limiter.observe(headers, answer=True)
-            lane.state.reached = True
-            probe_failed = False
-            lane.limiter.succeeded()  # it answered: no outage, whatever the answer is worth
-            usage = data.get("usage") if isinstance(data, dict) else None
-            self.estimator.observe(ours, usage)
-            # billed even when its choices cannot be mapped (then it is an attempt, asked again)
-            self.ledger.paid(lane.job.id, lane.model, "live", len(remaining), usage)
-            parts = split_choices(data, n, len(remaining))
-            incomplete = []
-            for i, (row, choices) in enumerate(zip(remaining, parts, strict=True)):
-                if choices is None:
-                    incomplete.append(row)
-                    continue
-                response = _response_for(data, choices, len(remaining), i)
-                text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
-                tag = self.ledger.cache_tag(lane.job, row.id)
-                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, calls)
-            if incomplete:  # ask again only for the prompts whose choices did not all come
-                missing, remaining = len(incomplete), incomplete
-                raise MalformedResponse(f"{missing} of {len(parts)} prompts lack some of their {n} choices")
-
+        request = _Request(lane, list(rows), int(json.loads(rows[0].request).get("n") or 1))
         try:  # a failed probe of an outage costs no attempt; an answer, however bad, always does
-            await self.policy.call(attempt, lane.limiter.sleep, free=lambda exc: probe_failed and classify(exc).outage)
+            await self.policy.call(functools.partial(self._attempt, request), lane.limiter.sleep,
+                                   free=lambda exc: request.probe_failed and classify(exc).outage)
         except _Stopped:
             return  # the rows stay claimed and are handed back when the run ends
         except Exception as exc:
             if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
                 raise  # not about this request: the run stops
-            await self._give_up(lane, remaining, exc, calls)
+            await self._give_up(lane, request.rows, exc, request.calls)
+
+    async def _attempt(self, request: _Request) -> None:
+        """One attempt: within the lane's limits, then sent; its answer (even a bad one) taken."""
+        lane = request.lane
+        if self._halted(lane):
+            raise _Stopped
+        cost, ours = self.estimator.cost(lane.body(request.rows))
+        probe = request.probe_failed = await lane.limiter.acquire(cost)
+        try:
+            data, headers = await self._send_held(request, cost)
+        except _Stopped:
+            if probe:
+                lane.limiter.abandon_probe()
+            raise
+        except Exception as exc:
+            self._observe_failure(lane, exc, probe)
+            raise
+        except BaseException:  # cancelled: let another request be the probe
+            if probe:
+                lane.limiter.abandon_probe()
+            raise
+        lane.limiter.observe(headers, answer=True)
+        lane.state.reached = True
+        request.probe_failed = False
+        lane.limiter.succeeded()  # it answered: no outage, whatever the answer is worth
+        self._take_answer(request, data, ours)
+
+    async def _send_held(self, request: _Request, cost: int) -> tuple[dict[str, Any], Any]:
+        """Send once a fair share of the concurrency is held, the rows' leases are still this process's and
+        (with a budget) the request's worst case is reserved; whatever happens, the limiter's and budget's
+        holds are given back."""
+        lane = request.lane
+        reserved = 0.0
+        try:
+            async with self.slots.hold(lane):
+                request.rows = await self._still_ours(lane, request.rows)
+                if self._halted(lane) or not request.rows:
+                    raise _Stopped
+                if lane.budget is not None:  # its worst case, reserved before it is sent
+                    prompt, completion = tokens.budget_parts(lane.body(request.rows))
+                    got = await lane.budget.reserve_when_settled(lane.model, "live", prompt, completion)
+                    if got is None or self._halted(lane):
+                        if got:
+                            lane.budget.release(got)
+                        raise _Stopped
+                    reserved = got
+                request.calls += 1
+                tally = self.ledger.tally(lane.job.id, lane.model)
+                tally.retries += int(request.calls > 1)
+                data, headers = await self._send(lane, request.rows, tally)
+                if lane.budget is not None and not (isinstance(data, dict) and isinstance(
+                        data.get("usage"), dict)):  # no usage to measure it by: its worst case counts
+                    lane.budget.unmeasured += reserved
+                return data, headers
+        finally:
+            lane.limiter.release(cost)
+            if lane.budget is not None:  # nothing awaits before the ledger has its real cost
+                lane.budget.release(reserved)
+            self._end_if_idle()
+
+    def _take_answer(self, request: _Request, data: dict[str, Any], ours: int) -> None:
+        """Pay for an answer and record each prompt's choices; `MalformedResponse` (another attempt, for the
+        prompts whose choices did not all come) when some are missing."""
+        lane, rows, n = request.lane, request.rows, request.n
+        usage = data.get("usage") if isinstance(data, dict) else None
+        self.estimator.observe(ours, usage)
+        # billed even when its choices cannot be mapped (then it is an attempt, asked again)
+        self.ledger.paid(lane.job.id, lane.model, "live", len(rows), usage)
+        parts = split_choices(data, n, len(rows))
+        incomplete = []
+        for i, (row, choices) in enumerate(zip(rows, parts, strict=True)):
+            if choices is None:
+                incomplete.append(row)
+                continue
+            response = _response_for(data, choices, len(rows), i)
+            text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+            tag = self.ledger.cache_tag(lane.job, row.id)
+            self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, request.calls)
+        if incomplete:  # ask again only for the prompts whose choices did not all come
+            request.rows = incomplete
+            raise MalformedResponse(f"{len(incomplete)} of {len(parts)} prompts lack some of their {n} choices")
 
     async def _give_up(self, lane: Lane, rows: Item, exc: Exception, calls: int) -> None:
         failure = classify(exc)
