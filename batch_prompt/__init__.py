@@ -1,10 +1,11 @@
 """batch-prompt: query LLMs with large batches of prompts, resumably.
 
-Data flow, one module per step: `spec` (with `templates`, `model_args`, `endpoints`) -> `expand` -> `store`
-(SQLite, `schema` + migrations/) -> `runner` + `worker` (`options`, `client`, `failures`, `retry`,
-`limiter`, `cache`, `progress`) -> `results` (export: `table`, `writer`). Before a run `preview` estimates a
-spec; after, `report` tells where jobs stand; `pricing` prices both. `job` and `cli` are the Python and
-command-line entry points; `testing` holds the fake server.
+Data flow, one subpackage per stage: `spec/` (the spec, templates, model args, endpoints; `expand`) ->
+`store/` (the SQLite job database: one module per table, migrations, leases, the response cache) -> `run/`
+(the runner; live and batch lanes; limiter, retry, failures, ledger, budget, client) -> `results/` (export:
+`table`, `writer`). `reports/` estimates a spec before a run, tells where jobs stand after, and prices
+both. `job` and `cli/` are the Python and command-line entry points (`options`: how to run, what a run
+did); `testing/` holds the fake server.
 """
 
 import typing

@@ -3,7 +3,7 @@
 `estimate(spec)` expands the spec (streamed, never all in memory) and counts per model: prompts, requests
 (packed legacy completions share one), estimated input tokens (`tokens.py`), the most output tokens the
 model args allow (`max_tokens` x `n`), the most that costs at the live and at the batch price
-(`pricing.py`), and how many prompts the response cache already answers (free unless `--no-cache`).
+(`prices.py`), and how many prompts the response cache already answers (free unless `--no-cache`).
 It writes nothing: no database, no cache folder, no call, no key.
 """
 

@@ -4,7 +4,7 @@ Both read only the job database (no cache, no network, no key). `status` costs O
 by status come from the unfinished index (done = total - the rest), cached answers from the cached index,
 tokens from the `spend` table (every response paid for), errors from the failed rows, and whether the
 server's token counts add up from a sample of answered rows (`usage.py`).
-Costs are the spend's tokens at the live and batch prices of `pricing.py`.
+Costs are the spend's tokens at the live and batch prices of `prices.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The rows the job database hands out and takes in: jobs, claimed prompts, outcomes, charges, batches,
-spend, and what status, show and export read. Plain frozen values; all SQL is in `store.py`."""
+spend, and what status, show and export read. Plain frozen values; all SQL is in the `store` package."""
 
 from __future__ import annotations
 
