@@ -43,10 +43,10 @@ class RunOptions:
     batch_bytes: int = 200_000_000
     poll: float = 10.0
     wait: bool = True
-    max_attempts: int = 8  # per prompt, live and batch (a `retry` policy given says its own)
+    max_attempts: int | None = None  # per prompt, live and batch; None: the `retry` policy's (8 by default)
     quiet: bool = False
     progress: Progress | None = None
-    retry: RetryPolicy | None = None  # None: `RetryPolicy(max_attempts=max_attempts)`
+    retry: RetryPolicy | None = None  # how long to wait between attempts (None: `RetryPolicy()`)
     limiter: Limiter | None = None
     lease_seconds: float = 300.0
     grace: float | None = None  # seconds in-flight requests get to finish after a stop (None: `timeout`)
@@ -71,7 +71,7 @@ class RunOptions:
             value = getattr(self, name)
             if (value is not None or name != "grace") and not _positive(value):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-        if not _positive_int(self.max_attempts):
+        if self.max_attempts is not None and not _positive_int(self.max_attempts):
             raise ConfigError(f"max_attempts must be a positive integer, not {self.max_attempts!r}")
         if self.concurrency > MAX_CONCURRENCY:
             raise ConfigError(f"concurrency {self.concurrency} is more than {MAX_CONCURRENCY:,}")
@@ -129,7 +129,7 @@ class RunArgs(TypedDict, total=False):
     batch_bytes: int
     poll: float
     wait: bool
-    max_attempts: int
+    max_attempts: int | None
     quiet: bool
     progress: Progress | None
     retry: RetryPolicy | None

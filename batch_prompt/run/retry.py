@@ -13,6 +13,7 @@ through backoff.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ class RetryPolicy:
     @classmethod
     def no_wait(cls, max_attempts: int = 8) -> RetryPolicy:
         return cls(max_attempts=max_attempts, initial=0.0, maximum=0.0, jitter=0.0, max_server_wait=0.0)
+
+    @classmethod
+    def for_run(cls, policy: RetryPolicy | None, max_attempts: int | None) -> RetryPolicy:
+        """A run's one policy, live and batch (`RunOptions.retry` and `max_attempts`): `policy` (or the
+        default), with `max_attempts` when given."""
+        policy = policy or cls()
+        if max_attempts is None or max_attempts == policy.max_attempts:
+            return policy
+        return dataclasses.replace(policy, max_attempts=max_attempts)
 
     def decide(self, failure: Failure, attempt: int) -> float | None:
         """After `failure` on a prompt's `attempt`-th attempt that counts (1: its first), the seconds to wait

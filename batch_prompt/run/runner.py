@@ -175,7 +175,7 @@ class _Run:
                 lane.budget = budgets.get(lane.job.id)
             for batch_lane in batch_lanes:
                 batch_lane.budget = budgets.get(batch_lane.job.id)
-            policy = self.opts.retry or RetryPolicy(max_attempts=self.opts.max_attempts)
+            policy = RetryPolicy.for_run(self.opts.retry, self.opts.max_attempts)
             engine = BatchEngine(
                 batch_lanes, store=self.store, ledger=self.ledger, leases=self.leases, owner=self.owner,
                 opts=self.opts, policy=policy, note=self.progress.note,
