@@ -49,13 +49,12 @@ class Batches(Connection):
         return self._batches("job_id = ?", (job.id,))
 
     def _batches(self, where: str, params: tuple[Any, ...]) -> list[BatchRow]:
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT id, job_id, model, endpoint, token, state, status, input_file_id, batch_id, output_file_id,"
-                " error_file_id, requests, completed, failed, error, files_left, created_at, submitted_at,"
-                f" finished_at, base_url, api_key_env FROM batches WHERE {where} ORDER BY id",
-                params,
-            ).fetchall()
+        rows = self.query(
+            "SELECT id, job_id, model, endpoint, token, state, status, input_file_id, batch_id, output_file_id,"
+            " error_file_id, requests, completed, failed, error, files_left, created_at, submitted_at,"
+            f" finished_at, base_url, api_key_env FROM batches WHERE {where} ORDER BY id",
+            params,
+        )
         return [BatchRow(**{**dict(zip(BatchRow.__slots__, r, strict=True)), "files_left": bool(r[15])})
                 for r in rows]
 
@@ -72,22 +71,20 @@ class Batches(Connection):
 
     def batch_rows(self, batch_id: int) -> list[Claimed]:
         """The prompts a batch still holds, in order."""
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT id, job_id, hash, model, request, attempts FROM prompts WHERE batch = ? AND status = 'running'"
-                " ORDER BY id",
-                (batch_id,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT id, job_id, hash, model, request, attempts FROM prompts WHERE batch = ? AND status = 'running'"
+            " ORDER BY id",
+            (batch_id,),
+        )
         return [Claimed(*row) for row in rows]
 
     def in_batches(self, job: JobRow) -> int:
         """How many of the job's prompts are held by open batches."""
-        with self.errors():
-            row = self.conn.execute(
-                "SELECT count(*) FROM prompts WHERE batch IN (SELECT id FROM batches WHERE job_id = ?"
-                " AND state NOT IN ('collected', 'returned')) AND status = 'running'",
-                (job.id,),
-            ).fetchone()
+        row = self.query(
+            "SELECT count(*) FROM prompts WHERE batch IN (SELECT id FROM batches WHERE job_id = ?"
+            " AND state NOT IN ('collected', 'returned')) AND status = 'running'",
+            (job.id,),
+        )[0]
         return int(row[0])
 
     def return_batch(self, batch_id: int, error: str | None) -> int:

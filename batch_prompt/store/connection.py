@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from ..errors import NotADatabaseError, StoreError
 from . import schema
@@ -159,6 +159,11 @@ class Connection:
                 if _primary_code(exc) != sqlite3.SQLITE_BUSY:
                     raise
                 self.on_locked(time.monotonic() - started)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of a read, SQLite's failures as `StoreError` naming the file."""
+        with self.errors():
+            return self.conn.execute(sql, params).fetchall()
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:

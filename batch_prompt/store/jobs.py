@@ -33,11 +33,10 @@ class Jobs(Connection):
 
 
     def jobs(self) -> list[JobRow]:
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at, mode,"
-                " fresh FROM jobs ORDER BY id"
-            ).fetchall()
+        rows = self.query(
+            "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at, mode,"
+            " fresh FROM jobs ORDER BY id"
+        )
         return [
             JobRow(id=r[0], name=r[1], spec=json.loads(r[2]), api=r[3], prompts_per_request=r[4], base_url=r[5],
                    state=r[6], n_prompts=r[7], created_at=r[8], mode=r[9], fresh=bool(r[10]))

@@ -40,41 +40,37 @@ class Prompts(Spending):
 
     def unfinished_by_model(self, job: JobRow) -> dict[tuple[str, str], int]:
         """{(model, status): count} of the job's rows not done, from the unfinished index: O(rows not done)."""
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT model, status, count(*) FROM prompts INDEXED BY prompts_unfinished"
-                " WHERE job_id = ? AND status != 'done' GROUP BY model, status",
-                (job.id,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT model, status, count(*) FROM prompts INDEXED BY prompts_unfinished"
+            " WHERE job_id = ? AND status != 'done' GROUP BY model, status",
+            (job.id,),
+        )
         return {(model, status): count for model, status, count in rows}
 
     def rows_by_model(self, job: JobRow) -> dict[str, int]:
         """{model: rows} of a job, counted (O(all rows): for a job whose spec does not say)."""
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT model, count(*) FROM prompts WHERE job_id = ? GROUP BY model", (job.id,)
-            ).fetchall()
+        rows = self.query(
+            "SELECT model, count(*) FROM prompts WHERE job_id = ? GROUP BY model", (job.id,)
+        )
         return dict(rows)
 
     def cached_by_model(self, job: JobRow) -> dict[str, int]:
         """{model: rows answered from the cache}, from the `prompts_cached` index: O(cached rows)."""
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT model, count(*) FROM prompts INDEXED BY prompts_cached WHERE job_id = ? AND cached = 1"
-                " GROUP BY model",
-                (job.id,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT model, count(*) FROM prompts INDEXED BY prompts_cached WHERE job_id = ? AND cached = 1"
+            " GROUP BY model",
+            (job.id,),
+        )
         return dict(rows)
 
     def error_groups(self, job: JobRow) -> list[tuple[str, int, str]]:
         """(error kind, failed rows, the first one's message), most frequent first. O(failed rows)."""
-        with self.errors():
-            rows = self.conn.execute(
-                # a bare column beside min(): SQLite takes it from the row holding the minimum
-                "SELECT coalesce(error_kind, 'error'), count(*), coalesce(last_error, ''), min(id) FROM prompts"
-                " WHERE job_id = ? AND status != 'done' AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1",
-                (job.id,),
-            ).fetchall()
+        rows = self.query(
+            # a bare column beside min(): SQLite takes it from the row holding the minimum
+            "SELECT coalesce(error_kind, 'error'), count(*), coalesce(last_error, ''), min(id) FROM prompts"
+            " WHERE job_id = ? AND status != 'done' AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1",
+            (job.id,),
+        )
         return [(kind, count, example) for kind, count, example, _ in rows]
 
     def prompts(self, job: JobRow, status: str | None = None, limit: int = 20) -> list[PromptRow]:
@@ -83,13 +79,12 @@ class Prompts(Spending):
         where, params = ("", ()) if status is None else (" AND status != 'done' AND status = ?", (status,))
         if status == "done":
             where, params = " AND status = 'done'", ()
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT id, hash, model, template_index, keywords_index, model_index, sample_index, template,"
-                " keywords, request, status, attempts, error_kind, last_error, response, cached FROM prompts"
-                f" WHERE job_id = ?{where} ORDER BY id LIMIT ?",
-                (job.id, *params, limit),
-            ).fetchall()
+        rows = self.query(
+            "SELECT id, hash, model, template_index, keywords_index, model_index, sample_index, template,"
+            " keywords, request, status, attempts, error_kind, last_error, response, cached FROM prompts"
+            f" WHERE job_id = ?{where} ORDER BY id LIMIT ?",
+            (job.id, *params, limit),
+        )
         return [PromptRow(*row) for row in rows]
 
     # --- running ----------------------------------------------------------------------------------
@@ -115,12 +110,11 @@ class Prompts(Spending):
     def pending(self, job: JobRow, model: str) -> int:
         """How many rows of the job's model are pending: claimable, or waiting for an answer in flight
         elsewhere."""
-        with self.errors():
-            row = self.conn.execute(
-                "SELECT count(*) FROM prompts WHERE job_id = ? AND model = ? AND status != 'done'"
-                " AND status = 'pending'",
-                (job.id, model),
-            ).fetchone()
+        row = self.query(
+            "SELECT count(*) FROM prompts WHERE job_id = ? AND model = ? AND status != 'done'"
+            " AND status = 'pending'",
+            (job.id, model),
+        )[0]
         return int(row[0])
 
     def pending_hashes(self, job: JobRow, model: str, limit: int) -> list[str]:
@@ -246,13 +240,12 @@ class Prompts(Spending):
         """The job's done rows in order, streamed."""
         last = 0
         while True:
-            with self.errors():
-                rows = self.conn.execute(
-                    "SELECT id, hash, model, template, keywords, request, response, template_index,"
-                    " keywords_index, model_index, sample_index FROM prompts"
-                    " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
-                    (job.id, last, chunk),
-                ).fetchall()
+            rows = self.query(
+                "SELECT id, hash, model, template, keywords, request, response, template_index,"
+                " keywords_index, model_index, sample_index FROM prompts"
+                " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
+                (job.id, last, chunk),
+            )
             if not rows:
                 return
             for row in rows:

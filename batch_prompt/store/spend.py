@@ -15,12 +15,11 @@ class Spending(Connection):
 
     def spend(self, job: JobRow) -> list[Spend]:
         """What the job has paid for, by model and mode (every response paid for, recorded or not)."""
-        with self.errors():
-            rows = self.conn.execute(
-                "SELECT model, mode, requests, answers, prompt_tokens, completion_tokens FROM spend"
-                " WHERE job_id = ? ORDER BY model, mode",
-                (job.id,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT model, mode, requests, answers, prompt_tokens, completion_tokens FROM spend"
+            " WHERE job_id = ? ORDER BY model, mode",
+            (job.id,),
+        )
         return [Spend(*row) for row in rows]
 
     def hold_budget(self, job: JobRow, owner: str, lease_seconds: float,
