@@ -106,12 +106,6 @@ def job_prices(own: str | Path | None, override: str | Path | None = None, *, le
         raise
 
 
-@lru_cache(maxsize=1)
-def list_prices() -> Prices:
-    """The list prices with no override, shared (the run's answers are priced with it)."""
-    return Prices()
-
-
 def unknown_price_message(models: list[str] | tuple[str, ...]) -> str:
     """"no known price for `my-llama`: give one with --prices FILE" (several names: comma-separated)."""
     names = ", ".join(f"`{m}`" for m in models)
