@@ -1,8 +1,9 @@
 """Batch API mode: a job's unfinished prompts go to the provider's batch engine, through the same job table.
 
-Per (job, model) a `Lane` submits, polls and collects, with the openai SDK's own `files` and
-`batches` resources. It shares with live mode everything but the transport: claims and leases, the
-cache, the ledger (answers cached, then committed with their charges, at the batch price), status and
+Per (job, model) a `Lane` in batch mode (`lanes.py`) submits, polls and collects, with the openai SDK's own
+`files` and `batches` resources. It shares with live mode everything but the transport: the lane, its
+intake (claims and leases, the one cache read), the endpoint's state and how it stops, the retry
+decision, the ledger (answers cached, then committed with their charges, at the batch price), status and
 export.
 
 Never twice, across kills: a batch is recorded (`Store.open_batch`, with a random token, in one

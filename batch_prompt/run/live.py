@@ -1,7 +1,7 @@
 """The live worker pool: every job's models, each at its endpoint, worked side by side in one concurrency.
 
-Each (job, model) is a `Lane`. Its feeder claims rows in chunks (one `UPDATE ... RETURNING` each, through
-the store's thread), answers what the cache holds at once, lets rows asking what another row of this run
+Each (job, model) is a `Lane` (`lanes.py`). Its feeder takes rows through the lanes' one intake (claimed in
+chunks, what the cache holds answered at once), lets rows asking what another row of this run
 already asks follow it, packs the rest into requests (legacy completions) and queues them. Its workers
 take requests; each attempt waits for the lane's limiter (one per endpoint and model: its own limits,
 learned from its own headers, a careful start), then for a fair share of the run's `concurrency`
@@ -10,8 +10,8 @@ ledger. Nothing per request waits for the database.
 
 Stopping (`stop()`: Ctrl-C, a store or cache failing): no lane claims or starts anything more; requests
 in flight finish and their answers are kept; once none is in flight the pool ends. A refused key, an
-exhausted quota or an endpoint that never answers stops the lanes of that endpoint only (`Endpoint
-State.fatal`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) cancels what is in flight.
+exhausted quota or an endpoint that never answers stops the lanes of that endpoint only
+(`EndpointState.refuse`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) cancels what is in flight.
 """
 
 from __future__ import annotations
