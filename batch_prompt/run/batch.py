@@ -31,40 +31,29 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-import openai
-
-from ..errors import BatchPromptError, CacheError, ConfigError, FatalAPIError, RetryExhausted, StoreError
+from ..errors import BatchPromptError, CacheError, ConfigError, StoreError
 from ..options import RunOptions
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
 from ..store.database import BatchRow, Claimed, Store
 from ..store.leases import LeaseKeeper
-from .batchfile import URLS, line_size, read_results, write_input
+from .batchcalls import FILE_TIMEOUT, BatchCalls, Halted
+from .batchfile import line_size, read_results
 from .client import split_choices
-from .failures import Failure, MalformedResponse, Verdict, classify, classify_line, redact
+from .failures import Failure, MalformedResponse, Verdict, classify_line, redact
 from .lanes import Intake, Lane
 from .ledger import Ledger
 from .retry import RetryPolicy
 
-T = TypeVar("T")
 ENDED = ("completed", "failed", "expired", "cancelled")
 COLLECT_CHUNK = 2_000  # results cached in one transaction and committed together while collecting
 MAX_POLL = 50.0  # seconds: a finished batch is noticed within a minute
-FILE_TIMEOUT = 900.0  # seconds an upload or download of up to 200 MB may take
 
 
-class _Halted(Exception):
-    """The lane, or the run, stops: nothing more is submitted or awaited."""
-
-
-class _NoBatchAPI(_Halted):
-    """The endpoint has no Files/Batch API: a batch being prepared there cannot have an uploaded file."""
-
-
-class BatchEngine:
+class BatchEngine(BatchCalls):
     """Drives the batch lanes of a run: see the module docstring."""
 
     def __init__(
@@ -117,11 +106,11 @@ class BatchEngine:
                     try:
                         if not await self._submit(lane):
                             break
-                    except (_Halted, StoreError):
+                    except (Halted, StoreError):
                         raise
                     except BatchPromptError as exc:  # the provider unreachable for a while: submit again later
                         if lane.state.fatal is not None or self.ledger.failure is not None:
-                            raise _Halted from None
+                            raise Halted from None
                         self.note(f"could not submit a batch of {lane.job.name}: {exc}; trying again")
                         failed_submit = True
                         break
@@ -131,11 +120,11 @@ class BatchEngine:
                 for batch in list(lane.open.values()):
                     try:
                         changed |= await self._poll(lane, batch)
-                    except _Halted:
+                    except Halted:
                         raise
                     except BatchPromptError as exc:  # the provider unreachable for a while: poll again later
                         if lane.state.fatal is not None or self.ledger.failure is not None:
-                            raise _Halted from None
+                            raise Halted from None
                         self.note(f"could not look at batch {batch.id}: {exc}; trying again")
                 if not lane.open and not failed_submit:  # (after a failed submit: wait, then try again)
                     reached = lane.budget is not None and lane.budget.reached
@@ -149,64 +138,10 @@ class BatchEngine:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
-        except _Halted:
+        except Halted:
             return
         except StoreError as exc:  # the job database failed (disk full, read-only): the run stops, exit 2
             self.ledger.stop_with(exc)
-
-    async def _open_batches(self, lane: Lane) -> list[BatchRow]:
-        batches = await self.store.batches(lane.job)
-        mine = [b for b in batches if b.model == lane.model and b.endpoint == lane.endpoint.identity]
-        for settled in mine:  # files a process killed while deleting them left behind
-            if settled.state in ("collected", "returned") and settled.files_left:
-                await self._delete_files(lane, settled, [settled.input_file_id, settled.output_file_id,
-                                                        settled.error_file_id])
-        lane.open = {b.id: b for b in mine if b.state not in ("collected", "returned")}
-        return list(lane.open.values())
-
-    async def _api(self, lane: Lane, call: Callable[[], Awaitable[T]], first: bool = False) -> T:
-        """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
-        call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
-        server has none (llama.cpp's): `_NoBatchAPI`."""
-        state = lane.state
-
-        async def attempt() -> T:
-            try:
-                result = await call()
-            except openai.APIConnectionError as exc:  # before any answer, a few make the endpoint wrong
-                state.could_not_connect(redact(classify(exc).message, state.endpoint.api_key))
-                if state.fatal is not None:
-                    raise _Halted from None
-                raise
-            except openai.APIStatusError:
-                state.reached = True
-                raise
-            state.reached = True
-            return result
-
-        try:
-            return await self.policy.call(attempt, asyncio.sleep)
-        except _Halted:
-            raise
-        except Exception as exc:
-            if isinstance(exc, BatchPromptError) and not isinstance(exc, RetryExhausted):
-                raise
-            failure = classify(exc)
-            message = redact(failure.message, lane.state.endpoint.api_key)
-            if first and failure.status in (404, 405):  # a server without the Batch API
-                url = lane.endpoint.base_url
-                lane.state.refuse(FatalAPIError(f"{url} has no Batch API (it answered {message}): run with --mode live",
-                                                status_code=failure.status, endpoint=url))
-                raise _NoBatchAPI from None
-            if failure.verdict is Verdict.FATAL and lane.state.fatal is None:
-                lane.state.refused_by_api(message, failure.status)
-                raise _Halted from None
-            if failure.verdict is Verdict.LOCAL:
-                raise
-            raise BatchPromptError(f"the Batch API call failed at {lane.state.endpoint.base_url}: {message}") from None
-
-    def _sdk(self, lane: Lane) -> openai.AsyncOpenAI:
-        return lane.client.sdk
 
     # --- submitting ----------------------------------------------------------------------------------
 
@@ -254,90 +189,6 @@ class BatchEngine:
             return False
         lane.reserved[0] = lane.reserved.get(0, 0.0) + got
         return True
-
-    def _unreserve(self, lane: Lane, batch_id: int) -> None:
-        if lane.budget is not None:
-            lane.budget.release(lane.reserved.pop(batch_id, 0.0))
-
-    def _file_name(self, batch: BatchRow) -> str:
-        return f"batch-prompt-{batch.token}.jsonl"
-
-    async def _upload(self, lane: Lane, batch: BatchRow) -> None:
-        rows = await self.store.run(lambda s: s.batch_rows(batch.id))
-        file, _ = write_input(rows, lane.job.api)
-        try:
-            async def upload() -> Any:
-                file.seek(0)
-                return await self._sdk(lane).files.create(
-                    file=(self._file_name(batch), file), purpose="batch", timeout=FILE_TIMEOUT)
-
-            uploaded = await self._api(lane, upload, first=True)
-        except _NoBatchAPI:
-            await self._return_unuploaded(lane, batch)
-            raise
-        except _Halted:
-            if not lane.state.reached:  # the server never answered (a wrong URL): no batch can exist there
-                await self._return_unuploaded(lane, batch)
-            raise
-        finally:
-            file.close()
-        await self._set(lane, batch, state="uploaded", input_file_id=uploaded.id)
-
-    async def _return_unuploaded(self, lane: Lane, batch: BatchRow) -> None:
-        """A batch whose file cannot exist (the server has no Files API): its prompts are pending again."""
-        await self.store.run(lambda s: s.return_batch(batch.id, str(lane.state.fatal)))
-        lane.open.pop(batch.id, None)
-        self._unreserve(lane, batch.id)
-
-    async def _create(self, lane: Lane, batch: BatchRow) -> None:
-        assert batch.input_file_id is not None
-        file_id = batch.input_file_id
-        created = await self._api(lane, lambda: self._sdk(lane).batches.create(
-            input_file_id=file_id, endpoint=URLS[lane.job.api],  # type: ignore[arg-type]
-            completion_window="24h", metadata={"batch_prompt": batch.token, "job": lane.job.name[:500]}))
-        await self._set(lane, batch, state="submitted", batch_id=created.id, status=created.status,
-                        submitted_at=time.time())
-
-    async def _set(self, lane: Lane, batch: BatchRow, **fields: Any) -> None:
-        await self.store.run(lambda s: s.update_batch(batch.id, **fields))
-        lane.open[batch.id] = BatchRow(**{**{k: getattr(batch, k) for k in BatchRow.__slots__}, **fields})
-
-    # --- finding what a killed process left ------------------------------------------------------------
-
-    async def _recover(self, lane: Lane, batch: BatchRow) -> None:
-        """Bring a batch recorded before a kill to `submitted`: find its file and batch before making any."""
-        if batch.state == "preparing":
-            async def find_file() -> Any:
-                async for file in self._sdk(lane).files.list(purpose="batch"):
-                    if file.filename == self._file_name(batch):
-                        return file
-                return None
-
-            try:
-                found = await self._api(lane, find_file, first=True)
-            except _NoBatchAPI:
-                await self._return_unuploaded(lane, batch)
-                raise
-            if found is None:
-                await self._upload(lane, batch)
-            else:
-                await self._set(lane, batch, state="uploaded", input_file_id=found.id)
-            batch = lane.open[batch.id]
-        if batch.state == "uploaded":
-            async def find_batch() -> Any:
-                async for item in self._sdk(lane).batches.list(limit=100):
-                    if (item.metadata or {}).get("batch_prompt") == batch.token:
-                        return item
-                    if item.created_at < batch.created_at - 3600:  # newest first: it would have been here
-                        return None
-                return None
-
-            existing = await self._api(lane, find_batch)
-            if existing is None:
-                await self._create(lane, batch)
-            else:
-                await self._set(lane, batch, state="submitted", batch_id=existing.id, status=existing.status,
-                                submitted_at=time.time())
 
     # --- waiting and collecting ------------------------------------------------------------------------
 
@@ -401,7 +252,7 @@ class BatchEngine:
             except CacheError as exc:  # the database still keeps them (their outcomes hold the answers)
                 self.ledger.stop_with(exc)
             if not await self.ledger.flush():
-                raise _Halted
+                raise Halted
         for row in unanswered:
             if row.hash in answered:
                 self.ledger.shared(row, answered[row.hash])
@@ -410,7 +261,7 @@ class BatchEngine:
                     Verdict.RETRY, "batch no result", f"batch {batch.batch_id} ended ({seen.status}) without it",
                     outage=seen.status in ("expired", "cancelled")))
         if not await self.ledger.flush():
-            raise _Halted
+            raise Halted
         await self._delete_files(lane, batch, [batch.input_file_id, seen.output_file_id, seen.error_file_id])
         await self.store.run(lambda s: s.update_batch(batch.id, state="collected", finished_at=time.time()))
         lane.open.pop(batch.id, None)
@@ -455,16 +306,6 @@ class BatchEngine:
         if failure.verdict is Verdict.FATAL:
             lane.state.refused_by_api(message, failure.status)
 
-    async def _delete_files(self, lane: Lane, batch: BatchRow, ids: list[str | None]) -> None:
-        for file_id in ids:
-            if not file_id:
-                continue
-            delete = functools.partial(self._sdk(lane).files.delete, file_id)
-            # a file already gone (404), or an endpoint failing: then it is the provider's to expire
-            with contextlib.suppress(BatchPromptError):
-                await self._api(lane, delete)
-        await self.store.run(lambda s: s.update_batch(batch.id, files_left=False))
-
     async def cancel(self, lane: Lane) -> tuple[int, int]:
         """Ask the provider to cancel every open batch of the lane; returns how many were asked, and how many
         were being cancelled already (asked before)."""
@@ -472,7 +313,7 @@ class BatchEngine:
         for batch in await self._open_batches(lane):
             try:
                 await self._recover(lane, batch)
-            except _Halted:  # the endpoint refused (or has no Batch API): the run says so
+            except Halted:  # the endpoint refused (or has no Batch API): the run says so
                 return asked, already
             if batch.id not in lane.open:
                 continue
