@@ -32,9 +32,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-import openai
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BatchPromptError, CacheError, ConfigError, FatalAPIError, RetryExhausted, StoreError
 from ..options import RunOptions
@@ -50,6 +48,9 @@ from .failures import Failure, MalformedResponse, Verdict, classify, classify_li
 from .ledger import Ledger
 from .live import EndpointState
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -189,6 +190,8 @@ class BatchEngine:
         """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
         call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
         server has none (llama.cpp's): `_NoBatchAPI`."""
+        import openai  # imported here, not on the live path (`ApiClient.sdk` imports it for these calls)
+
         state = lane.state
 
         async def attempt() -> T:

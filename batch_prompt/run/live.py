@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
-
 from ..errors import BatchPromptError, ConfigError, FatalAPIError, RetryExhausted
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
@@ -33,7 +31,7 @@ from ..store.database import Claimed, JobRow
 from ..store.leases import LeaseKeeper
 from .budget import Budget
 from .client import ApiClient, Endpoint, split_choices
-from .failures import MalformedResponse, Verdict, classify, redact
+from .failures import MalformedResponse, Verdict, classify, is_connection_error, redact, status_error_of
 from .ledger import Ledger
 from .limiter import Limiter
 from .retry import RetryPolicy
@@ -347,11 +345,11 @@ class LivePool:
     def _observe_failure(self, lane: Lane, exc: Exception, probe: bool) -> None:
         failure = classify(exc)
         state = lane.state
-        if isinstance(exc, openai.APIConnectionError):
+        if is_connection_error(exc):
             state.could_not_connect(redact(failure.message, lane.endpoint.api_key))
             self._end_if_idle()  # the last lane's endpoint is wrong: nothing to wait for
-        if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
-            lane.limiter.observe(exc.response.headers)
+        if failure.verdict is Verdict.RATE_LIMITED and (answered := status_error_of(exc)) is not None:
+            lane.limiter.observe(answered.response.headers)
             lane.limiter.rate_limited(failure.retry_after)
         elif failure.outage:
             lane.limiter.failed(probe)
