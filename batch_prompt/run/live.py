@@ -284,7 +284,7 @@ class LivePool:
                 response = _response_for(data, choices, len(remaining), i)
                 text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
                 tag = self.ledger.cache_tag(lane.job, row.id)
-                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, calls)
+                self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, calls, together=True)
             if incomplete:  # ask again only for the prompts whose choices did not all come
                 missing, remaining = len(incomplete), incomplete
                 raise MalformedResponse(f"{missing} of {len(parts)} prompts lack some of their {n} choices")
