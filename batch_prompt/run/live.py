@@ -134,6 +134,7 @@ class LivePool:
         self._deadline: asyncio.Timeout | None = None
         self._ended = False  # run() has returned: its deadline can no longer be moved
         self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
+        self.sending = asyncio.Event()  # set once the first request is out
 
     def _halted(self, lane: Lane) -> bool:
         return (self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
@@ -320,6 +321,7 @@ class LivePool:
 
     async def _send(self, lane: Lane, rows: Item, tally: Any) -> tuple[dict[str, Any], Any]:
         tally.requests += 1
+        self.sending.set()
         tally.in_flight += len(rows)
         self.in_flight += 1
         try:
