@@ -13,4 +13,4 @@ if __name__ != "__main__":
 
 from .cli import main
 
-sys.exit(main(["resume", *sys.argv[1:]], prog="python -m batch_prompt.resume"))
+sys.exit(main(["resume", *sys.argv[1:]], prog="python -m batch_prompt.resume", last=True))

@@ -18,7 +18,8 @@ record is also polled every 10 ms and the time it was first seen non-empty is pr
 (`*_first_answer_polled_s`): the server lists a request once it has answered it, so that figure is
 the first request's arrival plus the server's latency (0.2 s) plus up to one poll.
 
-Targets (full mode): create < 30 s, resume start < 2 s, export < 60 s, peak RSS < 300 MB.
+Targets (full mode): create < 30 s, resume start < 2 s, export < 60 s, peak RSS < 300 MB (create,
+export), < 100 MB for a run (either resume: the bare SDK client alone holds 70-100 MB).
 --smoke: 20,000 prompts (100 x 200), targets not enforced. Exit 1 only when the benchmark itself breaks.
 
     python scripts/bench_scale.py [--smoke] [--templates T] [--keywords K] [--pending P] [--keep DIR]
@@ -43,6 +44,7 @@ from benchkit import PYTHON, FakeServerProcess, Measured, Report, bench_env, run
 CONCURRENCY = 100
 LATENCY = 0.2
 RSS_LIMIT_MB = 300.0
+RUN_RSS_LIMIT_MB = 100.0  # a run of the 1,000,000-prompt job (issue 18)
 
 FAKE_RESPONSE_SQL = (
     """'{"id":"chatcmpl-' || id || '","object":"chat.completion","created":1,"model":"' || model || '",'"""
@@ -229,8 +231,8 @@ def main() -> int:
     report.target(f"resume start ({n - args.pending} done)", start_rest, 2.0, unit=" s")
     report.target("export wall", export.wall, 60.0, unit=" s")
     report.target("create peak RSS", create.maxrss_mb, RSS_LIMIT_MB, unit=" MB")
-    report.target("resume (none done) peak RSS", rss_none, RSS_LIMIT_MB, unit=" MB")
-    report.target(f"resume (last {args.pending}) peak RSS", rss_rest, RSS_LIMIT_MB, unit=" MB")
+    report.target("resume (none done) peak RSS", rss_none, RUN_RSS_LIMIT_MB, unit=" MB")
+    report.target(f"resume (last {args.pending}) peak RSS", rss_rest, RUN_RSS_LIMIT_MB, unit=" MB")
     report.target("export peak RSS", export.maxrss_mb, RSS_LIMIT_MB, unit=" MB")
     return 0
 

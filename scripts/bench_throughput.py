@@ -1,39 +1,43 @@
 """Throughput benchmark: the tool against a minimal openai-SDK client, same fake server, same prompts.
 
-The fake server (a separate process) answers every request after `--latency` seconds (0.2). N chat
-prompts (5,000; 300 with --smoke) at concurrency C (100): ideal wall = N x latency / C (10 s).
+Two cases, each client a child process (its CPU and peak RSS read with `os.wait4`), the fake server
+another:
 
-1. the tool: `python -m batch_prompt run SPEC --db DB --concurrency C --quiet --cache-dir D --base-url URL`
-   (fresh database and cache: it creates the job, then sends every prompt);
-2. a minimal client: `openai.AsyncOpenAI(max_retries=0, http_client=openai.DefaultAioHttpClient())` +
-   `asyncio.Semaphore(C)` + `gather`, no database, no cache (this script with --minimal-client, also a
-   child process, so its CPU is measured the same way).
+- latency-bound: the server answers every request after `--latency` seconds (0.2); N chat prompts (5,000;
+  300 with --smoke) at concurrency C (100): ideal wall = N x latency / C (10 s);
+- client-bound: latency 0, `--client-bound-prompts` (20,000; 1,000 with --smoke): how many requests per
+  second the client itself can make.
 
-Figures: wall / ideal of each (the process's whole life, Python start-up included), client CPU seconds
-per 1,000 requests, the span the server saw (first request to last answer: the process's wall less
-its start-up and exit), and cpu_ratio = tool CPU per request / minimal CPU per request. The start-up cost
-(`python -m batch_prompt --help`, `python -c "import openai"`) is printed too, so figures net of it can
-be worked out. Targets: tool wall / ideal <= 1.10 (also checked for the send span alone), cpu_ratio <= 1.5
-(enforced only in full mode; the exit code is 0 either way, 1 only when the benchmark itself breaks).
+The clients: the tool (`python -m batch_prompt run SPEC --db DB --concurrency C --quiet --cache-dir D
+--base-url URL`, fresh database and cache: it creates the job, then sends every prompt); a minimal client
+(`openai.AsyncOpenAI(max_retries=0, http_client=openai.DefaultAioHttpClient())` + `asyncio.Semaphore(C)`
++ `gather`, no database, no cache: this script with --minimal-client); and, client-bound only, a raw
+aiohttp client (the floor: this script with --raw-client; with --smoke the minimal client is left out of
+the client-bound case).
 
-On a 2-core machine that also runs the fake server (2026-11-24): 5,000 prompts, tool wall/ideal 1.15 (send
-span 1.07, CPU 0.71 s per 1,000 requests) against 1.16-1.19 for the minimal client (span 1.09-1.11, 1.12 s);
-20,000 prompts (`--prompts 20000`): tool 1.08 (span 1.06), minimal 1.11. Of a 10 s ideal, 0.6 s (6 %) is
-Python start-up and `import openai`, which any SDK client pays, the floor included.
+Figures per case and client (`<case>_<client>_<figure>`): wall (the process's whole life), time from
+launch to the first request and from the last answer to exit (as the server saw them), the send span
+(first request to last answer) and req/s over it, CPU ms per request, peak RSS. Targets (enforced only in
+full mode; the exit code is 0 either way, 1 only when the benchmark itself breaks): latency-bound tool
+wall / ideal <= 1.10 (also for the send span alone), cpu_ratio (tool / minimal CPU) <= 1.5, tool time to
+first request <= 0.5 s, tool peak RSS <= minimal's + 20 MB; client-bound tool >= 2,000 req/s (a raw
+aiohttp client reaches about 2,500 on the 2-core machine that also runs the server).
 
-    python scripts/bench_throughput.py [--smoke] [--prompts N] [--concurrency C] [--latency S]
+    python scripts/bench_throughput.py [--smoke] [--prompts N] [--client-bound-prompts N] [--concurrency C]
+                                       [--latency S]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import PYTHON, FakeServerProcess, Measured, Report, bench_env, run_measured, write_json
+from benchkit import PYTHON, FakeServerProcess, Report, bench_env, run_measured, write_json
 
 MODEL = "fake-model"
 MAX_TOKENS = 5
@@ -86,23 +90,86 @@ async def minimal_client(url: str, n: int, concurrency: int) -> int:
     return sum(1 for a in answers if a)
 
 
-def server_span(record: list[dict[str, Any]], launched: float, latency: float) -> tuple[float, float]:
-    """(seconds from launch to the first request, seconds from the first request to the last answer)."""
+async def raw_client(url: str, n: int, concurrency: int) -> int:
+    """A floor: aiohttp alone (a session, a semaphore and gather), no SDK. Returns the answers received."""
+    import aiohttp
+
+    headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers) as session:
+
+        async def one(t: int, k: int) -> str | None:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": prompt_text(t, k)}],
+                    "max_tokens": MAX_TOKENS}
+            async with semaphore, session.post(url + "/chat/completions", json=body) as response:
+                data = await response.json()
+                content: str | None = data["choices"][0]["message"]["content"]
+                return content
+
+        answers = await asyncio.gather(*(one(t, k) for t, k in grid(n)))
+    return sum(1 for a in answers if a)
+
+
+def server_span(record: list[dict[str, Any]], launched: float, latency: float) -> tuple[float, float, float]:
+    """(seconds from launch to the first request, seconds from the first request to the last answer,
+    time.monotonic() of the last answer)."""
     times = sorted(entry["t"] for entry in record)
-    return times[0] - launched, times[-1] + latency - times[0]
+    return times[0] - launched, times[-1] + latency - times[0], times[-1] + latency
+
+
+def command(name: str, url: str, spec: Path, tmp: Path, n: int, concurrency: int) -> list[str]:
+    if name == "tool":
+        return [
+            PYTHON, "-m", "batch_prompt", "run", str(spec), "--db", str(tmp / "jobs.db"), "--concurrency",
+            str(concurrency), "--quiet", "--cache-dir", str(tmp / "cache"), "--base-url", url,
+        ]
+    flag = {"minimal": "--minimal-client", "raw": "--raw-client"}[name]
+    return [PYTHON, str(Path(__file__).resolve()), flag, url, "--prompts", str(n), "--concurrency", str(concurrency)]
+
+
+def measure(report: Report, case: str, name: str, server: FakeServerProcess, tmp: Path, env: dict[str, str],
+            n: int, concurrency: int, latency: float) -> dict[str, float]:
+    """Run one client against `server` (fresh database and cache for the tool); print and return its figures."""
+    for leftover in ("jobs.db", "jobs.db-wal", "jobs.db-shm"):
+        (tmp / leftover).unlink(missing_ok=True)
+    shutil.rmtree(tmp / "cache", ignore_errors=True)
+    server.reset()
+    spec = write_json(tmp / "spec.json", make_spec(n))
+    cpu_before = server.cpu_seconds()
+    cmd = command(name, server.url, spec, tmp, n, concurrency)
+    result = run_measured(cmd, env, tmp, timeout=max(120.0, 20 * n * max(latency, 0.001) / concurrency)).check()
+    server_cpu = server.cpu_seconds() - cpu_before
+    record = server.record()
+    ok = sum(1 for entry in record if entry["outcome"] == "ok")
+    if ok != n or len(record) != n:
+        raise RuntimeError(f"{case} {name}: the server answered {ok} of {len(record)} requests, expected {n}")
+    first, span, last = server_span(record, result.launched, latency)
+    figures = {
+        "wall_s": result.wall, "first_request_s": first, "send_span_s": span,
+        "exit_after_last_answer_s": result.launched + result.wall - last, "req_per_s": n / span,
+        "cpu_s": result.cpu, "cpu_ms_per_request": result.cpu / n * 1000, "maxrss_mb": result.maxrss_mb,
+        "server_cpu_s": server_cpu,
+    }
+    for key, value in figures.items():
+        report.figure(f"{case}_{name}_{key}", value, 1 if key == "maxrss_mb" else 3)
+    return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI; targets not enforced")
-    parser.add_argument("--prompts", type=int, help="prompts (default 5000; 300 with --smoke)")
+    parser.add_argument("--prompts", type=int, help="latency-bound prompts (default 5000; 300 with --smoke)")
+    parser.add_argument("--client-bound-prompts", type=int, help="client-bound prompts (default 20000; 1000 --smoke)")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--minimal-client", metavar="URL", help=argparse.SUPPRESS)  # the baseline child
+    parser.add_argument("--raw-client", metavar="URL", help=argparse.SUPPRESS)  # the aiohttp floor child
     args = parser.parse_args()
     n = args.prompts or (300 if args.smoke else 5000)
-    if args.minimal_client:
-        answered = asyncio.run(minimal_client(args.minimal_client, n, args.concurrency))
+    n_bound = args.client_bound_prompts or (1000 if args.smoke else 20_000)
+    if args.minimal_client or args.raw_client:
+        client = minimal_client if args.minimal_client else raw_client
+        answered = asyncio.run(client(args.minimal_client or args.raw_client, n, args.concurrency))
         print(f"answered={answered}")
         return 0 if answered == n else 1
 
@@ -110,64 +177,38 @@ def main() -> int:
     ideal = n * args.latency / args.concurrency
     report.package()
     report.figure("prompts", n)
+    report.figure("client_bound_prompts", n_bound)
     report.figure("concurrency", args.concurrency)
     report.figure("latency_s", args.latency)
     report.figure("ideal_wall_s", ideal)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp_name:
         tmp = Path(tmp_name)
         env = bench_env(tmp)
-        spec = write_json(tmp / "spec.json", make_spec(n))
+        # start-up costs: what each process pays before its first request
+        tool_start = run_measured([PYTHON, "-m", "batch_prompt", "--help"], env, tmp).check()
+        sdk_start = run_measured([PYTHON, "-c", "import openai"], env, tmp).check()
+        report.figure("tool_startup_wall_s", tool_start.wall)
+        report.figure("minimal_startup_wall_s", sdk_start.wall)
+        bound: dict[str, dict[str, float]] = {}
         with FakeServerProcess(["--latency", str(args.latency)], env, tmp, tmp / "server.log") as server:
-            # start-up costs: what each process pays before its first request
-            tool_start = run_measured([PYTHON, "-m", "batch_prompt", "--help"], env, tmp).check()
-            sdk_start = run_measured([PYTHON, "-c", "import openai"], env, tmp).check()
-            report.figure("tool_startup_wall_s", tool_start.wall)
-            report.figure("tool_startup_cpu_s", tool_start.cpu)
-            report.figure("minimal_startup_wall_s", sdk_start.wall)
-            report.figure("minimal_startup_cpu_s", sdk_start.cpu)
+            lat = {name: measure(report, "latency_bound", name, server, tmp, env, n, args.concurrency, args.latency)
+                   for name in ("minimal", "tool")}
+        with FakeServerProcess(["--latency", "0"], env, tmp, tmp / "server0.log") as server:
+            for name in ("raw", "tool") if args.smoke else ("raw", "minimal", "tool"):  # smoke: a few seconds
+                bound[name] = measure(report, "client_bound", name, server, tmp, env, n_bound, args.concurrency, 0.0)
 
-            results: dict[str, Measured] = {}
-            spans: dict[str, float] = {}
-            for name in ("minimal", "tool"):
-                server.reset()
-                cpu_before = server.cpu_seconds()
-                if name == "tool":
-                    cmd = [
-                        PYTHON, "-m", "batch_prompt", "run", str(spec), "--db", str(tmp / "jobs.db"),
-                        "--concurrency", str(args.concurrency), "--quiet", "--cache-dir", str(tmp / "cache"),
-                        "--base-url", server.url,
-                    ]
-                else:
-                    cmd = [
-                        PYTHON, str(Path(__file__).resolve()), "--minimal-client", server.url, "--prompts", str(n),
-                        "--concurrency", str(args.concurrency),
-                    ]
-                result = run_measured(cmd, env, tmp, timeout=max(120.0, 20 * ideal)).check()
-                server_cpu = server.cpu_seconds() - cpu_before
-                record = server.record()
-                ok = sum(1 for entry in record if entry["outcome"] == "ok")
-                if ok != n or len(record) != n:
-                    raise RuntimeError(f"{name}: the server answered {ok} of {len(record)} requests, expected {n}")
-                first, span = server_span(record, result.launched, args.latency)
-                results[name], spans[name] = result, span
-                report.figure(f"{name}_wall_s", result.wall)
-                report.figure(f"{name}_wall_over_ideal", result.wall / ideal)
-                report.figure(f"{name}_first_request_s", first)
-                report.figure(f"{name}_send_span_s", span)
-                report.figure(f"{name}_send_span_over_ideal", span / ideal)
-                report.figure(f"{name}_cpu_s", result.cpu)
-                report.figure(f"{name}_cpu_s_per_1000_requests", result.cpu / n * 1000)
-                report.figure(f"{name}_maxrss_mb", result.maxrss_mb, 1)
-                report.figure(f"{name}_server_cpu_s", server_cpu)
-
-    tool, minimal = results["tool"], results["minimal"]
-    cpu_ratio = tool.cpu / minimal.cpu
-    net_ratio = (tool.cpu - tool_start.cpu) / max(minimal.cpu - sdk_start.cpu, 1e-9)
-    report.figure("cpu_ratio", cpu_ratio)
-    report.figure("cpu_ratio_net_of_startup", net_ratio)
-    report.target("tool wall/ideal", tool.wall / ideal, 1.10)
-    report.target("tool send span/ideal (start-up excluded)", spans["tool"] / ideal, 1.10)
-    report.target("cpu_ratio (tool/minimal CPU per request)", cpu_ratio, 1.5)
+    tool, minimal = lat["tool"], lat["minimal"]
+    report.figure("latency_bound_tool_wall_over_ideal", tool["wall_s"] / ideal)
+    report.figure("latency_bound_minimal_wall_over_ideal", minimal["wall_s"] / ideal)
+    report.figure("latency_bound_tool_send_span_over_ideal", tool["send_span_s"] / ideal)
+    report.figure("cpu_ratio", tool["cpu_s"] / minimal["cpu_s"])
+    report.target("tool wall/ideal (latency-bound)", tool["wall_s"] / ideal, 1.10)
+    report.target("tool send span/ideal (latency-bound, start-up excluded)", tool["send_span_s"] / ideal, 1.10)
+    report.target("cpu_ratio (tool/minimal CPU per request, latency-bound)", tool["cpu_s"] / minimal["cpu_s"], 1.5)
+    report.target("tool time to first request (latency-bound)", tool["first_request_s"], 0.5, unit=" s")
+    report.target("tool peak RSS - minimal's (latency-bound)", tool["maxrss_mb"] - minimal["maxrss_mb"], 20.0,
+                  unit=" MB")
+    report.target("tool req/s (client-bound)", bound["tool"]["req_per_s"], 2000.0, lower_is_better=False)
     return 0
 
 

@@ -575,6 +575,43 @@ def test_requests_carry_the_sdks_headers_and_the_body_as_stored(tmp_path: Path) 
     assert type(refused) is openai.NotFoundError and refused.status_code == 404 and refused.code == "model_not_found"
 
 
+@pytest.mark.parametrize("org_project", [None, ("org-test", "proj-test")])
+def test_the_live_path_sends_the_sdks_own_headers(org_project: tuple[str, str] | None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live path builds the headers `AsyncOpenAI` sends without importing the SDK: they must stay its."""
+    import openai
+
+    from batch_prompt.run.sdk import request_headers
+
+    if org_project is not None:
+        monkeypatch.setenv("OPENAI_ORG_ID", org_project[0])
+        monkeypatch.setenv("OPENAI_PROJECT_ID", org_project[1])
+
+    async def sdk_headers() -> dict[str, object]:
+        client = openai.AsyncOpenAI(api_key="sk-header-test-1234", base_url="http://127.0.0.1:9/v1")
+        try:
+            return {**client.default_headers, **client.auth_headers}
+        finally:
+            await client.close()
+
+    expected = {name: value for name, value in asyncio.run(sdk_headers()).items() if isinstance(value, str)}
+    assert request_headers("sk-header-test-1234") == expected
+
+
+def test_a_live_run_whose_calls_succeed_never_imports_the_sdk(fake: FakeServer, tmp_path: Path) -> None:
+    """Importing openai takes longer than a small job's whole run: the first request does not wait for it."""
+    (tmp_path / "spec.json").write_text(json.dumps(chat_spec(5, n=1)))
+    code = ("import sys\nfrom batch_prompt.cli.main import main\ncode = main(sys.argv[1:])\n"
+            "print('SDK', 'openai' in sys.modules)\nsys.exit(code)")
+    out = subprocess.run(
+        [sys.executable, "-c", code, "run", "spec.json", "--db", "jobs.db", "--quiet", "--yes",
+         "--cache-dir", str(tmp_path / "cache")],
+        env=cli_env(fake, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "SDK False" in out.stdout and statuses(tmp_path / "jobs.db") == {"done": 5}
+
+
 def test_changed_run_fields_update_the_job(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(4, n=1, rpm=60_000))

@@ -21,10 +21,11 @@ by model, so the size of each prompt is not known when a job's cost is worked ou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -104,6 +105,16 @@ def job_prices(own: str | Path | None, override: str | Path | None = None, *, le
         if lenient:  # the spec's file changed since: the list prices and `override` still hold
             return base
         raise
+
+
+async def look_up_once(event: asyncio.Event, prices: Iterable[Prices | None], models: Iterable[str]) -> None:
+    """Once `event` is set (a run's first request is out), look the models' prices up in a thread: the
+    first lookup imports genai-prices (0.15-0.2 s), which on the event loop, at the run's first answer,
+    held up every answer arriving meanwhile; before the first request, it held that up. The results are
+    kept (`library_rate` is cached): the run's own lookups find them."""
+    found, names = [each for each in prices if each is not None], list(models)
+    await event.wait()
+    await asyncio.to_thread(lambda: [each.rate(model) for each in found for model in names])
 
 
 def unknown_price_message(models: list[str] | tuple[str, ...]) -> str:

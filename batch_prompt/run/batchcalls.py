@@ -11,9 +11,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import openai
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BatchPromptError, FatalAPIError, RetryExhausted
 from ..store.asyncstore import AsyncStore
@@ -22,6 +20,9 @@ from .batchfile import URLS, write_input
 from .failures import Verdict, classify, redact
 from .lanes import Lane
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 FILE_TIMEOUT = 900.0  # seconds an upload or download of up to 200 MB may take
@@ -55,6 +56,8 @@ class BatchCalls:
         """A files/batches call, retried as live calls are; a refusal of the run stops the lane. `first`: a
         call any server with the Batch API answers (files.create, files.list), so a 404 or 405 means the
         server has none (llama.cpp's): `NoBatchAPI`."""
+        import openai  # imported here, not on the live path (`ApiClient.sdk` imports it for these calls)
+
         state = lane.state
 
         async def attempt() -> T:

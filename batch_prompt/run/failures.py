@@ -30,11 +30,13 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RetryExhausted
+from . import sdk
+
+if TYPE_CHECKING:
+    import openai
 
 RETRIED_STATUS = frozenset({408, 409})
 # A 429 whose error code or type says this: retrying cannot help, the run stops.
@@ -94,11 +96,11 @@ def classify(exc: BaseException) -> Failure:
         last = classify(exc.last)
         return Failure(last.verdict, last.kind, f"gave up after {exc.attempts} attempts: {last.message}", last.status)
     kind, message = error_kind(exc), describe(exc)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        headers = exc.response.headers
+    if (answered := status_error_of(exc)) is not None:
+        status = answered.status_code
+        headers = answered.response.headers
         wait = retry_after_from(headers)
-        if status in (401, 403) or (status == 429 and _is_quota(exc)):
+        if status in (401, 403) or (status == 429 and _is_quota(answered)):
             return Failure(Verdict.FATAL, kind, message, status, wait)
         says = headers.get("x-should-retry")
         if says == "false":
@@ -113,7 +115,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Verdict.FAIL, kind, message, status, wait)
     if isinstance(exc, MalformedResponse | StalledResponse):
         return Failure(Verdict.RETRY, kind, message)  # it answered, badly: an attempt each time
-    if isinstance(exc, RequestTimeout | openai.APIConnectionError):
+    if isinstance(exc, RequestTimeout) or is_connection_error(exc):
         return Failure(Verdict.RETRY, kind, message, outage=True)  # APITimeoutError is an APIConnectionError
     return Failure(Verdict.LOCAL, kind, message)
 
@@ -155,6 +157,19 @@ _STATUS_NAMES = {
 }
 
 
+def status_error_of(exc: BaseException) -> openai.APIStatusError | None:
+    """`exc` if it is the SDK's error for an error response, else None. (It can be one of the SDK's types
+    only if the SDK is imported: a run whose calls all succeed never imports it.)"""
+    module = sdk.loaded()
+    return cast("openai.APIStatusError", exc) if module is not None and isinstance(exc, module.APIStatusError) else None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for the SDK's `APIConnectionError` (its `APITimeoutError` included): no answer came."""
+    module = sdk.loaded()
+    return module is not None and isinstance(exc, module.APIConnectionError)
+
+
 def _is_quota(exc: openai.APIStatusError) -> bool:
     return exc.code in QUOTA_CODES or exc.type in QUOTA_CODES
 
@@ -181,11 +196,12 @@ def retry_after_from(headers: Mapping[str, str], now: float | None = None) -> fl
 
 def describe(exc: BaseException) -> str:
     """A one-line error for the database and the summary: type, status, and the server's message."""
-    if isinstance(exc, openai.APIStatusError):
-        message = exc.message
-        if isinstance(exc.body, dict) and isinstance(exc.body.get("message"), str):
-            message = exc.body["message"]
-        text = f"{type(exc).__name__} {exc.status_code}{_code_suffix(exc.code, exc.status_code)}: {message}"
+    if (answered := status_error_of(exc)) is not None:
+        message = answered.message
+        if isinstance(answered.body, dict) and isinstance(answered.body.get("message"), str):
+            message = answered.body["message"]
+        status = answered.status_code
+        text = f"{type(exc).__name__} {status}{_code_suffix(answered.code, status)}: {message}"
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact(" ".join(text.split()))[:MESSAGE_LIMIT]
@@ -198,8 +214,8 @@ def _code_suffix(code: Any, status: int) -> str:
 
 def error_kind(exc: BaseException) -> str:
     """A short key for grouping errors by type: "BadRequestError 400", "APIConnectionError", ..."""
-    if isinstance(exc, openai.APIStatusError):
-        return f"{type(exc).__name__} {exc.status_code}"
+    if (answered := status_error_of(exc)) is not None:
+        return f"{type(exc).__name__} {answered.status_code}"
     return type(exc).__name__
 
 

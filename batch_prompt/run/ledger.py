@@ -78,6 +78,8 @@ class Ledger:
         self.claimed: dict[int, Claimed] = {}  # rows this run holds and has not finished
         self.failure: BatchPromptError | None = None  # a place to keep answers failed: stop claiming
         self._wake = asyncio.Event()
+        # live answers waiting for the cache: written together at the next turn of the event loop
+        self._unwritten: dict[ResponseCache, dict[str, tuple[str, str]]] = {}
 
     # --- counting -------------------------------------------------------------------------------
 
@@ -129,13 +131,24 @@ class Ledger:
         return False
 
     def answered(
-        self, row: Claimed, text: str, endpoint: str, cache: ResponseCache, tag: str, attempts: int
+        self, row: Claimed, text: str, endpoint: str, cache: ResponseCache, tag: str, attempts: int,
+        *, together: bool = False,
     ) -> None:
-        """A fresh answer for `row`: cached at once, then queued for the database; its followers too."""
-        try:
-            cache.set(row.hash, text, tag)
-        except CacheError as exc:  # the database still keeps it
-            self._fail(exc)
+        """A fresh answer for `row`: cached at once, then queued for the database; its followers too.
+
+        `together` (the live path): the cache write joins those of the other answers that arrive in this
+        turn of the event loop, and all are written in one transaction at the start of the next turn,
+        before anything else runs (a commit of their rows included). One write per answer, each its
+        own transaction, cost 0.06-0.5 ms of the event loop's time: a fifth of a request's."""
+        if together:
+            if not self._unwritten:
+                asyncio.get_running_loop().call_soon(self.write_cache)
+            self._unwritten.setdefault(cache, {})[row.hash] = (text, tag)
+        else:
+            try:
+                cache.set(row.hash, text, tag)
+            except CacheError as exc:  # the database still keeps it
+                self._fail(exc)
         self._done(row, text, attempts=attempts)
         for follower in self.followers.pop((endpoint, row.hash), []):
             self._done(follower, text, shared=True)
@@ -146,7 +159,7 @@ class Ledger:
         while the row is not done was paid for by a run that died before recording it: its charge (its
         usage, at `mode`'s price) is counted now, committed with the row's answer."""
         tag = self.cache_tag(job, row.id)
-        found = cache.get_tagged(row.hash)
+        found = self._unwritten.get(cache, {}).get(row.hash) or cache.get_tagged(row.hash)
         if found is None or (job.fresh and found[1] != tag):
             return False
         text, stored = found
@@ -256,8 +269,22 @@ class Ledger:
             self._wake.clear()
             await self.flush()
 
+    def write_cache(self) -> None:
+        """Write the answers waiting for the cache (`answered(together=True)`), one transaction per cache."""
+        unwritten, self._unwritten = self._unwritten, {}
+        for cache, answers in unwritten.items():
+            try:
+                with cache.transaction():
+                    for request_hash, (text, tag) in answers.items():
+                        cache.set(request_hash, text, tag)
+            except CacheError as exc:  # the database still keeps them
+                self._fail(exc)
+
     async def flush(self) -> bool:
-        """Commit what is queued; False when the database failed (what was queued stays queued)."""
+        """Commit what is queued (the answers waiting for the cache written first); False when the
+        database failed (what was queued stays queued)."""
+        if self._unwritten:
+            self.write_cache()
         if not self.outcomes and not self.charges:
             return True
         outcomes, self.outcomes = self.outcomes, []

@@ -22,14 +22,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-
 from ..errors import BatchPromptError, RetryExhausted
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
 from ..store.leases import LeaseKeeper
 from .client import split_choices
-from .failures import MalformedResponse, Verdict, classify, redact
+from .failures import MalformedResponse, Verdict, classify, is_connection_error, redact, status_error_of
 from .lanes import Intake, Item, Lane
 from .ledger import Ledger
 from .retry import RetryPolicy
@@ -69,6 +67,7 @@ class LivePool:
         self._deadline: asyncio.Timeout | None = None
         self._ended = False  # run() has returned: its deadline can no longer be moved
         self.abandoned = 0  # requests that were in flight when the pool was abandoned (their answers lost)
+        self.sending = asyncio.Event()  # set once the first request is out
 
     def _halted(self, lane: Lane) -> bool:
         return (self.stopping or lane.state.fatal is not None or self.ledger.failure is not None
@@ -233,7 +232,7 @@ class LivePool:
             response = _response_for(data, choices, len(rows), i)
             text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
             tag = self.ledger.cache_tag(lane.job, row.id)
-            self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, request.calls)
+            self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, request.calls, together=True)
         if incomplete:  # ask again only for the prompts whose choices did not all come
             request.rows = incomplete
             raise MalformedResponse(f"{len(incomplete)} of {len(parts)} prompts lack some of their {n} choices")
@@ -256,6 +255,7 @@ class LivePool:
 
     async def _send(self, lane: Lane, rows: Item, tally: Any) -> tuple[dict[str, Any], Any]:
         tally.requests += 1
+        self.sending.set()
         tally.in_flight += len(rows)
         self.in_flight += 1
         try:
@@ -281,11 +281,11 @@ class LivePool:
     def _observe_failure(self, lane: Lane, exc: Exception, probe: bool) -> None:
         failure = classify(exc)
         state = lane.state
-        if isinstance(exc, openai.APIConnectionError):
+        if is_connection_error(exc):
             state.could_not_connect(redact(failure.message, lane.endpoint.api_key))
             self._end_if_idle()  # the last lane's endpoint is wrong: nothing to wait for
-        if failure.verdict is Verdict.RATE_LIMITED and isinstance(exc, openai.APIStatusError):
-            lane.limiter.observe(exc.response.headers)
+        if failure.verdict is Verdict.RATE_LIMITED and (answered := status_error_of(exc)) is not None:
+            lane.limiter.observe(answered.response.headers)
             lane.limiter.rate_limited(failure.retry_after)
         elif failure.outage:
             lane.limiter.failed(probe)

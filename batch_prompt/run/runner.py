@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import BatchPromptError, ConfigError, StoreError
 from ..options import CancelResult, RunOptions, RunSummary
-from ..reports.prices import Prices
+from ..reports.prices import Prices, look_up_once
 from ..spec import tokens
 from ..spec.endpoints import batch_endpoint
 from ..spec.spec import rate_for
@@ -316,6 +316,8 @@ class _Run:
         background = [asyncio.create_task(coro, name=name) for name, coro in (
             ("clock", self.clock.watch()), ("leases", self.leases.keep()), ("ledger", self.ledger.run()),
             ("ticker", self._tick(pool, view)), ("budgets", self._share_budgets()),
+            ("prices", look_up_once(pool.sending, [self.ledger.prices, *self.ledger.job_prices.values()],
+                                    {lane.model for lane in pool.lanes})),
         )]
         try:
             async with asyncio.TaskGroup() as group:
