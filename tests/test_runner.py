@@ -601,7 +601,7 @@ def test_the_live_path_sends_the_sdks_own_headers(org_project: tuple[str, str] |
 def test_a_live_run_whose_calls_succeed_never_imports_the_sdk(fake: FakeServer, tmp_path: Path) -> None:
     """Importing openai takes longer than a small job's whole run: the first request does not wait for it."""
     (tmp_path / "spec.json").write_text(json.dumps(chat_spec(5, n=1)))
-    code = ("import sys\nfrom batch_prompt.cli.main import main\ncode = main(sys.argv[1:])\n"
+    code = ("import sys\nfrom batch_prompt.cli import main\ncode = main(sys.argv[1:])\n"
             "print('SDK', 'openai' in sys.modules)\nsys.exit(code)")
     out = subprocess.run(
         [sys.executable, "-c", code, "run", "spec.json", "--db", "jobs.db", "--quiet", "--yes",
