@@ -16,7 +16,7 @@ import batch_prompt as bp
 from batch_prompt.spec import Spec
 from batch_prompt.tokens import DEFAULT_MAX_TOKENS, estimate_parts
 
-from .conftest import cli_env, run_cli
+from .conftest import cli_env, run_cli, run_process
 from .test_store_export import SPEC, file_digest, fill_done
 
 OK = '{"model": "m", "templates": ["hi {x}"], "keywords": {"x": [1, 2]}'  # a spec without its closing brace
@@ -289,7 +289,7 @@ def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Pat
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     # standard output (a pipe here); /proc/self/fd/1 rather than /dev/stdout: as root, a regression that
     # renamed a temp file onto /dev/stdout would replace the device for the whole machine
-    out = run_cli("export", str(done_db), "-o", "/proc/self/fd/1", "--format", "jsonl", cwd=tmp_path)
+    out = run_process("export", str(done_db), "-o", "/proc/self/fd/1", "--format", "jsonl", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [json.loads(line)["job"] for line in lines[:8]] == ["likes"] * 8
