@@ -4,7 +4,6 @@ never twice across kills, expired/cancelled/refused lines, validation failures, 
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ import batch_prompt as bp
 from batch_prompt.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
+from . import helpers_trials as trials
 from .helpers_procs import Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec
 
 FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
@@ -188,7 +188,7 @@ def test_status_json_lists_batches(fake: FakeServer, tmp_path: Path, procs: Proc
     assert (batches[0]["state"], batches[0]["requests"], batches[0]["model"]) == ("submitted", 12, "gpt-4o-mini")
 
 
-KILL_TRIALS = 20
+KILL_TRIALS, KILL_TRIALS_PICKED = 20, 3  # scripts/kill_trials makes all 20
 
 
 @pytest.mark.slow
@@ -197,9 +197,10 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
     """SIGKILL at seeded random instants while submitting (claims, upload, create) and while waiting; the
     resume finds what exists: every prompt answered exactly once by the server, never a second batch for
     prompts already in one, no uploaded file left behind."""
-    rng = random.Random(12)
-    fake.configure(**{**FAST, "batch_lines_per_second": 2000.0, "batch_validate_seconds": 0.05})
-    for trial in range(KILL_TRIALS):
+    numbers = trials.pick("sigkill-batch", KILL_TRIALS, KILL_TRIALS_PICKED)
+    print(f"{trials.header()}: sigkill-batch trials {numbers}")
+    for trial in numbers:
+        which = trials.replay("sigkill-batch", trial)
         fake.reset()
         fake.configure(**{**FAST, "batch_lines_per_second": 2000.0, "batch_validate_seconds": 0.05})
         folder = tmp_path / f"t{trial}"
@@ -208,17 +209,17 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
         db, cache = folder / "jobs.db", folder / "cache"
         path = write_spec(folder, spec)
         proc = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(trials.rng("sigkill-batch", trial).uniform(0.3, 2.5))  # the trial's instant of the kill
         proc.kill()
         if db.exists():
             again = procs.resume(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05")
         else:  # killed before its create was complete (a slow start): nothing recorded, nothing sent
-            assert fake.files == [] and fake.batches == [], trial
+            assert fake.files == [] and fake.batches == [], which
             again = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
-        assert again.wait() == 0, again.stderr
-        assert statuses(db) == Counter({"done": 300}), trial
+        assert again.wait() == 0, (which, again.stderr)
+        assert statuses(db) == Counter({"done": 300}), which
         answered = fake.answered()
-        assert set(answered.values()) == {1} and set(answered) == set(prompts_of(spec)), trial
+        assert set(answered.values()) == {1} and set(answered) == set(prompts_of(spec)), which
         per_prompt_batches = sum(b["lines"] for b in fake.batches if b["status"] != "failed")
-        assert per_prompt_batches == 300, (trial, [(b["lines"], b["status"]) for b in fake.batches])
-        assert fake.files == [], trial
+        assert per_prompt_batches == 300, (which, [(b["lines"], b["status"]) for b in fake.batches])
+        assert fake.files == [], which

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import random
 import sqlite3
 import time
 from collections import Counter
@@ -21,6 +20,8 @@ import batch_prompt as bp
 from batch_prompt.store import Outcome, Store
 from batch_prompt.testing import FakeServer
 
+from . import helpers_trials as trials
+from .conftest import run_cli
 from .helpers_procs import (
     Proc,
     Procs,
@@ -103,11 +104,25 @@ def check_paid_once(fake: FakeServer, trial: Trial) -> int:
     return len(twice)
 
 
+RUN_TRIALS, RUN_TRIALS_PICKED = 24, 4  # scripts/kill_trials makes all 24
+
+
+def early(number: int) -> bool:
+    """A third of the trials kill around start-up (opening, migrating, creating, first claims), the rest
+    while requests are in flight (or just after the end)."""
+    return number % 3 == 0
+
+
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
     fake: FakeServer, procs: Procs, tmp_path: Path
 ) -> None:
-    rng = random.Random(1234)
+    numbers = trials.pick("sigkill-run", RUN_TRIALS, RUN_TRIALS_PICKED)
+    if not any(early(number) for number in numbers):  # each kind in every run
+        numbers[0] = next(number for number in range(RUN_TRIALS) if early(number) and number not in numbers)
+    if all(early(number) for number in numbers):
+        numbers[0] = next(number for number in range(RUN_TRIALS) if not early(number) and number not in numbers)
+    print(f"{trials.header()}: sigkill-run trials {sorted(numbers)}")
     fake.configure(latency=0.02, latency_jitter=0.03, seed=5)
 
     # Calibrate on this machine: when does a run send its first request, and when its last?
@@ -120,8 +135,10 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
     ts = sorted(entry["t"] - started for entry in fake.record)
     first, last = ts[0], ts[-1]
 
-    trials, resent = [], 0
-    for number in range(24):
+    done_trials, resent = [], 0
+    for number in sorted(numbers):
+        rng = trials.rng("sigkill-run", number)
+        which = trials.replay("sigkill-run", number)
         fake.reset()
         folder = tmp_path / f"trial{number}"
         folder.mkdir()
@@ -129,14 +146,11 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
         count, n, concurrency = rng.randint(200, 400), rng.choice([1, 2, 3]), rng.choice([8, 16, 32])
         spec = chat_spec(count, f"t{number}", n=n)
         trial = Trial(number, prompts_of(spec), n, concurrency)
-        trials.append(trial)
+        done_trials.append(trial)
         spec_path = write_spec(folder, spec)
-        # A third of the kills land around start-up (opening, migrating, creating, first claims), the rest
-        # while requests are in flight (or just after the end).
-        early = rng.random() < 1 / 3
-        delay = rng.uniform(0.7, 1.05) * first if early else rng.uniform(first, last + 0.2)
+        delay = rng.uniform(0.7, 1.05) * first if early(number) else rng.uniform(first, last + 0.2)
         proc = procs.start(*run_args(spec_path, db, cache, concurrency))
-        time.sleep(delay)
+        time.sleep(delay)  # (the instant of the kill is the trial's variable: a fixed delay, on purpose)
         trial.kills.append(proc.kill())
         trial.phases.append(phase_of(db))
 
@@ -151,17 +165,19 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
             proc = procs.resume(*resume_args(db, cache, concurrency))
         else:  # killed before the job was recorded: the same command again (see test_sigkill_during_create)
             proc = procs.start(*run_args(spec_path, db, cache, concurrency))
-        assert proc.wait() == 0, f"trial {number} ({trial.phases}): {proc.stderr}"
+        assert proc.wait() == 0, f"{which} ({trial.phases}): {proc.stderr}"
 
-        assert integrity(db) == "ok"
-        assert statuses(db) == Counter({"done": count}), trial
+        assert integrity(db) == "ok", which
+        assert statuses(db) == Counter({"done": count}), (which, trial)
         check_export(db, trial.prompts, n)
         resent += check_paid_once(fake, trial)
 
-    phases = Counter(phase for trial in trials for phase in trial.phases)
+    phases = Counter(phase for trial in done_trials for phase in trial.phases)
     print(f"kill phases: {dict(phases)}; prompts answered again after a kill (in flight): {resent}")
-    # The delays are calibrated, so most kills hit a run with requests in flight.
-    assert phases["running"] >= 8, phases
+    # The delays are calibrated, so most kills after start-up hit a run with requests in flight (all 24
+    # trials: 8 of the 16).
+    late = sum(1 for number in numbers if not early(number))
+    assert phases["running"] >= max(1, late // 2), (phases, trials.header(), sorted(numbers))
 
 
 def hashes_of(db: Path) -> list[str]:
@@ -211,13 +227,13 @@ def test_sigkill_during_create_then_resume(fake: FakeServer, procs: Procs, tmp_p
 
     assert not db.exists(), "a killed create of a new database left a file at its path"
     assert private_files(db) != []
-    resumed = procs.run(*resume_args(db, tmp_path / "cache"), module="batch_prompt.resume")
-    for out in (resumed, procs.run("status", str(db))):
-        assert out.popen.returncode == 2 and f"no job database at {db}" in out.stderr, out.stderr
+    resumed = run_cli(*resume_args(db, tmp_path / "cache"), module="batch_prompt.resume", env=procs.env)
+    for out in (resumed, run_cli("status", str(db))):
+        assert out.returncode == 2 and f"no job database at {db}" in out.stderr, out.stderr
     assert fake.record == []
 
-    again = procs.run("create", str(spec_path), "--db", str(db))
-    assert again.popen.returncode == 0, again.stderr
+    again = run_cli("create", str(spec_path), "--db", str(db))
+    assert again.returncode == 0, again.stderr
     assert len(hashes_of(db)) == count and hashes_of(db) == hashes_of(clean)
     assert private_files(db) == []  # the killed create's file is gone with its process
 
@@ -241,49 +257,54 @@ def fill_done(db: Path, limit: int) -> None:
         store.record(outcomes, "test:1:x")
 
 
+EXPORT_TRIALS, EXPORT_TRIALS_PICKED = 10, 4  # scripts/kill_trials makes all 10
+
+
 def test_sigkill_during_export_never_leaves_a_half_written_file(procs: Procs, tmp_path: Path) -> None:
-    rng = random.Random(1234)
+    numbers = trials.pick("sigkill-export", EXPORT_TRIALS, EXPORT_TRIALS_PICKED)
+    print(f"{trials.header()}: sigkill-export trials {numbers}")
     db = tmp_path / "jobs.db"
     spec = chat_spec(30_000, "export " + "padding " * 20, n=2)
     bp.create(db, **spec)
     fill_done(db, 15_000)
     out = tmp_path / "results.pkl"
-    assert procs.run("export", str(db), "-o", str(out)).popen.returncode == 0
+    assert run_cli("export", str(db), "-o", str(out), cwd=tmp_path).returncode == 0
     old = out.read_bytes()
     fill_done(db, 30_000)
     reference = tmp_path / "reference.pkl"
-    started = time.monotonic()
+    started = time.monotonic()  # (a process, as the killed ones are: the kill instants are scaled by it)
     assert procs.run("export", str(db), "-o", str(reference)).popen.returncode == 0
     duration = time.monotonic() - started
     new = reference.read_bytes()
     assert new != old and len(bp.load_results(reference)) == 60_000
 
     seen: Counter[str] = Counter()
-    for trial in range(10):
+    for trial in numbers:
+        which = trials.replay("sigkill-export", trial)
         had_old = trial % 3 != 2
         if had_old:
             out.write_bytes(old)
         else:
             out.unlink(missing_ok=True)
         proc = procs.start("export", str(db), "-o", str(out))
-        time.sleep(rng.uniform(0.3, 1.1) * duration)
+        time.sleep(trials.rng("sigkill-export", trial).uniform(0.3, 1.1) * duration)  # the trial's instant
         proc.kill()
         if not out.exists():
-            assert not had_old, f"trial {trial}: the old export was removed"
+            assert not had_old, f"{which}: the old export was removed"
             seen["absent"] += 1
             continue
         content = out.read_bytes()
         kind = "old" if content == old else "new" if content == new else "torn"
         assert kind in (("old", "new") if had_old else ("new",)), (
-            f"trial {trial}: {out.name} holds {len(content)} bytes, neither the old nor the new export"
+            f"{which}: {out.name} holds {len(content)} bytes, neither the old nor the new export"
         )
         seen[kind] += 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.pkl.")]
     print(f"after the kill the export was: {dict(seen)}; temporary files left behind: {len(leftovers)}")
-    assert seen["old"] + seen["absent"] > 0  # some kills did land before the rename
+    assert seen["old"] + seen["absent"] > 0, (seen, trials.header(), numbers)  # some kills landed before the rename
 
-    again = procs.run("export", str(db), "-o", str(out))
-    assert again.popen.returncode == 0, again.stderr
+    again = run_cli("export", str(db), "-o", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert out.read_bytes() == new
 
 
