@@ -17,7 +17,8 @@ from batch_prompt.spec import Spec
 from batch_prompt.tokens import DEFAULT_MAX_TOKENS, estimate_parts
 
 from .conftest import cli_env, run_cli, run_process
-from .test_store_export import SPEC, file_digest, fill_done
+from .helpers_procs import fill_done
+from .test_store_export import SPEC, file_digest
 
 OK = '{"model": "m", "templates": ["hi {x}"], "keywords": {"x": [1, 2]}'  # a spec without its closing brace
 BIG = "1" + "0" * 5000  # past Python's 4300-digit limit for int <-> str

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.store import Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from . import helpers_trials as trials
@@ -27,6 +24,7 @@ from .helpers_procs import (
     Procs,
     chat_spec,
     check_export,
+    fill_done,
     integrity,
     ok_times,
     prompts_of,
@@ -40,17 +38,6 @@ from .helpers_procs import (
 # its first answer arrived at most this long before the kill (the latency is 20-50 ms; the rest is slack for
 # a loaded machine). Answers that arrived earlier than that were paid for and must have been kept.
 IN_FLIGHT_WINDOW = 1.0
-
-
-@pytest.fixture
-def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Procs]:
-    saved = dataclasses.asdict(fake.config)
-    procs = Procs(tmp_path, fake)
-    try:
-        yield procs
-    finally:
-        procs.close()
-        fake.configure(**saved)
 
 
 # --- kill anywhere ---------------------------------------------------------------------------------
@@ -239,22 +226,6 @@ def test_sigkill_during_create_then_resume(fake: FakeServer, procs: Procs, tmp_p
 
 
 # --- kill during export ----------------------------------------------------------------------------
-
-
-def fill_done(db: Path, limit: int) -> None:
-    """Mark up to `limit` pending prompts done with the responses the fake server would give."""
-    with Store(db) as store:
-        job = store.jobs()[0]
-        outcomes = []
-        for row in store.claim(job, job.spec["models"][0], "test:1:x", limit, 60):
-            request = json.loads(row.request)
-            text = request["messages"][-1]["content"]
-            choices = [{"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
-                        "finish_reason": "stop", "logprobs": None} for j in range(request["n"])]
-            response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
-                        "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
-            outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-        store.record(outcomes, "test:1:x")
 
 
 EXPORT_TRIALS, EXPORT_TRIALS_PICKED = 10, 4  # scripts/kill_trials makes all 10

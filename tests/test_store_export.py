@@ -16,9 +16,10 @@ import pytest
 
 import batch_prompt as bp
 from batch_prompt import schema
-from batch_prompt.store import Charge, Outcome, Store
+from batch_prompt.store import Outcome, Store
 
 from .conftest import run_cli
+from .helpers_procs import fill_done
 
 SPEC = {
     "name": "likes", "api": "chat", "model": "gpt-4o-mini",
@@ -110,30 +111,6 @@ def file_digest(path: Path) -> str:
         return hashlib.sha256(dump.encode()).hexdigest()
     except sqlite3.DatabaseError:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fill_done(db: Path) -> None:
-    """Mark every prompt done with a response shaped like the API's (what a run would have written)."""
-    with Store(db) as store:
-        for job in store.jobs():
-            rows = [row for model in job.spec["models"] for row in store.claim(job, model, "test:1:x", 10_000, 60)]
-            outcomes = []
-            for row in rows:
-                request = json.loads(row.request)
-                n = request.get("n", 1)
-                text = request["messages"][-1]["content"] if "messages" in request else request["prompt"]
-                choices = [
-                    {"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
-                     "finish_reason": "stop", "logprobs": None} if "messages" in request else
-                    {"index": j, "text": f"echo {j}: {text}", "finish_reason": "stop", "logprobs": None}
-                    for j in reversed(range(n))
-                ]
-                response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
-                            "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
-                                                          "total_tokens": 7}}
-                outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-            charges = [Charge(job.id, row.model, "live", 1, 1, 3, 4) for row in rows]
-            store.record(outcomes, "test:1:x", charges)
 
 
 def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
