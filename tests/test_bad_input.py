@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -309,17 +308,21 @@ def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Pat
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path) -> None:
+def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An internal error (here: a command made to fail as a bug would) prints one line, never a traceback;
     the traceback is saved to a file (with keys masked), and --debug prints it too."""
-    code = ("import sys; import batch_prompt.cli as cli\n"
-            "def broken(args): raise RuntimeError('boom ' + 'sk-test-SECRET-a1b2c3d4e5f6')\n"
-            "cli.COMMANDS['status'] = broken\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
-    env = {**os.environ, "OPENAI_API_KEY": "sk-test-SECRET-a1b2c3d4e5f6", "TMPDIR": str(tmp_path)}
+    import tempfile
+
+    from batch_prompt import cli
+
+    def broken(args: Any) -> int:
+        raise RuntimeError("boom " + "sk-test-SECRET-a1b2c3d4e5f6")
+
+    monkeypatch.setitem(cli.COMMANDS, "status", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (what TMPDIR sets in a new process)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-SECRET-a1b2c3d4e5f6"}
     for debug in ([], ["--debug"]):
-        out = subprocess.run([sys.executable, "-c", code, "status", str(tmp_path / "x.db"), *debug], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        out = run_cli("status", str(tmp_path / "x.db"), *debug, env=env, cwd=tmp_path)
         assert out.returncode == 1
         last = out.stderr.splitlines()[-1]
         assert last.startswith("batch-prompt: internal error") and "RuntimeError: boom ***" in last, out.stderr

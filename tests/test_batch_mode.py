@@ -18,6 +18,7 @@ from batch_prompt.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from . import helpers_trials as trials
+from .conftest import cli_env, run_cli
 from .helpers_procs import Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec
 
 FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
@@ -175,14 +176,14 @@ def test_cancel_keeps_what_was_completed_and_returns_the_rest(fake: FakeServer, 
     assert statuses(db) == Counter({"done": 200}) and set(fake.answered().values()) == {1}
 
 
-def test_status_json_lists_batches(fake: FakeServer, tmp_path: Path, procs: Procs) -> None:
+def test_status_json_lists_batches(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(**{**FAST, "batch_lines_per_second": 0.0})  # never answers: stays in progress
     db, spec = tmp_path / "jobs.db", write_spec(tmp_path, chat_spec(12, n=1))
-    proc = procs.run(*run_args(spec, db, tmp_path / "cache"), "--mode", "batch", "--no-wait")
-    assert proc.popen.returncode == 0, proc.stderr
+    proc = run_cli(*run_args(spec, db, tmp_path / "cache"), "--mode", "batch", "--no-wait", env=cli_env(fake, tmp_path))
+    assert proc.returncode == 0, proc.stderr
     assert "12 prompts are in open batches at the provider: collect them with python -m batch_prompt.resume" in (
         proc.stderr)
-    out = procs.run("status", str(db), "--json")
+    out = run_cli("status", str(db), "--json")
     batches = json.loads(out.stdout)[0]["batches"]
     assert len(batches) == 1 and batches[0]["id"] == fake.batches[0]["id"]
     assert (batches[0]["state"], batches[0]["requests"], batches[0]["model"]) == ("submitted", 12, "gpt-4o-mini")

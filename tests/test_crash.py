@@ -292,8 +292,8 @@ def test_three_resumers_share_the_work_and_send_each_prompt_once(
     fake.configure(latency=0.05, latency_jitter=0.05, seed=3)
     spec = chat_spec(600, "shared")
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
-    created = procs.run("create", str(write_spec(tmp_path, spec)), "--db", str(db))
-    assert created.popen.returncode == 0, created.stderr
+    created = run_cli("create", str(write_spec(tmp_path, spec)), "--db", str(db))
+    assert created.returncode == 0, created.stderr
     resumers = [procs.resume(*resume_args(db, cache, 8)) for _ in range(3)]
     codes = [proc.wait() for proc in resumers]
     errors = summaries(resumers)
