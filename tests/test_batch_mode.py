@@ -41,14 +41,14 @@ def comparable(results: list[dict[str, Any]]) -> list[Any]:
 
 def test_a_batch_job_in_several_batches_exports_what_a_live_run_exports(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(**FAST)
-    spec = chat_spec(2500, n=2)
+    spec = chat_spec(1250, n=2)
     batch_db, live_db = tmp_path / "batch.db", tmp_path / "live.db"
     bp.create(batch_db, **spec)
-    summary = run(batch_db, fake, tmp_path, mode="batch", batch_size=1000)
-    assert (summary.done, summary.failed, summary.exit_code, summary.batches_submitted) == (2500, 0, 0, 3)
-    assert [b["lines"] for b in fake.batches] == [1000, 1000, 500]
+    summary = run(batch_db, fake, tmp_path, mode="batch", batch_size=500)
+    assert (summary.done, summary.failed, summary.exit_code, summary.batches_submitted) == (1250, 0, 0, 3)
+    assert [b["lines"] for b in fake.batches] == [500, 500, 250]
     assert all(b["status"] == "completed" for b in fake.batches)
-    assert set(fake.answered().values()) == {1} and len(fake.answered()) == 2500
+    assert set(fake.answered().values()) == {1} and len(fake.answered()) == 1250
     assert fake.files == []  # every file uploaded or produced was deleted once recorded
     bp.create(live_db, **spec)
     fake.reset()
@@ -57,9 +57,9 @@ def test_a_batch_job_in_several_batches_exports_what_a_live_run_exports(fake: Fa
     assert comparable(bp.export(batch_db)) == comparable(bp.export(live_db))  # type: ignore[arg-type]
     report = bp.status(batch_db)[0]
     assert report.mode == "batch" and [b.state for b in report.batches] == ["collected"] * 3
-    assert [b.completed for b in report.batches] == [1000, 1000, 500]
+    assert [b.completed for b in report.batches] == [500, 500, 250]
     spent = {(m.model, m.requests) for m in report.models}
-    assert spent == {("gpt-4o-mini", 2500)}
+    assert spent == {("gpt-4o-mini", 1250)}
     # accounted at the batch price: half the live list price of the same tokens
     live_cost = bp.status(live_db)[0].cost
     assert report.cost is not None and live_cost is not None and report.cost == pytest.approx(live_cost / 2)

@@ -667,14 +667,14 @@ def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tm
     from batch_prompt.progress import LogProgress
 
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(120, n=1))
-    fake.configure(outage_until=time.monotonic() + 4.5, latency=0.1)  # then 3 s more of answers
+    bp.create(db, **chat_spec(40, n=1))
+    fake.configure(outage_until=time.monotonic() + 4.5, latency=0.1)  # then a second more of answers
     log = io.StringIO()
     limiter = Limiter(breaker_threshold=3, breaker_max_pause=2.0)
     retry = RetryPolicy(max_attempts=8, initial=0.05, maximum=0.05, jitter=0)
     summary = run(db, fake, tmp_path, "chat", concurrency=4, retry=retry, limiter=limiter,
                   progress=LogProgress(log, interval=1_000))
-    assert (summary.done, summary.failed) == (120, 0)
+    assert (summary.done, summary.failed) == (40, 0)
     notes = [line.split(" ", 2)[2] for line in log.getvalue().splitlines() if "chat:" not in line]
     outage = [note for note in notes if "server unreachable" in note and not note.startswith("nothing")]
     assert len(outage) == 1, notes
