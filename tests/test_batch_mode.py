@@ -212,12 +212,15 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
         proc = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
         time.sleep(trials.rng("sigkill-batch", trial).uniform(0.3, 2.5))  # the trial's instant of the kill
         proc.kill()
+        # The recovery need not be a process of its own (it runs in this one): the killed one is dead.
         if db.exists():
-            again = procs.resume(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05")
+            again = run_cli(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05", module="batch_prompt.resume",
+                            env=procs.env)
         else:  # killed before its create was complete (a slow start): nothing recorded, nothing sent
             assert fake.files == [] and fake.batches == [], which
-            again = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
-        assert again.wait() == 0, (which, again.stderr)
+            again = run_cli(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05",
+                            env=procs.env)
+        assert again.returncode == 0, (which, again.stderr)
         assert statuses(db) == Counter({"done": 300}), which
         answered = fake.answered()
         assert set(answered.values()) == {1} and set(answered) == set(prompts_of(spec)), which
