@@ -260,7 +260,7 @@ def test_an_entry_of_invalid_utf8_is_asked_again(fake: FakeServer, tmp_path: Pat
 
 def test_a_broken_stderr_silences_progress_and_nothing_else(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(latency=0.05)
-    spec = write_spec(tmp_path, chat_spec(400, "piped", n=1))
+    spec = write_spec(tmp_path, chat_spec(200, "piped", n=1))
     db = tmp_path / "jobs.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "batch_prompt", "run", str(spec), "--db", str(db), "--cache-dir",
@@ -270,7 +270,7 @@ def test_a_broken_stderr_silences_progress_and_nothing_else(fake: FakeServer, tm
     proc.stderr.readline()  # `2>&1 >/dev/null | head -1`
     proc.stderr.close()
     assert proc.wait(timeout=120) == 0
-    assert statuses(db) == Counter({"done": 400})  # every answer committed, no row left running
+    assert statuses(db) == Counter({"done": 200})  # every answer committed, no row left running
     assert fake.answered() == Counter({p: 1 for p in prompts_of(json.loads(spec.read_text()))})
 
 
@@ -314,7 +314,7 @@ def test_a_401_mid_run_keeps_the_answers_already_authorised(fake: FakeServer, pr
     done = {json.loads(k)["w"] for (k,) in conn.execute("SELECT keywords FROM prompts WHERE status = 'done'")}
     conn.close()
     assert {f"revoked {w}" for w in done} == set(authorised)  # every answer that came was kept
-    fake.configure(api_key=None)
+    fake.configure(api_key=None, latency=0.05)  # (the rest, quickly)
     again = run_cli(str(db), "--cache-dir", str(cache), "--quiet", module="batch_prompt.resume", env=procs.env,
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -454,6 +454,7 @@ def test_no_cache_is_kept_with_the_job_and_the_printed_resume_honours_it(
     wait_for(lambda: len(fake.answered()) >= 40, what="a part of the fresh run")
     run.popen.send_signal(signal.SIGTERM)
     assert run.wait() == 130
+    fake.configure(latency=0.01)  # (the rest, quickly)
     command = next(line.split("resume with: ", 1)[1] for line in run.stderr.splitlines() if "resume with: " in line)
     assert command.startswith(f"python -m batch_prompt.resume {db}") and "--cache-dir" in command
     argv = command.split()[3:]
