@@ -310,7 +310,7 @@ def test_three_resumers_share_the_work_and_send_each_prompt_once(
 def test_two_creates_of_one_spec_at_once_record_it_once(procs: Procs, tmp_path: Path) -> None:
     """The same `create` started twice at once (two terminals): a big spec, so the second arrives while the
     first is still inserting. Both succeed and the job holds each prompt once, as a clean create does."""
-    spec = chat_spec(150_000, "twice", n=1)
+    spec = chat_spec(100_000, "twice", n=1)
     spec_path, db = write_spec(tmp_path, spec), tmp_path / "jobs.db"
     creators = [procs.start("create", str(spec_path), "--db", str(db)) for _ in range(2)]
     codes = [proc.wait() for proc in creators]
@@ -318,10 +318,10 @@ def test_two_creates_of_one_spec_at_once_record_it_once(procs: Procs, tmp_path: 
     clean = tmp_path / "clean.db"
     bp.create(clean, **spec)
     hashes = hashes_of(db)
-    assert (len(hashes), len(set(hashes))) == (150_000, 150_000)
+    assert (len(hashes), len(set(hashes))) == (100_000, 100_000)
     assert hashes == hashes_of(clean)
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT name, state, n_prompts FROM jobs").fetchall() == [("chat", "ready", 150_000)]
+    assert conn.execute("SELECT name, state, n_prompts FROM jobs").fetchall() == [("chat", "ready", 100_000)]
     conn.close()
 
 

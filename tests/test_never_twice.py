@@ -137,7 +137,7 @@ def test_a_big_create_beside_a_running_resume_does_not_stop_its_requests(
     assert run_cli("create", str(write_spec(tmp_path, spec)), "--db", str(db)).returncode == 0
     resume = procs.resume(str(db), "--cache-dir", str(cache), "--concurrency", "2", "--quiet")
     wait_for(lambda: arrived(fake) >= 20, what="the resume at work")
-    big = write_spec(tmp_path, chat_spec(300_000, "big", name="big", n=1), "big.json")
+    big = write_spec(tmp_path, chat_spec(200_000, "big", name="big", n=1), "big.json")
     create = procs.start("create", str(big), "--db", str(db))
     started = time.monotonic()
     assert create.wait() == 0, create.stderr
@@ -147,14 +147,14 @@ def test_a_big_create_beside_a_running_resume_does_not_stop_its_requests(
     times = sorted(entry["t"] for entry in fake.record if started <= entry["t"] <= ended)
     gaps = [b - a for a, b in zip([started, *times], [*times, ended], strict=True)]
     assert ended - started > 2 and max(gaps) < 1.5, (ended - started, max(gaps))  # requests kept flowing
-    assert statuses(db, "working") == Counter({"done": 600}) and statuses(db, "big") == Counter({"pending": 300_000})
+    assert statuses(db, "working") == Counter({"done": 600}) and statuses(db, "big") == Counter({"pending": 200_000})
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})
 
 
 def test_a_create_that_was_killed_is_invisible_and_redone(tmp_path: Path, procs: Procs) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(10, "first", name="first", n=1))
-    big = write_spec(tmp_path, chat_spec(200_000, "big", name="big", n=1), "big.json")
+    big = write_spec(tmp_path, chat_spec(150_000, "big", name="big", n=1), "big.json")
     create = procs.start("create", str(big), "--db", str(db))
     wait_for(lambda: statuses(db, "big")["pending"] >= 50_000, what="a first chunk committed")
     create.kill()
@@ -164,10 +164,10 @@ def test_a_create_that_was_killed_is_invisible_and_redone(tmp_path: Path, procs:
     assert again.returncode == 0, again.stderr
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT name, state, n_prompts FROM jobs ORDER BY id").fetchall() == [
-        ("first", "ready", 10), ("big", "ready", 200_000)]
+        ("first", "ready", 10), ("big", "ready", 150_000)]
     (rows, hashes) = conn.execute("SELECT count(*), count(DISTINCT hash) FROM prompts WHERE job_id = 2").fetchone()
     conn.close()
-    assert rows == hashes == 200_000
+    assert rows == hashes == 150_000
 
 
 # --- 4. a full disk ------------------------------------------------------------------------------------
@@ -328,16 +328,16 @@ def test_two_resumers_over_overlapping_jobs_pay_once_for_the_overlap(
     fake: FakeServer, procs: Procs, tmp_path: Path
 ) -> None:
     fake.configure(latency=0.05, latency_jitter=0.05, seed=5)
-    x = chat_spec(300, "shared", name="x", n=1)
-    y = {**x, "name": "y", "keywords": {"w": [str(i) for i in range(600)]}}
+    x = chat_spec(150, "shared", name="x", n=1)
+    y = {**x, "name": "y", "keywords": {"w": [str(i) for i in range(300)]}}
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
     bp.create(db, **x)
     bp.create(db, **y)
     resumers = [procs.resume(str(db), "--cache-dir", str(cache), "--concurrency", "8", "--quiet")
                 for _ in range(2)]
     assert [proc.wait() for proc in resumers] == [0, 0], [proc.stderr for proc in resumers]
-    assert statuses(db) == Counter({"done": 900})
-    assert fake.answered() == Counter({f"shared {i}": 1 for i in range(600)})
+    assert statuses(db) == Counter({"done": 450})
+    assert fake.answered() == Counter({f"shared {i}": 1 for i in range(300)})
 
 
 # --- 10. read-only media -------------------------------------------------------------------------------

@@ -668,7 +668,7 @@ def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tm
 
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(40, n=1))
-    fake.configure(outage_until=time.monotonic() + 4.5, latency=0.1)  # then a second more of answers
+    fake.configure(outage_until=time.monotonic() + 3.0, latency=0.1)  # then a second more of answers
     log = io.StringIO()
     limiter = Limiter(breaker_threshold=3, breaker_max_pause=2.0)
     retry = RetryPolicy(max_attempts=8, initial=0.05, maximum=0.05, jitter=0)
