@@ -1,5 +1,6 @@
-"""Shared fixtures: a real fake server on loopback for the whole session, a clean environment, helpers
-to run the command line in a subprocess exactly as a user would."""
+"""Shared fixtures: a real fake server on loopback for the whole session, a clean environment, the command
+line run in this process as a user's process would see it (`run_cli`), or in a subprocess where a real
+process is the point (`run_process`, `procs`); the kill trials' seed in the report."""
 
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     """`python -m MODULE ARGS` run in this process through `cli.main`, seen as a subprocess would see it:
     `env` (when given) is the whole environment, `cwd` the working directory, stdin empty and not a
     terminal, stdout and stderr captured, the exit code as `returncode`. (`timeout` is accepted for the
-    same calls as `run_process`; an in-process call is bounded by the test's own timeouts.)"""
+    same calls as `run_process`; an in-process call is bounded by the test's own timeouts.) Its pid is the
+    test's: rows a failed run leaves running belong to a live process, so a test whose next step must
+    reclaim them (a dead process's) runs that failing run with `procs`."""
     from batch_prompt.cli import main
 
     argv = ["resume", *args] if module == "batch_prompt.resume" else list(args)
