@@ -1,9 +1,11 @@
-"""Shared fixtures: a real fake server on loopback for the whole session, a clean environment, helpers
-to run the command line in a subprocess exactly as a user would."""
+"""Shared fixtures: a real fake server on loopback for the whole session, a clean environment, the command
+line run in this process as a user's process would see it (`run_cli`), or in a subprocess where a real
+process is the point (`run_process`, `procs`); the kill trials' seed in the report."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -16,6 +18,18 @@ import pytest
 from batch_prompt.testing import FakeConfig, FakeServer
 
 API_KEY = "sk-test-SECRET-a1b2c3d4e5f6"
+
+
+def pytest_report_header() -> str:
+    from .helpers_trials import header
+
+    return header()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from .helpers_trials import header
+
+    terminalreporter.write_line(header())
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +72,19 @@ def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Any]:
         started.close()
 
 
+@pytest.fixture
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs of `run_cli` use the no-wait retry policy (`RetryPolicy.no_wait`, as library tests pass
+    it), with the attempts the command line was given: no test sleeps through backoff. The limiter's
+    pauses (an outage's breaker, a 429's shared deadline) are the product's own, unchanged."""
+    from batch_prompt.cli import commands as cli
+    from batch_prompt.run.retry import RetryPolicy
+
+    options = cli._options
+    monkeypatch.setattr(cli, "_options", lambda args: dataclasses.replace(
+        options(args), retry=RetryPolicy.no_wait(args.max_attempts)))
+
+
 DEFAULT_FAKE_CONFIG: dict[str, Any] = dataclasses.asdict(FakeConfig())  # every setting, faults off
 
 
@@ -73,12 +100,58 @@ def cli_env(fake: FakeServer | None = None, tmp_path: Path | None = None, **extr
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            module: str = "batch_prompt", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m batch_prompt ARGS` in a subprocess (cwd outside the repo, so the installed package runs)."""
+def run_process(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                module: str = "batch_prompt", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m batch_prompt ARGS` in a subprocess (cwd outside the repo, so the installed package runs).
+    For the tests whose claim is about a real process (its file descriptors, its start-up, its exit);
+    the others use `run_cli`, which costs no interpreter start-up."""
     return subprocess.run(
         [sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
+
+
+PROGS = {"batch_prompt": "python -m batch_prompt", "batch_prompt.resume": "python -m batch_prompt.resume"}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            module: str = "batch_prompt", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` run in this process through `cli.main`, seen as a subprocess would see it:
+    `env` (when given) is the whole environment, `cwd` the working directory, stdin empty and not a
+    terminal, stdout and stderr captured, the exit code as `returncode`. (`timeout` is accepted for the
+    same calls as `run_process`; an in-process call is bounded by the test's own timeouts.) Its pid is the
+    test's: rows a failed run leaves running belong to a live process, so a test whose next step must
+    reclaim them (a dead process's) runs that failing run with `procs`."""
+    from batch_prompt.cli import main
+
+    argv = ["resume", *args] if module == "batch_prompt.resume" else list(args)
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_streams = sys.stdin, sys.stdout, sys.stderr
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", line_buffering=True)
+    stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), stdout, stderr
+        try:
+            code = main(argv, prog=PROGS[module])
+        except SystemExit as exc:  # argparse: --help, a usage error
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        stdout.flush()
+        stderr.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.chdir(saved_cwd)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(saved_env)
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue().decode(),
+                                       err.getvalue().decode())
 
 
 @pytest.fixture

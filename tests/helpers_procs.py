@@ -2,7 +2,8 @@
 
 `Procs` starts `python -m batch_prompt ...` (or `batch_prompt.resume`) with stdout and stderr going to files
 under the test's folder, and kills and reaps, one by one, whatever is still running when the test ends.
-The rest are small builders and checks shared by `test_crash.py` and `test_faults.py`.
+The rest are the small builders and checks the test files share (specs, statuses, filling a job database
+with answers as a run would have written them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import batch_prompt as bp
+from batch_prompt.store.database import Charge, Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from .conftest import cli_env
@@ -106,12 +108,13 @@ class Procs:
 
 
 def chat_spec(count: int, prefix: str = "q", *, name: str = "chat", n: int = 2,
-              fail400: Iterable[int] = ()) -> dict[str, Any]:
-    """`count` chat prompts `"{prefix} {i}"` (or `"{prefix} {i} FAIL400"` for i in `fail400`), n samples each."""
+              fail400: Iterable[int] = (), **extra: Any) -> dict[str, Any]:
+    """`count` chat prompts `"{prefix} {i}"` (or `"{prefix} {i} FAIL400"` for i in `fail400`), n samples each;
+    `extra` adds or replaces spec fields (`templates` over the keyword `w`, `rpm`, ...)."""
     bad = set(fail400)
     words = [f"{i} FAIL400" if i in bad else str(i) for i in range(count)]
     return {"name": name, "api": "chat", "model": "gpt-4o-mini", "templates": [prefix + " {w}"],
-            "keywords": {"w": words}, "model_args": {"n": n, "max_tokens": 8}}
+            "keywords": {"w": words}, "model_args": {"n": n, "max_tokens": 8}, **extra}
 
 
 def prompts_of(spec: dict[str, Any]) -> list[str]:
@@ -149,6 +152,39 @@ def statuses(db: Path, job: str | None = None) -> Counter[str]:
         return Counter(row[0] for row in conn.execute(sql, params))
     finally:
         conn.close()
+
+
+def statuses_by_model(db: Path) -> Counter[tuple[str, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return Counter(conn.execute("SELECT model, status FROM prompts").fetchall())
+    finally:
+        conn.close()
+
+
+def fill_done(db: Path, limit: int = 1_000_000) -> None:
+    """Mark up to `limit` pending prompts of each job and model done, with responses shaped as the API's (the
+    fake server's echo, choices in reverse order) and their spend: what a run would have written."""
+    with Store(db) as store:
+        for job in store.jobs():
+            rows = [row for model in job.spec["models"] for row in store.claim(job, model, "test:1:x", limit, 60)]
+            outcomes = []
+            for row in rows:
+                request = json.loads(row.request)
+                n = request.get("n", 1)
+                text = request["messages"][-1]["content"] if "messages" in request else request["prompt"]
+                choices = [
+                    {"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
+                     "finish_reason": "stop", "logprobs": None} if "messages" in request else
+                    {"index": j, "text": f"echo {j}: {text}", "finish_reason": "stop", "logprobs": None}
+                    for j in reversed(range(n))
+                ]
+                response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
+                            "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+                                                          "total_tokens": 7}}
+                outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
+            charges = [Charge(job.id, row.model, "live", 1, 1, 3, 4) for row in rows]
+            store.record(outcomes, "test:1:x", charges)
 
 
 def integrity(db: Path) -> str:

@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ import batch_prompt as bp
 from batch_prompt.spec.spec import Spec
 from batch_prompt.spec.tokens import DEFAULT_MAX_TOKENS, estimate_parts
 
-from .conftest import cli_env, run_cli
-from .test_store_export import SPEC, file_digest, fill_done
+from .conftest import cli_env, run_cli, run_process
+from .helpers_procs import fill_done
+from .test_store_export import SPEC, file_digest
 
 OK = '{"model": "m", "templates": ["hi {x}"], "keywords": {"x": [1, 2]}'  # a spec without its closing brace
 BIG = "1" + "0" * 5000  # past Python's 4300-digit limit for int <-> str
@@ -289,7 +289,7 @@ def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Pat
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     # standard output (a pipe here); /proc/self/fd/1 rather than /dev/stdout: as root, a regression that
     # renamed a temp file onto /dev/stdout would replace the device for the whole machine
-    out = run_cli("export", str(done_db), "-o", "/proc/self/fd/1", "--format", "jsonl", cwd=tmp_path)
+    out = run_process("export", str(done_db), "-o", "/proc/self/fd/1", "--format", "jsonl", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [json.loads(line)["job"] for line in lines[:8]] == ["likes"] * 8
@@ -308,17 +308,21 @@ def test_export_to_a_device_or_fifo_writes_directly(done_db: Path, tmp_path: Pat
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path) -> None:
+def test_a_bug_of_ours_is_one_line_naming_the_saved_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An internal error (here: a command made to fail as a bug would) prints one line, never a traceback;
     the traceback is saved to a file (with keys masked), and --debug prints it too."""
-    code = ("import sys; import batch_prompt.cli.commands as cli\n"
-            "def broken(args): raise RuntimeError('boom ' + 'sk-test-SECRET-a1b2c3d4e5f6')\n"
-            "cli.COMMANDS['status'] = broken\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
-    env = {**os.environ, "OPENAI_API_KEY": "sk-test-SECRET-a1b2c3d4e5f6", "TMPDIR": str(tmp_path)}
+    import tempfile
+
+    from batch_prompt.cli import commands as cli
+
+    def broken(args: Any) -> int:
+        raise RuntimeError("boom " + "sk-test-SECRET-a1b2c3d4e5f6")
+
+    monkeypatch.setitem(cli.COMMANDS, "status", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (what TMPDIR sets in a new process)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-SECRET-a1b2c3d4e5f6"}
     for debug in ([], ["--debug"]):
-        out = subprocess.run([sys.executable, "-c", code, "status", str(tmp_path / "x.db"), *debug], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        out = run_cli("status", str(tmp_path / "x.db"), *debug, env=env, cwd=tmp_path)
         assert out.returncode == 1
         last = out.stderr.splitlines()[-1]
         assert last.startswith("batch-prompt: internal error") and "RuntimeError: boom ***" in last, out.stderr

@@ -4,7 +4,6 @@ never twice across kills, expired/cancelled/refused lines, validation failures, 
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import time
 from collections import Counter
@@ -18,6 +17,8 @@ import batch_prompt as bp
 from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
+from . import helpers_trials as trials
+from .conftest import cli_env, run_cli
 from .helpers_procs import Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec
 
 FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
@@ -40,14 +41,14 @@ def comparable(results: list[dict[str, Any]]) -> list[Any]:
 
 def test_a_batch_job_in_several_batches_exports_what_a_live_run_exports(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(**FAST)
-    spec = chat_spec(2500, n=2)
+    spec = chat_spec(1250, n=2)
     batch_db, live_db = tmp_path / "batch.db", tmp_path / "live.db"
     bp.create(batch_db, **spec)
-    summary = run(batch_db, fake, tmp_path, mode="batch", batch_size=1000)
-    assert (summary.done, summary.failed, summary.exit_code, summary.batches_submitted) == (2500, 0, 0, 3)
-    assert [b["lines"] for b in fake.batches] == [1000, 1000, 500]
+    summary = run(batch_db, fake, tmp_path, mode="batch", batch_size=500)
+    assert (summary.done, summary.failed, summary.exit_code, summary.batches_submitted) == (1250, 0, 0, 3)
+    assert [b["lines"] for b in fake.batches] == [500, 500, 250]
     assert all(b["status"] == "completed" for b in fake.batches)
-    assert set(fake.answered().values()) == {1} and len(fake.answered()) == 2500
+    assert set(fake.answered().values()) == {1} and len(fake.answered()) == 1250
     assert fake.files == []  # every file uploaded or produced was deleted once recorded
     bp.create(live_db, **spec)
     fake.reset()
@@ -56,9 +57,9 @@ def test_a_batch_job_in_several_batches_exports_what_a_live_run_exports(fake: Fa
     assert comparable(bp.export(batch_db)) == comparable(bp.export(live_db))  # type: ignore[arg-type]
     report = bp.status(batch_db)[0]
     assert report.mode == "batch" and [b.state for b in report.batches] == ["collected"] * 3
-    assert [b.completed for b in report.batches] == [1000, 1000, 500]
+    assert [b.completed for b in report.batches] == [500, 500, 250]
     spent = {(m.model, m.requests) for m in report.models}
-    assert spent == {("gpt-4o-mini", 2500)}
+    assert spent == {("gpt-4o-mini", 1250)}
     # accounted at the batch price: half the live list price of the same tokens
     live_cost = bp.status(live_db)[0].cost
     assert report.cost is not None and live_cost is not None and report.cost == pytest.approx(live_cost / 2)
@@ -175,20 +176,20 @@ def test_cancel_keeps_what_was_completed_and_returns_the_rest(fake: FakeServer, 
     assert statuses(db) == Counter({"done": 200}) and set(fake.answered().values()) == {1}
 
 
-def test_status_json_lists_batches(fake: FakeServer, tmp_path: Path, procs: Procs) -> None:
+def test_status_json_lists_batches(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(**{**FAST, "batch_lines_per_second": 0.0})  # never answers: stays in progress
     db, spec = tmp_path / "jobs.db", write_spec(tmp_path, chat_spec(12, n=1))
-    proc = procs.run(*run_args(spec, db, tmp_path / "cache"), "--mode", "batch", "--no-wait")
-    assert proc.popen.returncode == 0, proc.stderr
+    proc = run_cli(*run_args(spec, db, tmp_path / "cache"), "--mode", "batch", "--no-wait", env=cli_env(fake, tmp_path))
+    assert proc.returncode == 0, proc.stderr
     assert "12 prompts are in open batches at the provider: collect them with python -m batch_prompt.resume" in (
         proc.stderr)
-    out = procs.run("status", str(db), "--json")
+    out = run_cli("status", str(db), "--json")
     batches = json.loads(out.stdout)[0]["batches"]
     assert len(batches) == 1 and batches[0]["id"] == fake.batches[0]["id"]
     assert (batches[0]["state"], batches[0]["requests"], batches[0]["model"]) == ("submitted", 12, "gpt-4o-mini")
 
 
-KILL_TRIALS = 20
+KILL_TRIALS, KILL_TRIALS_PICKED = 20, 3  # scripts/kill_trials makes all 20
 
 
 @pytest.mark.slow
@@ -197,9 +198,10 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
     """SIGKILL at seeded random instants while submitting (claims, upload, create) and while waiting; the
     resume finds what exists: every prompt answered exactly once by the server, never a second batch for
     prompts already in one, no uploaded file left behind."""
-    rng = random.Random(12)
-    fake.configure(**{**FAST, "batch_lines_per_second": 2000.0, "batch_validate_seconds": 0.05})
-    for trial in range(KILL_TRIALS):
+    numbers = trials.pick("sigkill-batch", KILL_TRIALS, KILL_TRIALS_PICKED)
+    print(f"{trials.header()}: sigkill-batch trials {numbers}")
+    for trial in numbers:
+        which = trials.replay("sigkill-batch", trial)
         fake.reset()
         fake.configure(**{**FAST, "batch_lines_per_second": 2000.0, "batch_validate_seconds": 0.05})
         folder = tmp_path / f"t{trial}"
@@ -208,17 +210,20 @@ def test_killed_anywhere_in_batch_mode_then_resumed_asks_each_prompt_once(fake: 
         db, cache = folder / "jobs.db", folder / "cache"
         path = write_spec(folder, spec)
         proc = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(trials.rng("sigkill-batch", trial).uniform(0.3, 2.5))  # the trial's instant of the kill
         proc.kill()
+        # The recovery need not be a process of its own (it runs in this one): the killed one is dead.
         if db.exists():
-            again = procs.resume(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05")
+            again = run_cli(*resume_args(db, cache), "--mode", "batch", "--poll", "0.05", module="batch_prompt.resume",
+                            env=procs.env)
         else:  # killed before its create was complete (a slow start): nothing recorded, nothing sent
-            assert fake.files == [] and fake.batches == [], trial
-            again = procs.start(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05")
-        assert again.wait() == 0, again.stderr
-        assert statuses(db) == Counter({"done": 300}), trial
+            assert fake.files == [] and fake.batches == [], which
+            again = run_cli(*run_args(path, db, cache), "--mode", "batch", "--batch-size", "50", "--poll", "0.05",
+                            env=procs.env)
+        assert again.returncode == 0, (which, again.stderr)
+        assert statuses(db) == Counter({"done": 300}), which
         answered = fake.answered()
-        assert set(answered.values()) == {1} and set(answered) == set(prompts_of(spec)), trial
+        assert set(answered.values()) == {1} and set(answered) == set(prompts_of(spec)), which
         per_prompt_batches = sum(b["lines"] for b in fake.batches if b["status"] != "failed")
-        assert per_prompt_batches == 300, (trial, [(b["lines"], b["status"]) for b in fake.batches])
-        assert fake.files == [], trial
+        assert per_prompt_batches == 300, (which, [(b["lines"], b["status"]) for b in fake.batches])
+        assert fake.files == [], which

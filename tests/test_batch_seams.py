@@ -15,6 +15,7 @@ import batch_prompt as bp
 from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
+from .conftest import run_cli
 from .helpers_procs import Proc, Procs, chat_spec, prompts_of, resume_args, run_args, statuses, write_spec
 
 FAST = dict(batch_validate_seconds=0.0, batch_finalize_seconds=0.0, batch_lines_per_second=None)
@@ -59,8 +60,8 @@ def test_a_run_waiting_on_a_batch_stops_like_a_live_one(fake: FakeServer, procs:
     assert code in (130, -signal.SIGINT) and "Traceback" not in third.stderr and took < 5, (code, third.stderr)
     assert [b["status"] for b in fake.batches] == ["validating"]  # left open at the provider
     assert statuses(db) == Counter({"running": 30})
-    last = procs.resume(*resume_args(db, cache), "--poll", "0.05")
-    assert last.wait(60) == 0, last.stderr
+    last = run_cli(*resume_args(db, cache), "--poll", "0.05", module="batch_prompt.resume", env=procs.env)
+    assert last.returncode == 0, last.stderr
     assert statuses(db) == Counter({"done": 30}) and len(fake.batches) == 1
     assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
 

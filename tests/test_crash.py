@@ -7,25 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import batch_prompt as bp
-from batch_prompt.store.database import Outcome, Store
 from batch_prompt.testing import FakeServer
 
+from . import helpers_trials as trials
+from .conftest import run_cli
 from .helpers_procs import (
     Proc,
     Procs,
     chat_spec,
     check_export,
+    fill_done,
     integrity,
     ok_times,
     prompts_of,
@@ -39,17 +38,6 @@ from .helpers_procs import (
 # its first answer arrived at most this long before the kill (the latency is 20-50 ms; the rest is slack for
 # a loaded machine). Answers that arrived earlier than that were paid for and must have been kept.
 IN_FLIGHT_WINDOW = 1.0
-
-
-@pytest.fixture
-def procs(fake: FakeServer, tmp_path: Path) -> Iterator[Procs]:
-    saved = dataclasses.asdict(fake.config)
-    procs = Procs(tmp_path, fake)
-    try:
-        yield procs
-    finally:
-        procs.close()
-        fake.configure(**saved)
 
 
 # --- kill anywhere ---------------------------------------------------------------------------------
@@ -103,11 +91,25 @@ def check_paid_once(fake: FakeServer, trial: Trial) -> int:
     return len(twice)
 
 
+RUN_TRIALS, RUN_TRIALS_PICKED = 24, 4  # scripts/kill_trials makes all 24
+
+
+def early(number: int) -> bool:
+    """A third of the trials kill around start-up (opening, migrating, creating, first claims), the rest
+    while requests are in flight (or just after the end)."""
+    return number % 3 == 0
+
+
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
     fake: FakeServer, procs: Procs, tmp_path: Path
 ) -> None:
-    rng = random.Random(1234)
+    numbers = trials.pick("sigkill-run", RUN_TRIALS, RUN_TRIALS_PICKED)
+    if not any(early(number) for number in numbers):  # each kind in every run
+        numbers[0] = next(number for number in range(RUN_TRIALS) if early(number) and number not in numbers)
+    if all(early(number) for number in numbers):
+        numbers[0] = next(number for number in range(RUN_TRIALS) if not early(number) and number not in numbers)
+    print(f"{trials.header()}: sigkill-run trials {sorted(numbers)}")
     fake.configure(latency=0.02, latency_jitter=0.03, seed=5)
 
     # Calibrate on this machine: when does a run send its first request, and when its last?
@@ -120,8 +122,10 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
     ts = sorted(entry["t"] - started for entry in fake.record)
     first, last = ts[0], ts[-1]
 
-    trials, resent = [], 0
-    for number in range(24):
+    done_trials, resent = [], 0
+    for number in sorted(numbers):
+        rng = trials.rng("sigkill-run", number)
+        which = trials.replay("sigkill-run", number)
         fake.reset()
         folder = tmp_path / f"trial{number}"
         folder.mkdir()
@@ -129,14 +133,11 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
         count, n, concurrency = rng.randint(200, 400), rng.choice([1, 2, 3]), rng.choice([8, 16, 32])
         spec = chat_spec(count, f"t{number}", n=n)
         trial = Trial(number, prompts_of(spec), n, concurrency)
-        trials.append(trial)
+        done_trials.append(trial)
         spec_path = write_spec(folder, spec)
-        # A third of the kills land around start-up (opening, migrating, creating, first claims), the rest
-        # while requests are in flight (or just after the end).
-        early = rng.random() < 1 / 3
-        delay = rng.uniform(0.7, 1.05) * first if early else rng.uniform(first, last + 0.2)
+        delay = rng.uniform(0.7, 1.05) * first if early(number) else rng.uniform(first, last + 0.2)
         proc = procs.start(*run_args(spec_path, db, cache, concurrency))
-        time.sleep(delay)
+        time.sleep(delay)  # (the instant of the kill is the trial's variable: a fixed delay, on purpose)
         trial.kills.append(proc.kill())
         trial.phases.append(phase_of(db))
 
@@ -147,21 +148,24 @@ def test_sigkill_anywhere_then_resume_loses_nothing_and_pays_once(
             trial.kills.append(proc.kill())
             trial.phases.append(phase_of(db))
 
+        # The recovery need not be a process of its own (it runs in this one): the killed ones are dead.
         if trial.phases[-1] in ("ready-0", "running", "complete"):
-            proc = procs.resume(*resume_args(db, cache, concurrency))
+            out = run_cli(*resume_args(db, cache, concurrency), module="batch_prompt.resume", env=procs.env)
         else:  # killed before the job was recorded: the same command again (see test_sigkill_during_create)
-            proc = procs.start(*run_args(spec_path, db, cache, concurrency))
-        assert proc.wait() == 0, f"trial {number} ({trial.phases}): {proc.stderr}"
+            out = run_cli(*run_args(spec_path, db, cache, concurrency), env=procs.env)
+        assert out.returncode == 0, f"{which} ({trial.phases}): {out.stderr}"
 
-        assert integrity(db) == "ok"
-        assert statuses(db) == Counter({"done": count}), trial
+        assert integrity(db) == "ok", which
+        assert statuses(db) == Counter({"done": count}), (which, trial)
         check_export(db, trial.prompts, n)
         resent += check_paid_once(fake, trial)
 
-    phases = Counter(phase for trial in trials for phase in trial.phases)
+    phases = Counter(phase for trial in done_trials for phase in trial.phases)
     print(f"kill phases: {dict(phases)}; prompts answered again after a kill (in flight): {resent}")
-    # The delays are calibrated, so most kills hit a run with requests in flight.
-    assert phases["running"] >= 8, phases
+    # The delays are calibrated, so most kills after start-up hit a run with requests in flight (all 24
+    # trials: 8 of the 16).
+    late = sum(1 for number in numbers if not early(number))
+    assert phases["running"] >= max(1, late // 2), (phases, trials.header(), sorted(numbers))
 
 
 def hashes_of(db: Path) -> list[str]:
@@ -211,13 +215,13 @@ def test_sigkill_during_create_then_resume(fake: FakeServer, procs: Procs, tmp_p
 
     assert not db.exists(), "a killed create of a new database left a file at its path"
     assert private_files(db) != []
-    resumed = procs.run(*resume_args(db, tmp_path / "cache"), module="batch_prompt.resume")
-    for out in (resumed, procs.run("status", str(db))):
-        assert out.popen.returncode == 2 and f"no job database at {db}" in out.stderr, out.stderr
+    resumed = run_cli(*resume_args(db, tmp_path / "cache"), module="batch_prompt.resume", env=procs.env)
+    for out in (resumed, run_cli("status", str(db))):
+        assert out.returncode == 2 and f"no job database at {db}" in out.stderr, out.stderr
     assert fake.record == []
 
-    again = procs.run("create", str(spec_path), "--db", str(db))
-    assert again.popen.returncode == 0, again.stderr
+    again = run_cli("create", str(spec_path), "--db", str(db))
+    assert again.returncode == 0, again.stderr
     assert len(hashes_of(db)) == count and hashes_of(db) == hashes_of(clean)
     assert private_files(db) == []  # the killed create's file is gone with its process
 
@@ -225,65 +229,54 @@ def test_sigkill_during_create_then_resume(fake: FakeServer, procs: Procs, tmp_p
 # --- kill during export ----------------------------------------------------------------------------
 
 
-def fill_done(db: Path, limit: int) -> None:
-    """Mark up to `limit` pending prompts done with the responses the fake server would give."""
-    with Store(db) as store:
-        job = store.jobs()[0]
-        outcomes = []
-        for row in store.claim(job, job.spec["models"][0], "test:1:x", limit, 60):
-            request = json.loads(row.request)
-            text = request["messages"][-1]["content"]
-            choices = [{"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
-                        "finish_reason": "stop", "logprobs": None} for j in range(request["n"])]
-            response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
-                        "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
-            outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-        store.record(outcomes, "test:1:x")
+EXPORT_TRIALS, EXPORT_TRIALS_PICKED = 10, 4  # scripts/kill_trials makes all 10
 
 
 def test_sigkill_during_export_never_leaves_a_half_written_file(procs: Procs, tmp_path: Path) -> None:
-    rng = random.Random(1234)
+    numbers = trials.pick("sigkill-export", EXPORT_TRIALS, EXPORT_TRIALS_PICKED)
+    print(f"{trials.header()}: sigkill-export trials {numbers}")
     db = tmp_path / "jobs.db"
     spec = chat_spec(30_000, "export " + "padding " * 20, n=2)
     bp.create(db, **spec)
     fill_done(db, 15_000)
     out = tmp_path / "results.pkl"
-    assert procs.run("export", str(db), "-o", str(out)).popen.returncode == 0
+    assert run_cli("export", str(db), "-o", str(out), cwd=tmp_path).returncode == 0
     old = out.read_bytes()
     fill_done(db, 30_000)
     reference = tmp_path / "reference.pkl"
-    started = time.monotonic()
+    started = time.monotonic()  # (a process, as the killed ones are: the kill instants are scaled by it)
     assert procs.run("export", str(db), "-o", str(reference)).popen.returncode == 0
     duration = time.monotonic() - started
     new = reference.read_bytes()
     assert new != old and len(bp.load_results(reference)) == 60_000
 
     seen: Counter[str] = Counter()
-    for trial in range(10):
+    for trial in numbers:
+        which = trials.replay("sigkill-export", trial)
         had_old = trial % 3 != 2
         if had_old:
             out.write_bytes(old)
         else:
             out.unlink(missing_ok=True)
         proc = procs.start("export", str(db), "-o", str(out))
-        time.sleep(rng.uniform(0.3, 1.1) * duration)
+        time.sleep(trials.rng("sigkill-export", trial).uniform(0.3, 1.1) * duration)  # the trial's instant
         proc.kill()
         if not out.exists():
-            assert not had_old, f"trial {trial}: the old export was removed"
+            assert not had_old, f"{which}: the old export was removed"
             seen["absent"] += 1
             continue
         content = out.read_bytes()
         kind = "old" if content == old else "new" if content == new else "torn"
         assert kind in (("old", "new") if had_old else ("new",)), (
-            f"trial {trial}: {out.name} holds {len(content)} bytes, neither the old nor the new export"
+            f"{which}: {out.name} holds {len(content)} bytes, neither the old nor the new export"
         )
         seen[kind] += 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.pkl.")]
     print(f"after the kill the export was: {dict(seen)}; temporary files left behind: {len(leftovers)}")
-    assert seen["old"] + seen["absent"] > 0  # some kills did land before the rename
+    assert seen["old"] + seen["absent"] > 0, (seen, trials.header(), numbers)  # some kills landed before the rename
 
-    again = procs.run("export", str(db), "-o", str(out))
-    assert again.popen.returncode == 0, again.stderr
+    again = run_cli("export", str(db), "-o", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert out.read_bytes() == new
 
 
@@ -300,8 +293,8 @@ def test_three_resumers_share_the_work_and_send_each_prompt_once(
     fake.configure(latency=0.05, latency_jitter=0.05, seed=3)
     spec = chat_spec(600, "shared")
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
-    created = procs.run("create", str(write_spec(tmp_path, spec)), "--db", str(db))
-    assert created.popen.returncode == 0, created.stderr
+    created = run_cli("create", str(write_spec(tmp_path, spec)), "--db", str(db))
+    assert created.returncode == 0, created.stderr
     resumers = [procs.resume(*resume_args(db, cache, 8)) for _ in range(3)]
     codes = [proc.wait() for proc in resumers]
     errors = summaries(resumers)
@@ -317,7 +310,7 @@ def test_three_resumers_share_the_work_and_send_each_prompt_once(
 def test_two_creates_of_one_spec_at_once_record_it_once(procs: Procs, tmp_path: Path) -> None:
     """The same `create` started twice at once (two terminals): a big spec, so the second arrives while the
     first is still inserting. Both succeed and the job holds each prompt once, as a clean create does."""
-    spec = chat_spec(150_000, "twice", n=1)
+    spec = chat_spec(100_000, "twice", n=1)
     spec_path, db = write_spec(tmp_path, spec), tmp_path / "jobs.db"
     creators = [procs.start("create", str(spec_path), "--db", str(db)) for _ in range(2)]
     codes = [proc.wait() for proc in creators]
@@ -325,10 +318,10 @@ def test_two_creates_of_one_spec_at_once_record_it_once(procs: Procs, tmp_path: 
     clean = tmp_path / "clean.db"
     bp.create(clean, **spec)
     hashes = hashes_of(db)
-    assert (len(hashes), len(set(hashes))) == (150_000, 150_000)
+    assert (len(hashes), len(set(hashes))) == (100_000, 100_000)
     assert hashes == hashes_of(clean)
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT name, state, n_prompts FROM jobs").fetchall() == [("chat", "ready", 150_000)]
+    assert conn.execute("SELECT name, state, n_prompts FROM jobs").fetchall() == [("chat", "ready", 100_000)]
     conn.close()
 
 

@@ -1,19 +1,21 @@
-"""A hostile server, through the command line: hangs, drops, broken bodies, wrong choices, a 5xx outage, a 429
+"""A fake server, through the command line: hangs, drops, broken bodies, wrong choices, a 5xx outage, a 429
 storm, permanent 400s. Each run must end with every prompt done from a valid response, none paid for twice
 (asserted from the fake server's own record), and the API key nowhere on disk. Also: a corrupted cache
 entry is fetched again, never exported.
+
+The command line runs in this process (`run_cli`, through `cli.main`) with the no-wait retry policy: what
+is proved is what the run does with each fault, not how long its backoff sleeps. Crashes and signals, which
+need real processes, are in test_crash.py and test_never_twice.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,8 @@ import pytest
 
 from batch_prompt.testing import FakeServer
 
-from .conftest import API_KEY
+from .conftest import API_KEY, cli_env, run_cli
 from .helpers_procs import (
-    Proc,
-    Procs,
     chat_spec,
     check_export,
     outcomes,
@@ -37,28 +37,32 @@ from .helpers_procs import (
 )
 
 CONCURRENCY = 16
+Out = subprocess.CompletedProcess[str]
+
+# Every test here runs the command line with the no-wait retry policy (see conftest.no_wait).
+pytestmark = pytest.mark.usefixtures("no_wait")
 
 
-@pytest.fixture
-def hostile(fake: FakeServer) -> Iterator[FakeServer]:
-    """The fake server; every setting (also those the shared fixture does not reset) restored afterwards."""
-    saved = dataclasses.asdict(fake.config)
-    try:
-        yield fake
-    finally:
-        fake.configure(**saved)
+def cli(tmp_path: Path, fake: FakeServer, *args: str, module: str = "batch_prompt") -> Out:
+    """The command line against the fake, its output also written under logs/ as a process's would be."""
+    out = run_cli(*args, env=cli_env(fake, tmp_path), cwd=tmp_path, module=module)
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    number = len(list(logs.iterdir())) // 2
+    (logs / f"{number}.out").write_text(out.stdout)
+    (logs / f"{number}.err").write_text(out.stderr)
+    return out
 
 
-def run_job(procs: Procs, tmp_path: Path, spec: dict[str, Any], *extra: str, timeout: float = 60) -> Proc:
+def run_job(fake: FakeServer, tmp_path: Path, spec: dict[str, Any], *extra: str) -> Out:
     spec_path = write_spec(tmp_path, spec)
-    return procs.run(*run_args(spec_path, tmp_path / "jobs.db", tmp_path / "cache", CONCURRENCY, *extra),
-                     timeout=timeout)
+    return cli(tmp_path, fake, *run_args(spec_path, tmp_path / "jobs.db", tmp_path / "cache", CONCURRENCY, *extra))
 
 
-def assert_all_done_once(proc: Proc, fake: FakeServer, tmp_path: Path, spec: dict[str, Any]) -> None:
+def assert_all_done_once(proc: Out, fake: FakeServer, tmp_path: Path, spec: dict[str, Any]) -> None:
     """Exit 0, every prompt done, each answered by the server exactly once, the export valid."""
     prompts, n = prompts_of(spec), spec["model_args"]["n"]
-    assert proc.popen.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr
     db = tmp_path / "jobs.db"
     assert statuses(db) == Counter({"done": len(prompts)})
     assert fake.answered() == Counter({p: 1 for p in prompts})
@@ -76,17 +80,17 @@ def longest_silence(record: list[dict[str, Any]], start: float) -> str:
     return f"no request from {since:.1f} s to {since + gap:.1f} s after start ({len(times)} requests)"
 
 
-def test_hung_requests_time_out_and_are_retried(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.01, hang_rate=0.1, hang_seconds=30, seed=11)
+def test_hung_requests_time_out_and_are_retried(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(latency=0.01, hang_rate=0.1, hang_seconds=30, seed=11)
     spec = chat_spec(100, "hang")
     started = time.monotonic()
-    proc = run_job(procs, tmp_path, spec, "--timeout", "1", timeout=40)
+    proc = run_job(fake, tmp_path, spec, "--timeout", "1")
     elapsed = time.monotonic() - started
-    assert outcomes(hostile)["hang"] >= 5
+    assert outcomes(fake)["hang"] >= 5
     # About 10 requests hang at once and time out together: that is one outage's worth of failures in a row,
     # which may pause the pool a second or two, not for the length of a doubling per failure.
-    assert elapsed < 15, f"took {elapsed:.1f} s; {longest_silence(hostile.record, started)}"
-    assert_all_done_once(proc, hostile, tmp_path, spec)
+    assert elapsed < 15, f"took {elapsed:.1f} s; {longest_silence(fake.record, started)}"
+    assert_all_done_once(proc, fake, tmp_path, spec)
 
 
 @pytest.mark.parametrize(
@@ -96,54 +100,50 @@ def test_hung_requests_time_out_and_are_retried(hostile: FakeServer, procs: Proc
     ids=["dropped-connections", "reset-mid-body", "truncated-json", "wrong-number-of-choices"],
 )
 def test_broken_answers_are_retried(
-    hostile: FakeServer, procs: Procs, tmp_path: Path, fault: str, outcome: str, n: int, seed: int
+    fake: FakeServer, tmp_path: Path, fault: str, outcome: str, n: int, seed: int
 ) -> None:
-    hostile.configure(latency=0.01, seed=seed, **{fault: 0.2})
+    fake.configure(latency=0.01, seed=seed, **{fault: 0.2})
     spec = chat_spec(150, outcome, n=n)
-    proc = run_job(procs, tmp_path, spec)
-    assert outcomes(hostile)[outcome] >= 10
-    assert_all_done_once(proc, hostile, tmp_path, spec)
+    proc = run_job(fake, tmp_path, spec)
+    assert outcomes(fake)[outcome] >= 10
+    assert_all_done_once(proc, fake, tmp_path, spec)
 
 
-def test_5xx_outage_backs_off_and_finishes(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
+def test_5xx_outage_backs_off_and_finishes(fake: FakeServer, tmp_path: Path) -> None:
     """Every request gets 503 for a few seconds: the circuit breaker pauses the pool (few requests during
     the outage, no prompt burns its attempts) and the run resumes soon after the outage ends."""
     prompts, outage = 150, 3.0
     spec = chat_spec(prompts, "outage")
     spec_path = write_spec(tmp_path, spec)
-    hostile.configure(latency=0.01)
+    fake.configure(latency=0.01)
     outage_until = time.monotonic() + outage
-    hostile.configure(outage_until=outage_until)
-    proc = procs.start(*run_args(spec_path, tmp_path / "jobs.db", tmp_path / "cache", CONCURRENCY))
-    try:
-        proc.popen.wait(timeout=outage + 15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        record = hostile.record
-        raise AssertionError(
-            f"still running {outage + 15:.0f} s after start, with a {outage:.0f} s outage; requests: "
-            f"{dict(Counter(e['outcome'] for e in record))}, the last one {record[-1]['t'] - outage_until:+.1f} s "
-            "after the outage's end"
-        ) from None
-    failures = [e for e in hostile.record if e["outcome"] == "error_5xx"]
+    fake.configure(outage_until=outage_until)
+    proc = cli(tmp_path, fake, *run_args(spec_path, tmp_path / "jobs.db", tmp_path / "cache", CONCURRENCY))
+    elapsed, record = time.monotonic() - (outage_until - outage), fake.record
+    assert elapsed < outage + 15, (
+        f"ran {elapsed:.0f} s, with a {outage:.0f} s outage; requests: "
+        f"{dict(Counter(e['outcome'] for e in record))}, the last one {record[-1]['t'] - outage_until:+.1f} s "
+        "after the outage's end"
+    )
+    failures = [e for e in fake.record if e["outcome"] == "error_5xx"]
     assert failures and all(e["t"] < outage_until for e in failures)
     # The first wave fails, then only the breaker's probes go: nowhere near prompts x max attempts.
     assert len(failures) <= CONCURRENCY + 8, len(failures)
-    first_ok = min(e["t"] for e in hostile.record if e["outcome"] == "ok")
+    first_ok = min(e["t"] for e in fake.record if e["outcome"] == "ok")
     assert first_ok - outage_until < 8.0, f"first answer {first_ok - outage_until:.1f} s after the outage"
-    assert_all_done_once(proc, hostile, tmp_path, spec)
+    assert_all_done_once(proc, fake, tmp_path, spec)
 
 
-def test_429_storm_is_waited_out(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.01, rate_limit_rate=0.5, rate_limit_retry_after=0.2, seed=15)
+def test_429_storm_is_waited_out(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(latency=0.01, rate_limit_rate=0.5, rate_limit_retry_after=0.05, seed=15)
     spec = chat_spec(150, "storm")
-    proc = run_job(procs, tmp_path, spec, "--max-attempts", "3")  # 429s must not use up attempts
-    assert outcomes(hostile)["error_429"] >= 50
-    assert_all_done_once(proc, hostile, tmp_path, spec)
+    proc = run_job(fake, tmp_path, spec, "--max-attempts", "3")  # 429s must not use up attempts
+    assert outcomes(fake)["error_429"] >= 50
+    assert_all_done_once(proc, fake, tmp_path, spec)
 
 
 def test_permanent_400_fails_only_those_prompts_and_again_after_retry_failed(
-    hostile: FakeServer, procs: Procs, tmp_path: Path
+    fake: FakeServer, tmp_path: Path
 ) -> None:
     bad = {3, 17, 42}
     spec = chat_spec(60, "perm", fail400=bad)
@@ -151,50 +151,49 @@ def test_permanent_400_fails_only_those_prompts_and_again_after_retry_failed(
     bad_prompts = {prompts[i] for i in bad}
     good_prompts = [p for p in prompts if p not in bad_prompts]
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
-    first = run_job(procs, tmp_path, spec)
-    assert first.popen.returncode == 1, first.stderr
+    first = run_job(fake, tmp_path, spec)
+    assert first.returncode == 1, first.stderr
     assert statuses(db) == Counter({"done": 57, "failed": 3})
     conn = sqlite3.connect(db)
     failed = conn.execute("SELECT keywords, last_error, attempts FROM prompts WHERE status = 'failed'").fetchall()
     conn.close()
     assert {f"perm {json.loads(k)['w']}" for k, _, _ in failed} == bad_prompts
     assert all("400" in error and attempts == 1 for _, error, attempts in failed), failed
-    assert Counter(p for e in hostile.record if e["outcome"] == "error_400" for p in e["prompts"]) == Counter(
+    assert Counter(p for e in fake.record if e["outcome"] == "error_400" for p in e["prompts"]) == Counter(
         {p: 1 for p in bad_prompts}
     )  # a 400 is never retried
-    assert hostile.answered() == Counter({p: 1 for p in good_prompts})
+    assert fake.answered() == Counter({p: 1 for p in good_prompts})
     assert "3 prompts failed" in first.stderr
 
-    retried = procs.run("retry-failed", str(db))
-    assert retried.popen.returncode == 0 and "3 failed prompts" in retried.stdout
+    retried = cli(tmp_path, fake, "retry-failed", str(db))
+    assert retried.returncode == 0 and "3 failed prompts" in retried.stdout
     assert statuses(db) == Counter({"done": 57, "pending": 3})
-    hostile.reset()
-    again = procs.run(*resume_args(db, cache, CONCURRENCY), module="batch_prompt.resume")
-    assert again.popen.returncode == 1, again.stderr
-    assert sorted(p for e in hostile.record for p in e["prompts"]) == sorted(bad_prompts)
-    assert {e["outcome"] for e in hostile.record} == {"error_400"}
+    fake.reset()
+    again = cli(tmp_path, fake, *resume_args(db, cache, CONCURRENCY), module="batch_prompt.resume")
+    assert again.returncode == 1, again.stderr
+    assert sorted(p for e in fake.record for p in e["prompts"]) == sorted(bad_prompts)
+    assert {e["outcome"] for e in fake.record} == {"error_400"}
     assert statuses(db) == Counter({"done": 57, "failed": 3})
     check_export(db, good_prompts, 2)
 
 
-def test_api_key_is_nowhere_on_disk_after_a_faulty_run(hostile: FakeServer, procs: Procs, tmp_path: Path) -> None:
-    hostile.configure(latency=0.005, error_rate=0.1, drop_rate=0.05, malformed_rate=0.05, rate_limit_rate=0.1,
-                      seed=16)
+def test_api_key_is_nowhere_on_disk_after_a_faulty_run(fake: FakeServer, tmp_path: Path) -> None:
+    fake.configure(latency=0.005, error_rate=0.1, drop_rate=0.05, malformed_rate=0.05, rate_limit_rate=0.1,
+                   seed=16)
     spec = chat_spec(80, "secret", fail400={5, 6})
-    first = run_job(procs, tmp_path, spec)
-    assert first.popen.returncode == 1, first.stderr
+    first = run_job(fake, tmp_path, spec)
+    assert first.returncode == 1, first.stderr
     db = tmp_path / "jobs.db"
     assert statuses(db) == Counter({"done": 78, "failed": 2})
-    assert procs.run("status", str(db)).popen.returncode == 0
-    assert procs.run("status", str(db), "--json").popen.returncode == 0
-    assert procs.run("export", str(db), "-o", str(tmp_path / "results.pkl")).popen.returncode == 0
-    assert procs.run("export", str(db), "-o", str(tmp_path / "results.jsonl")).popen.returncode == 0
+    assert cli(tmp_path, fake, "status", str(db)).returncode == 0
+    assert cli(tmp_path, fake, "status", str(db), "--json").returncode == 0
+    assert cli(tmp_path, fake, "export", str(db), "-o", str(tmp_path / "results.pkl")).returncode == 0
+    assert cli(tmp_path, fake, "export", str(db), "-o", str(tmp_path / "results.jsonl")).returncode == 0
     # Then a server that refuses the key: the run stops on the 401, and still the key is written nowhere.
-    hostile.configure(api_key="sk-the-other-key-0000")
-    assert procs.run("retry-failed", str(db)).popen.returncode == 0
-    refused = procs.run(*resume_args(db, tmp_path / "cache", CONCURRENCY), module="batch_prompt.resume")
-    assert refused.popen.returncode == 2 and "401" in refused.stderr
-    procs.close()
+    fake.configure(api_key="sk-the-other-key-0000")
+    assert cli(tmp_path, fake, "retry-failed", str(db)).returncode == 0
+    refused = cli(tmp_path, fake, *resume_args(db, tmp_path / "cache", CONCURRENCY), module="batch_prompt.resume")
+    assert refused.returncode == 2 and "401" in refused.stderr
 
     key = API_KEY.encode()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -205,20 +204,20 @@ def test_api_key_is_nowhere_on_disk_after_a_faulty_run(hostile: FakeServer, proc
 
 @pytest.mark.parametrize("damage", ["garbage", "edited", "truncated"])
 def test_corrupt_cache_entry_is_fetched_again(
-    hostile: FakeServer, procs: Procs, tmp_path: Path, damage: str
+    fake: FakeServer, tmp_path: Path, damage: str
 ) -> None:
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
     spec = chat_spec(20, "cached")
     prompts = prompts_of(spec)
-    first = run_job(procs, tmp_path, spec)
-    assert first.popen.returncode == 0, first.stderr
-    assert len(hostile.record) == 20
+    first = run_job(fake, tmp_path, spec)
+    assert first.returncode == 0, first.stderr
+    assert len(fake.record) == 20
 
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT hash, keywords FROM prompts").fetchall()
     conn.close()
     (victim_hash,) = [h for h, keywords in rows if json.loads(keywords) == {"w": "7"}]
-    key = f"{hostile.url.rstrip('/').lower()} {victim_hash}"
+    key = f"{fake.url.rstrip('/').lower()} {victim_hash}"
     with diskcache.Cache(str(cache)) as entries:
         assert key in set(entries.iterkeys())
         value = entries.get(key)
@@ -234,11 +233,11 @@ def test_corrupt_cache_entry_is_fetched_again(
         raw.close()
         assert changed == 1
 
-    hostile.reset()
+    fake.reset()
     again = spec | {"name": "again"}
-    second = procs.run(*run_args(write_spec(tmp_path, again, "again.json"), db, cache, CONCURRENCY))
-    assert second.popen.returncode == 0, second.stderr
-    assert [e["prompts"] for e in hostile.record] == [["cached 7"]]
+    second = cli(tmp_path, fake, *run_args(write_spec(tmp_path, again, "again.json"), db, cache, CONCURRENCY))
+    assert second.returncode == 0, second.stderr
+    assert [e["prompts"] for e in fake.record] == [["cached 7"]]
     conn = sqlite3.connect(db)
     cached = conn.execute(
         "SELECT keywords, cached FROM prompts WHERE job_id = (SELECT id FROM jobs WHERE name = 'again')"
@@ -248,7 +247,7 @@ def test_corrupt_cache_entry_is_fetched_again(
     check_export(db, prompts, 2, job="again")
 
     # The entry was repaired: a third job costs nothing.
-    hostile.reset()
-    third = procs.run(*run_args(write_spec(tmp_path, spec | {"name": "third"}, "third.json"), db, cache))
-    assert third.popen.returncode == 0 and hostile.record == []
+    fake.reset()
+    third = cli(tmp_path, fake, *run_args(write_spec(tmp_path, spec | {"name": "third"}, "third.json"), db, cache))
+    assert third.returncode == 0 and fake.record == []
     check_export(db, prompts, 2, job="third")

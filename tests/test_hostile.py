@@ -62,7 +62,7 @@ def test_a_hostile_server_fails_each_prompt_after_its_attempts(
     spec = chat_spec(PROMPTS, n=1)
     bp.create(db, **spec)
     started = time.monotonic()
-    summary = run_within(60, db, fake, tmp_path, timeout=1.0)
+    summary = run_within(60, db, fake, tmp_path, timeout=0.5)
     assert (summary.done, summary.failed, summary.exit_code) == (0, PROMPTS, 1)
     assert asked(fake) == Counter({prompt: 3 for prompt in prompts_of(spec)})  # exactly its attempts, no more
     assert dict(summary.errors) == {kind: PROMPTS}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, cli_env, run_cli
+from .helpers_procs import statuses_by_model
 
 Start = Callable[..., FakeServer]
 
@@ -56,10 +56,6 @@ def run(db: Path, name: str, tmp_path: Path, **options: Any) -> bp.RunSummary:
     options.setdefault("quiet", True)
     options.setdefault("cache_dir", str(tmp_path / "cache"))
     return bp.Job(str(db), name, 0).run(**options)
-
-
-def statuses(db: Path) -> Counter[tuple[str, str]]:
-    return Counter(sqlite3.connect(db).execute("SELECT model, status FROM prompts").fetchall())
 
 
 def outcomes(fake: FakeServer) -> Counter[str]:
@@ -151,7 +147,7 @@ def test_a_refused_key_at_one_endpoint_stops_only_its_models(
     with pytest.raises(bp.FatalAPIError) as info:
         run(db, "mixed", tmp_path)
     assert info.value.endpoint == refusing.url and refusing.url in str(info.value) and "401" in str(info.value)
-    assert statuses(db) == Counter({("a", "done"): 30, ("c", "done"): 30, ("b", "pending"): 30})
+    assert statuses_by_model(db) == Counter({("a", "done"): 30, ("c", "done"): 30, ("b", "pending"): 30})
     assert outcomes(fakes["a"][0]) == outcomes(fakes["c"][0]) == Counter(ok=30)
     assert outcomes(refusing) == Counter(error_401=1)  # the careful start: one request, refused, no retry
 
@@ -161,7 +157,7 @@ def test_a_refused_key_at_one_endpoint_stops_only_its_models(
                   env=cli_env(None, tmp_path), cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert f"the API refused the run at {refusing.url}" in out.stderr and "sk-endpoint" not in out.stderr
-    assert statuses(db) == Counter({("a", "done"): 30, ("c", "done"): 30, ("b", "pending"): 30})
+    assert statuses_by_model(db) == Counter({("a", "done"): 30, ("c", "done"): 30, ("b", "pending"): 30})
     assert outcomes(fakes["a"][0]) == Counter(ok=30)  # nothing more was asked of the others
 
 

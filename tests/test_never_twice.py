@@ -39,6 +39,16 @@ def arrived(fake: FakeServer) -> int:
     return len(fake.record)
 
 
+def leased(db: Path) -> int:
+    """Running rows whose lease has not expired yet."""
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM prompts WHERE status = 'running' AND lease_expires > ?",
+                                (time.time(),)).fetchone()[0])
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` mounted at `path` (root only; the test is skipped where mounting is refused)."""
@@ -58,13 +68,13 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
 def test_a_process_stopped_past_its_timeout_keeps_the_answers_that_arrived(
     fake: FakeServer, procs: Procs, tmp_path: Path
 ) -> None:
-    fake.configure(latency=1.5)
+    fake.configure(latency=1.0)
     spec = chat_spec(60, "stopped", n=1)
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
-    run = procs.start(*run_args(write_spec(tmp_path, spec), db, cache, 20, "--timeout", "4"))
+    run = procs.start(*run_args(write_spec(tmp_path, spec), db, cache, 20, "--timeout", "3"))
     wait_for(lambda: arrived(fake) >= 20, what="20 requests in flight")
     os.kill(run.pid, signal.SIGSTOP)
-    time.sleep(6)  # past the 4 s timeout; the server answers all 20 meanwhile
+    time.sleep(3.5)  # past the 3 s timeout (the time itself is the test's condition); the server answers meanwhile
     os.kill(run.pid, signal.SIGCONT)
     assert run.wait() == 0, run.stderr
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})  # none of the 20 bought again
@@ -77,7 +87,7 @@ def test_a_process_stopped_past_its_timeout_keeps_the_answers_that_arrived(
 def test_a_process_stopped_past_its_lease_sends_no_row_it_lost(fake: FakeServer, procs: Procs, tmp_path: Path) -> None:
     """A works through fake 1; stopped past its 3 s lease, B (through fake 2) takes the expired rows; A wakes.
     A sends nothing B answered, and only what A had in flight at the stop is ever paid twice."""
-    fake.configure(latency=2.0)
+    fake.configure(latency=1.0)
     spec = chat_spec(120, "leased", n=1)
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
     lease = ("--lease-seconds", "3", "--rpm", "60000")  # told the limit: no careful start, 10 at once
@@ -88,7 +98,8 @@ def test_a_process_stopped_past_its_lease_sends_no_row_it_lost(fake: FakeServer,
         os.kill(a.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         answered_before = {p for entry in fake.record for p in entry["prompts"]}
-        time.sleep(4)  # A's lease expires (the server answers A's 10 meanwhile)
+        # A's lease expires (the server answers A's 10 meanwhile)
+        wait_for(lambda: arrived(fake) >= 20 and not leased(db), what="A's 10 answered and its lease expired")
         b = procs.resume(*(str(db), "--cache-dir", str(cache), "--concurrency", "10", "--quiet",
                            "--base-url", other.url, *lease))
         wait_for(lambda: len(other.record) >= 20, what="B at work")
@@ -123,39 +134,40 @@ def test_a_big_create_beside_a_running_resume_does_not_stop_its_requests(
     fake.configure(latency=0.05)
     spec = chat_spec(600, "working", name="working", n=1)
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
-    assert procs.run("create", str(write_spec(tmp_path, spec)), "--db", str(db)).popen.returncode == 0
+    assert run_cli("create", str(write_spec(tmp_path, spec)), "--db", str(db)).returncode == 0
     resume = procs.resume(str(db), "--cache-dir", str(cache), "--concurrency", "2", "--quiet")
     wait_for(lambda: arrived(fake) >= 20, what="the resume at work")
-    big = write_spec(tmp_path, chat_spec(300_000, "big", name="big", n=1), "big.json")
+    big = write_spec(tmp_path, chat_spec(200_000, "big", name="big", n=1), "big.json")
     create = procs.start("create", str(big), "--db", str(db))
     started = time.monotonic()
     assert create.wait() == 0, create.stderr
     ended = time.monotonic()
+    fake.configure(latency=0.0)  # the rest of the resume, quickly
     assert resume.wait() == 0, resume.stderr
     times = sorted(entry["t"] for entry in fake.record if started <= entry["t"] <= ended)
     gaps = [b - a for a, b in zip([started, *times], [*times, ended], strict=True)]
     assert ended - started > 2 and max(gaps) < 1.5, (ended - started, max(gaps))  # requests kept flowing
-    assert statuses(db, "working") == Counter({"done": 600}) and statuses(db, "big") == Counter({"pending": 300_000})
+    assert statuses(db, "working") == Counter({"done": 600}) and statuses(db, "big") == Counter({"pending": 200_000})
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})
 
 
 def test_a_create_that_was_killed_is_invisible_and_redone(tmp_path: Path, procs: Procs) -> None:
     db = tmp_path / "jobs.db"
     bp.create(db, **chat_spec(10, "first", name="first", n=1))
-    big = write_spec(tmp_path, chat_spec(200_000, "big", name="big", n=1), "big.json")
+    big = write_spec(tmp_path, chat_spec(150_000, "big", name="big", n=1), "big.json")
     create = procs.start("create", str(big), "--db", str(db))
     wait_for(lambda: statuses(db, "big")["pending"] >= 50_000, what="a first chunk committed")
     create.kill()
     assert [job.job for job in bp.status(db)] == ["first", "big"]
     assert bp.status(db)[1].state == "creating" and bp.export(db) == []
-    again = procs.run("create", str(big), "--db", str(db))
-    assert again.popen.returncode == 0, again.stderr
+    again = run_cli("create", str(big), "--db", str(db))
+    assert again.returncode == 0, again.stderr
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT name, state, n_prompts FROM jobs ORDER BY id").fetchall() == [
-        ("first", "ready", 10), ("big", "ready", 200_000)]
+        ("first", "ready", 10), ("big", "ready", 150_000)]
     (rows, hashes) = conn.execute("SELECT count(*), count(DISTINCT hash) FROM prompts WHERE job_id = 2").fetchone()
     conn.close()
-    assert rows == hashes == 200_000
+    assert rows == hashes == 150_000
 
 
 # --- 4. a full disk ------------------------------------------------------------------------------------
@@ -166,15 +178,15 @@ def test_a_full_cache_disk_loses_no_answer(fake: FakeServer, procs: Procs, tmp_p
     spec = chat_spec(200, "full " + "x" * 3000, n=1)
     db = tmp_path / "jobs.db"
     with small_disk(tmp_path / "small", "300k") as cache:
-        run = procs.run(*run_args(write_spec(tmp_path, spec), db, cache, 20))
-        assert run.popen.returncode == 2 and run.stderr.count("\n") <= 3, run.stderr
+        run = run_cli(*run_args(write_spec(tmp_path, spec), db, cache, 20), env=procs.env, cwd=tmp_path)
+        assert run.returncode == 2 and run.stderr.count("\n") <= 3, run.stderr
         assert "cache" in run.stderr and "Traceback" not in run.stderr
         answered = set(fake.answered())
         done = statuses(db)["done"]
         assert done == len(answered) and len(answered) > 0  # everything that arrived is recorded
         subprocess.run(["mount", "-o", "remount,size=20m", str(cache)], check=True)
-        again = procs.run(*run_args(tmp_path / "spec.json", db, cache, 20))
-        assert again.popen.returncode == 0, again.stderr
+        again = run_cli(*run_args(tmp_path / "spec.json", db, cache, 20), env=procs.env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})
 
 
@@ -187,14 +199,16 @@ def test_a_full_database_disk_loses_no_answer_in_flight(fake: FakeServer, procs:
     with small_disk(tmp_path / "small", str(room)) as disk:
         db = disk / "jobs.db"
         shutil.copyfile(made, db)
+        # (a process: the rows its failed writes leave running are a dead process's, for the resume to take)
         run = procs.run(*run_args(write_spec(tmp_path, spec), db, tmp_path / "cache", 20, "--yes"))
         assert run.popen.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert "full" in run.stderr or "disk" in run.stderr, run.stderr
         first = set(fake.answered())
         assert 0 < len(first) < 400
         subprocess.run(["mount", "-o", "remount,size=50m", str(disk)], check=True)
-        again = procs.resume(str(db), "--cache-dir", str(tmp_path / "cache"), "--quiet")
-        assert again.wait() == 0, again.stderr
+        again = run_cli(str(db), "--cache-dir", str(tmp_path / "cache"), "--quiet", module="batch_prompt.resume",
+                        env=procs.env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
         assert statuses(db) == Counter({"done": 400})
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})  # what arrived was kept in the cache
 
@@ -246,7 +260,7 @@ def test_an_entry_of_invalid_utf8_is_asked_again(fake: FakeServer, tmp_path: Pat
 
 def test_a_broken_stderr_silences_progress_and_nothing_else(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(latency=0.05)
-    spec = write_spec(tmp_path, chat_spec(400, "piped", n=1))
+    spec = write_spec(tmp_path, chat_spec(200, "piped", n=1))
     db = tmp_path / "jobs.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "batch_prompt", "run", str(spec), "--db", str(db), "--cache-dir",
@@ -256,7 +270,7 @@ def test_a_broken_stderr_silences_progress_and_nothing_else(fake: FakeServer, tm
     proc.stderr.readline()  # `2>&1 >/dev/null | head -1`
     proc.stderr.close()
     assert proc.wait(timeout=120) == 0
-    assert statuses(db) == Counter({"done": 400})  # every answer committed, no row left running
+    assert statuses(db) == Counter({"done": 200})  # every answer committed, no row left running
     assert fake.answered() == Counter({p: 1 for p in prompts_of(json.loads(spec.read_text()))})
 
 
@@ -300,9 +314,10 @@ def test_a_401_mid_run_keeps_the_answers_already_authorised(fake: FakeServer, pr
     done = {json.loads(k)["w"] for (k,) in conn.execute("SELECT keywords FROM prompts WHERE status = 'done'")}
     conn.close()
     assert {f"revoked {w}" for w in done} == set(authorised)  # every answer that came was kept
-    fake.configure(api_key=None)
-    again = procs.resume(str(db), "--cache-dir", str(cache), "--quiet")
-    assert again.wait() == 0, again.stderr
+    fake.configure(api_key=None, latency=0.05)  # (the rest, quickly)
+    again = run_cli(str(db), "--cache-dir", str(cache), "--quiet", module="batch_prompt.resume", env=procs.env,
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})
 
 
@@ -313,16 +328,16 @@ def test_two_resumers_over_overlapping_jobs_pay_once_for_the_overlap(
     fake: FakeServer, procs: Procs, tmp_path: Path
 ) -> None:
     fake.configure(latency=0.05, latency_jitter=0.05, seed=5)
-    x = chat_spec(300, "shared", name="x", n=1)
-    y = {**x, "name": "y", "keywords": {"w": [str(i) for i in range(600)]}}
+    x = chat_spec(150, "shared", name="x", n=1)
+    y = {**x, "name": "y", "keywords": {"w": [str(i) for i in range(300)]}}
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
     bp.create(db, **x)
     bp.create(db, **y)
     resumers = [procs.resume(str(db), "--cache-dir", str(cache), "--concurrency", "8", "--quiet")
                 for _ in range(2)]
     assert [proc.wait() for proc in resumers] == [0, 0], [proc.stderr for proc in resumers]
-    assert statuses(db) == Counter({"done": 900})
-    assert fake.answered() == Counter({f"shared {i}": 1 for i in range(600)})
+    assert statuses(db) == Counter({"done": 450})
+    assert fake.answered() == Counter({f"shared {i}": 1 for i in range(300)})
 
 
 # --- 10. read-only media -------------------------------------------------------------------------------
@@ -358,9 +373,10 @@ def test_retry_failed_during_a_run_counts_each_failure_once(fake: FakeServer, pr
     spec = chat_spec(300, "counted", n=1, fail400=range(0, 300, 6))  # 50 always fail
     db, cache = tmp_path / "jobs.db", tmp_path / "cache"
     run = procs.start(*run_args(write_spec(tmp_path, spec), db, cache, 4, "--max-attempts", "1", "--yes"))
-    for _ in range(4):
-        time.sleep(0.4)
-        if run.popen.poll() is None:  # failures moved back to pending while the run goes on
+    for _ in range(4):  # failures moved back to pending while the run goes on
+        wait_for(lambda: run.popen.poll() is not None or (db.exists() and statuses(db)["failed"] > 0),
+                 what="a failed prompt")
+        if run.popen.poll() is None:
             run_cli("retry-failed", str(db), cwd=tmp_path)
     assert run.wait() == 1, run.stderr
     summary = next(line for line in run.stderr.splitlines() if line.startswith("done "))
@@ -400,8 +416,9 @@ def test_ctrl_c_waits_for_the_packed_requests_in_flight_and_keeps_them(
     assert "press Ctrl-C again to abandon them" in run.stderr
     assert statuses(db) == Counter({"done": 100})  # every answer that came was committed
     assert fake.answered() == Counter({f"long {i}": 1 for i in range(100)})
-    again = procs.resume(str(db), "--cache-dir", str(cache), "--quiet")
-    assert again.wait() == 0 and len(fake.record) == 5  # the resume sends nothing again
+    again = run_cli(str(db), "--cache-dir", str(cache), "--quiet", module="batch_prompt.resume", env=procs.env,
+                    cwd=tmp_path)
+    assert again.returncode == 0 and len(fake.record) == 5  # the resume sends nothing again
 
     # a second Ctrl-C abandons at once, and says the answers are lost
     fake.reset()
@@ -426,8 +443,9 @@ def test_no_cache_is_kept_with_the_job_and_the_printed_resume_honours_it(
     fake.configure(latency=0.05)
     cache = tmp_path / "cache"
     spec = chat_spec(200, "fresh", n=1)
-    first = procs.run(*run_args(write_spec(tmp_path, spec), tmp_path / "old.db", cache, 8, "--yes"))
-    assert first.popen.returncode == 0  # another job's answers to every one of these requests are cached
+    first = run_cli(*run_args(write_spec(tmp_path, spec), tmp_path / "old.db", cache, 8, "--yes"), env=procs.env,
+                    cwd=tmp_path)
+    assert first.returncode == 0  # another job's answers to every one of these requests are cached
     fake.reset()
     fake.configure(latency=0.1)
     db = tmp_path / "jobs.db"
@@ -436,11 +454,12 @@ def test_no_cache_is_kept_with_the_job_and_the_printed_resume_honours_it(
     wait_for(lambda: len(fake.answered()) >= 40, what="a part of the fresh run")
     run.popen.send_signal(signal.SIGTERM)
     assert run.wait() == 130
+    fake.configure(latency=0.01)  # (the rest, quickly)
     command = next(line.split("resume with: ", 1)[1] for line in run.stderr.splitlines() if "resume with: " in line)
     assert command.startswith(f"python -m batch_prompt.resume {db}") and "--cache-dir" in command
     argv = command.split()[3:]
-    again = procs.resume(*argv)
-    assert again.wait() == 0, again.stderr
+    again = run_cli(*argv, module="batch_prompt.resume", env=procs.env, cwd=tmp_path)  # the command as printed
+    assert again.returncode == 0, again.stderr
     assert "(0 from cache)" in again.stderr, again.stderr  # the job remembers --no-cache
     assert fake.answered() == Counter({p: 1 for p in prompts_of(spec)})  # all 200 fresh samples: none copied
     conn = sqlite3.connect(db)

@@ -22,11 +22,7 @@ from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, cli_env, run_cli
-
-
-def chat_spec(count: int, name: str = "chat", n: int = 3, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "api": "chat", "model": "gpt-4o-mini", "templates": ["Q{i} {word}"],
-            "keywords": {"i": list(range(count)), "word": ["x"]}, "model_args": {"n": n, "max_tokens": 8}, **extra}
+from .helpers_procs import chat_spec, statuses
 
 
 def run(db: Path, fake: FakeServer, tmp_path: Path, name: str | None = None, **options: Any) -> bp.RunSummary:
@@ -40,10 +36,6 @@ def run(db: Path, fake: FakeServer, tmp_path: Path, name: str | None = None, **o
     return bp.Job(str(db), name, 0).run(**options)
 
 
-def statuses(db: Path) -> Counter[str]:
-    return Counter(row[0] for row in sqlite3.connect(db).execute("SELECT status FROM prompts"))
-
-
 def assert_chat_results(results: list[dict[str, Any]], prompts: int, n: int) -> None:
     assert len(results) == prompts * n
     for item in results:
@@ -55,7 +47,7 @@ def assert_chat_results(results: list[dict[str, Any]], prompts: int, n: int) -> 
 
 def test_chat_job_returns_prompts_times_n(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(40))
+    bp.create(db, **chat_spec(40, n=3))
     summary = run(db, fake, tmp_path, "chat")
     assert (summary.done, summary.failed, summary.cached, summary.exit_code) == (40, 0, 0, 0)
     assert len(fake.record) == 40 and set(fake.answered().values()) == {1}
@@ -144,7 +136,7 @@ def test_hung_request_times_out_and_is_retried(fake: FakeServer, tmp_path: Path)
 def test_401_stops_the_run_with_rows_left_pending(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(api_key="sk-the-right-one")
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(50))
+    bp.create(db, **chat_spec(50, n=3))
     with pytest.raises(bp.FatalAPIError) as info:
         run(db, fake, tmp_path, "chat", concurrency=4)
     assert "401" in str(info.value) and API_KEY not in str(info.value)
@@ -152,7 +144,7 @@ def test_401_stops_the_run_with_rows_left_pending(fake: FakeServer, tmp_path: Pa
     assert len(fake.record) <= 4  # stopped at once: no retries, no further requests
 
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(chat_spec(50)))
+    spec.write_text(json.dumps(chat_spec(50, n=3)))
     out = run_cli("run", str(spec), "--db", str(db), "--cache-dir", str(tmp_path / "c"), "--quiet",
                   env=cli_env(fake, tmp_path), cwd=tmp_path)
     assert out.returncode == 2 and "the API refused the run" in out.stderr and API_KEY not in out.stderr
@@ -162,7 +154,7 @@ def test_401_stops_the_run_with_rows_left_pending(fake: FakeServer, tmp_path: Pa
 def test_exhausted_quota_stops_the_run(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(quota_exhausted=True)
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(20))
+    bp.create(db, **chat_spec(20, n=3))
     with pytest.raises(bp.FatalAPIError, match="insufficient_quota"):
         run(db, fake, tmp_path, "chat", concurrency=2)
     assert statuses(db) == Counter({"pending": 20})
@@ -171,7 +163,7 @@ def test_exhausted_quota_stops_the_run(fake: FakeServer, tmp_path: Path) -> None
 
 def test_missing_key_is_a_config_error_before_any_work(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(5))
+    bp.create(db, **chat_spec(5, n=3))
     with pytest.raises(bp.ConfigError, match="no API key"):
         bp.Job(str(db), "chat", 5).run(base_url=fake.url, quiet=True)
     assert fake.record == [] and statuses(db) == Counter({"pending": 5})
@@ -179,12 +171,12 @@ def test_missing_key_is_a_config_error_before_any_work(fake: FakeServer, tmp_pat
 
 def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(30))
+    bp.create(db, **chat_spec(30, n=3))
     run(db, fake, tmp_path, "chat")
     assert len(fake.record) == 30
     fake.reset()
     other_db = tmp_path / "other.db"
-    bp.create(other_db, **chat_spec(30, name="again"))
+    bp.create(other_db, **chat_spec(30, name="again", n=3))
     summary = run(other_db, fake, tmp_path, "again")
     assert (summary.done, summary.cached, summary.requests) == (30, 30, 0)
     assert fake.record == []
@@ -194,11 +186,11 @@ def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path:
     # --no-cache asks again; the endpoint is part of the cache key, so another server shares nothing
     fresh = run(other_db, fake, tmp_path, None, cache=False)
     assert fresh.done == 0  # nothing left to do in this file...
-    bp.create(tmp_path / "third.db", **chat_spec(30, name="third"))
+    bp.create(tmp_path / "third.db", **chat_spec(30, name="third", n=3))
     third = run(tmp_path / "third.db", fake, tmp_path, "third", cache=False)
     assert (third.done, third.cached, len(fake.record)) == (30, 0, 30)
     with FakeServer() as second_server:
-        bp.create(tmp_path / "fourth.db", **chat_spec(30, name="fourth"))
+        bp.create(tmp_path / "fourth.db", **chat_spec(30, name="fourth", n=3))
         fourth = run(tmp_path / "fourth.db", second_server, tmp_path, "fourth")
         assert (fourth.done, fourth.cached, len(second_server.record)) == (30, 0, 30)
 
@@ -206,12 +198,12 @@ def test_overlapping_second_job_is_served_from_cache(fake: FakeServer, tmp_path:
 def test_the_start_of_a_run_says_what_the_cache_answers(fake: FakeServer, tmp_path: Path) -> None:
     env, cache = cli_env(fake, tmp_path), str(tmp_path / "cache")
     first = tmp_path / "first.json"
-    first.write_text(json.dumps(chat_spec(12)))
+    first.write_text(json.dumps(chat_spec(12, n=3)))
     out = run_cli("run", str(first), "--db", str(tmp_path / "a.db"), "--cache-dir", cache, "--yes", env=env,
                   cwd=tmp_path)
     assert out.returncode == 0 and "in the cache" not in out.stderr, out.stderr
     second = tmp_path / "second.json"  # 12 of its 20 prompts were asked before
-    second.write_text(json.dumps(chat_spec(20, name="more")))
+    second.write_text(json.dumps(chat_spec(20, name="more", n=3)))
     out = run_cli("run", str(second), "--db", str(tmp_path / "b.db"), "--cache-dir", cache, "--yes", env=env,
                   cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -351,13 +343,13 @@ def test_bad_run_options_exit_2(fake: FakeServer, tmp_path: Path) -> None:
 def test_api_key_never_lands_on_disk(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(error_rate=0.1, seed=3)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(chat_spec(50, n=1, templates=["Q{i} {word}", "FAIL400 {i}{word}"])))
+    spec.write_text(json.dumps(chat_spec(50, n=1, templates=["q {w}", "FAIL400 {w}"])))
     env = cli_env(fake, tmp_path)
     out = run_cli("run", str(spec), "--db", str(tmp_path / "jobs.db"), "--cache-dir", str(tmp_path / "cache"),
                   env=env, cwd=tmp_path)
     assert out.returncode == 1, out.stderr
     fake.configure(api_key="sk-other")
-    bp.create(tmp_path / "jobs.db", **chat_spec(5, n=1, name="denied", templates=["Z{i} {word}"]))
+    bp.create(tmp_path / "jobs.db", **chat_spec(5, n=1, name="denied", templates=["Z {w}"]))
     denied = run_cli("resume", str(tmp_path / "jobs.db"), "--cache-dir", str(tmp_path / "cache"), env=env,
                      cwd=tmp_path)
     assert denied.returncode == 2
@@ -381,7 +373,7 @@ def test_spec_rate_limit_paces_requests(fake: FakeServer, tmp_path: Path) -> Non
     with pytest.raises(bp.SpecError, match="'tpm' must be a positive number"):
         bp.create(db, **chat_spec(6, n=1, name="bad", tpm=0))
     # a run option overrides the spec's limit
-    bp.create(tmp_path / "fast.db", **chat_spec(6, n=1, name="fast", rpm=120, templates=["F{i} {word}"]))
+    bp.create(tmp_path / "fast.db", **chat_spec(6, n=1, name="fast", rpm=120, templates=["F {w}"]))
     fake.reset()
     run(tmp_path / "fast.db", fake, tmp_path, "fast", rpm=60_000)
     times = sorted(entry["t"] for entry in fake.record)
@@ -712,14 +704,14 @@ def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tm
     from batch_prompt.run.progress import LogProgress
 
     db = tmp_path / "jobs.db"
-    bp.create(db, **chat_spec(120, n=1))
-    fake.configure(outage_until=time.monotonic() + 4.5, latency=0.1)  # then 3 s more of answers
+    bp.create(db, **chat_spec(40, n=1))
+    fake.configure(outage_until=time.monotonic() + 3.0, latency=0.1)  # then a second more of answers
     log = io.StringIO()
     limiter = Limiter(breaker_threshold=3, breaker_max_pause=2.0)
     retry = RetryPolicy(max_attempts=8, initial=0.05, maximum=0.05, jitter=0)
     summary = run(db, fake, tmp_path, "chat", concurrency=4, retry=retry, limiter=limiter,
                   progress=LogProgress(log, interval=1_000))
-    assert (summary.done, summary.failed) == (120, 0)
+    assert (summary.done, summary.failed) == (40, 0)
     notes = [line.split(" ", 2)[2] for line in log.getvalue().splitlines() if "chat:" not in line]
     outage = [note for note in notes if "server unreachable" in note and not note.startswith("nothing")]
     assert len(outage) == 1, notes

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
 
 import batch_prompt as bp
 from batch_prompt.store import schema
-from batch_prompt.store.database import Charge, Outcome, Store
+from batch_prompt.store.database import Outcome, Store
 
 from .conftest import run_cli
+from .helpers_procs import fill_done
 
 SPEC = {
     "name": "likes", "api": "chat", "model": "gpt-4o-mini",
@@ -28,20 +28,72 @@ SPEC = {
     "model_args": {"n": 2, "max_tokens": 5, "temperature": 1.0},
 }
 
+# The whole schema a blank database has after every migration, by (type, name, table): each table's and
+# index's SQL as SQLite keeps it in sqlite_master (comments dropped, spaces evened out; the columns of an
+# ALTER TABLE appended as it wrote them), and the autoindexes of UNIQUE and PRIMARY KEY constraints (no SQL).
 INTENDED_SCHEMA = {
-    "jobs": ["id", "name", "spec_hash", "spec", "api", "prompts_per_request", "base_url", "state", "n_prompts",
-             "created_at", "mode", "fresh", "creator"],
-    "prompts": ["id", "job_id", "hash", "template_index", "keywords_index", "model_index", "sample_index", "model",
-                "template", "keywords", "request", "status", "attempts", "last_error", "response", "cached",
-                "prompt_tokens", "completion_tokens", "lease_owner", "lease_expires", "created_at", "finished_at",
-                "error_kind", "batch"],
-    "spend": ["job_id", "model", "mode", "requests", "answers", "prompt_tokens", "completion_tokens"],
-    "batches": ["id", "job_id", "model", "endpoint", "token", "state", "status", "input_file_id", "batch_id",
-                "output_file_id", "error_file_id", "requests", "completed", "failed", "error", "files_left",
-                "created_at", "submitted_at", "finished_at", "base_url", "api_key_env"],
-    "budget_holds": ["job_id", "owner", "reserved", "expires"],
-    "batch_prompt_migrations": ["version", "name", "applied_at"],
+    ("table", "batch_prompt_migrations", "batch_prompt_migrations"):
+        "CREATE TABLE batch_prompt_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL "
+        "NOT NULL)",
+    ("table", "jobs", "jobs"):
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec_hash TEXT NOT NULL, spec TEXT "
+        "NOT NULL, api TEXT NOT NULL CHECK (api IN ('chat', 'completions')), prompts_per_request INTEGER NOT NULL, "
+        "base_url TEXT, state TEXT NOT NULL DEFAULT 'creating' CHECK (state IN ('creating', 'ready')), n_prompts "
+        "INTEGER NOT NULL, created_at TEXT NOT NULL, mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', "
+        "'batch')), fresh INTEGER NOT NULL DEFAULT 0, creator TEXT)",
+    ("table", "prompts", "prompts"):
+        "CREATE TABLE prompts (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), hash TEXT NOT "
+        "NULL, template_index INTEGER NOT NULL, keywords_index INTEGER NOT NULL, model_index INTEGER NOT NULL, "
+        "sample_index INTEGER NOT NULL, model TEXT NOT NULL, template TEXT NOT NULL, keywords TEXT NOT NULL, "
+        "request TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', "
+        "'done', 'failed')), attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, response TEXT, cached INTEGER "
+        "NOT NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, lease_owner TEXT, lease_expires "
+        "REAL, created_at REAL NOT NULL, finished_at REAL, error_kind TEXT, batch INTEGER REFERENCES batches(id))",
+    ("table", "spend", "spend"):
+        "CREATE TABLE spend (job_id INTEGER NOT NULL REFERENCES jobs(id), model TEXT NOT NULL, mode TEXT NOT NULL "
+        "CHECK (mode IN ('live', 'batch')), requests INTEGER NOT NULL DEFAULT 0, answers INTEGER NOT NULL DEFAULT "
+        "0, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY "
+        "(job_id, model, mode)) WITHOUT ROWID",
+    ("table", "batches", "batches"):
+        "CREATE TABLE batches (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), model TEXT NOT "
+        "NULL, endpoint TEXT NOT NULL, token TEXT NOT NULL UNIQUE, state TEXT NOT NULL CHECK (state IN "
+        "('preparing', 'uploaded', 'submitted', 'collected', 'returned')), status TEXT, input_file_id TEXT, "
+        "batch_id TEXT, output_file_id TEXT, error_file_id TEXT, requests INTEGER NOT NULL, completed INTEGER NOT "
+        "NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, error TEXT, files_left INTEGER NOT NULL DEFAULT 1, "
+        "created_at REAL NOT NULL, submitted_at REAL, finished_at REAL, base_url TEXT, api_key_env TEXT)",
+    ("table", "budget_holds", "budget_holds"):
+        "CREATE TABLE budget_holds (job_id INTEGER NOT NULL REFERENCES jobs(id), owner TEXT NOT NULL, reserved "
+        "REAL NOT NULL, expires REAL NOT NULL, PRIMARY KEY (job_id, owner))",
+    ("index", "prompts_unfinished", "prompts"):
+        "CREATE INDEX prompts_unfinished ON prompts (job_id, model, status, id) WHERE status != 'done'",
+    ("index", "prompts_job_order", "prompts"): "CREATE INDEX prompts_job_order ON prompts (job_id, id)",
+    ("index", "prompts_running_hash", "prompts"):
+        "CREATE INDEX prompts_running_hash ON prompts (hash) WHERE status = 'running'",
+    ("index", "prompts_cached", "prompts"): "CREATE INDEX prompts_cached ON prompts (job_id, model) WHERE cached = 1",
+    ("index", "prompts_batch", "prompts"): "CREATE INDEX prompts_batch ON prompts (batch, id) WHERE batch IS NOT NULL",
+    ("index", "batches_open", "batches"):
+        "CREATE INDEX batches_open ON batches (job_id) WHERE state NOT IN ('collected', 'returned')",
+    ("index", "sqlite_autoindex_jobs_1", "jobs"): None,
+    ("index", "sqlite_autoindex_batches_1", "batches"): None,
+    ("index", "sqlite_autoindex_budget_holds_1", "budget_holds"): None,
 }
+
+
+def schema_of(db: Path) -> dict[tuple[str, str, str], str | None]:
+    """A database's sqlite_master (tables, indexes, views, triggers) by (type, name, table): each one's SQL
+    with its comments dropped and its spaces evened out."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    finally:
+        conn.close()
+    found: dict[tuple[str, str, str], str | None] = {}
+    for kind, name, table, sql in rows:
+        if sql is not None:
+            sql = " ".join(re.sub(r"--[^\n]*", "", sql).split())
+            sql = sql.replace("( ", "(").replace(" )", ")").replace(" ,", ",")
+        found[(kind, name, table)] = sql
+    return found
 
 
 def write_spec(tmp_path: Path, spec: dict[str, Any] | str, name: str = "spec.json") -> Path:
@@ -61,45 +113,15 @@ def file_digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fill_done(db: Path) -> None:
-    """Mark every prompt done with a response shaped like the API's (what a run would have written)."""
-    with Store(db) as store:
-        for job in store.jobs():
-            rows = [row for model in job.spec["models"] for row in store.claim(job, model, "test:1:x", 10_000, 60)]
-            outcomes = []
-            for row in rows:
-                request = json.loads(row.request)
-                n = request.get("n", 1)
-                text = request["messages"][-1]["content"] if "messages" in request else request["prompt"]
-                choices = [
-                    {"index": j, "message": {"role": "assistant", "content": f"echo {j}: {text}"},
-                     "finish_reason": "stop", "logprobs": None} if "messages" in request else
-                    {"index": j, "text": f"echo {j}: {text}", "finish_reason": "stop", "logprobs": None}
-                    for j in reversed(range(n))
-                ]
-                response = {"id": f"x-{row.id}", "object": "chat.completion", "created": 1, "model": row.model,
-                            "choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": 4,
-                                                          "total_tokens": 7}}
-                outcomes.append(Outcome(row.id, row.job_id, "done", json.dumps(response), False, 3, 4, 1))
-            charges = [Charge(job.id, row.model, "live", 1, 1, 3, 4) for row in rows]
-            store.record(outcomes, "test:1:x", charges)
-
-
 def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     Store(db).close()
-    database = sqlite_utils.Database(sqlite3.connect(db), execute_plugins=False)
-    tables = {t.name: [c.name for c in t.columns] for t in database.tables}
-    assert tables == INTENDED_SCHEMA
-    indexes = {i.name: i.columns for i in database["prompts"].indexes}  # type: ignore[union-attr]
-    assert indexes == {"prompts_unfinished": ["job_id", "model", "status", "id"], "prompts_job_order": ["job_id", "id"],
-                       "prompts_running_hash": ["hash"], "prompts_cached": ["job_id", "model"],
-                       "prompts_batch": ["batch", "id"]}
-    assert {i.name: i.columns for i in database["batches"].indexes} == {  # type: ignore[union-attr]
-        "batches_open": ["job_id"], "sqlite_autoindex_batches_1": ["token"]}
-    versions = [r["version"] for r in database["batch_prompt_migrations"].rows]
+    assert schema_of(db) == INTENDED_SCHEMA
+    conn = sqlite3.connect(db)
+    versions = [row[0] for row in conn.execute("SELECT version FROM batch_prompt_migrations ORDER BY version")]
     assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6]
-    assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
 
 
 def test_claims_and_counts_use_the_unfinished_index(tmp_path: Path) -> None:
