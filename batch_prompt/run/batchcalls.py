@@ -17,7 +17,7 @@ from ..errors import BatchPromptError, FatalAPIError, RetryExhausted
 from ..store.asyncstore import AsyncStore
 from ..store.database import BatchRow
 from .batchfile import URLS, write_input
-from .failures import Verdict, classify, redact
+from .failures import Verdict, classify, connection_refused, redact
 from .lanes import Lane
 from .retry import RetryPolicy
 
@@ -64,7 +64,9 @@ class BatchCalls:
             try:
                 result = await call()
             except openai.APIConnectionError as exc:  # before any answer, a few make the endpoint wrong
-                state.could_not_connect(redact(classify(exc).message, state.endpoint.api_key))
+                refused = connection_refused(exc)  # (the SDK's transport calls a refusal a timeout)
+                text = "connection refused" if refused else classify(exc).message
+                state.could_not_connect(redact(text, state.endpoint.api_key), refused)
                 if state.fatal is not None:
                     raise Halted from None
                 raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import errno
 import math
 import re
 import time
@@ -162,6 +163,20 @@ def status_error_of(exc: BaseException) -> openai.APIStatusError | None:
     only if the SDK is imported: a run whose calls all succeed never imports it.)"""
     module = sdk.loaded()
     return cast("openai.APIStatusError", exc) if module is not None and isinstance(exc, module.APIStatusError) else None
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """True when a connection failure was a refusal (ECONNREFUSED anywhere in its causes): nothing listens
+    on that host and port."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or (
+                isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def is_connection_error(exc: BaseException) -> bool:

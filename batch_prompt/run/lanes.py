@@ -31,7 +31,7 @@ from .ledger import Ledger
 from .limiter import Limiter
 
 # Connection failures with no answer yet after which the endpoint is called wrong (a wrong URL or port):
-# this many, or at least UNREACHABLE_LEAST of them over UNREACHABLE_SECONDS (reported within 10 s).
+# this many, or at least UNREACHABLE_LEAST of them over UNREACHABLE_SECONDS, or UNREACHABLE_LEAST refusals.
 UNREACHABLE_AFTER = 12
 UNREACHABLE_LEAST = 3
 UNREACHABLE_SECONDS = 3.0
@@ -46,6 +46,7 @@ class EndpointState:
     endpoint: Endpoint
     reached: bool = False  # some request got an answer: the endpoint exists
     unreached: int = 0  # connection failures before any answer
+    refusals: int = 0  # of them: connections refused (nothing listens there)
     first_unreached: float | None = None  # when the first of them was (time.monotonic())
     fatal: BatchPromptError | None = None  # it refused the run: its lanes stop
 
@@ -59,16 +60,19 @@ class EndpointState:
         url = self.endpoint.base_url
         self.refuse(FatalAPIError(f"the API refused the run at {url}: {message}", status_code=status, endpoint=url))
 
-    def could_not_connect(self, error: str) -> None:
-        """A connection failure (`error`, for a person). Before any answer, enough of them make the endpoint
-        wrong: it is refused, naming it. The one rule for live and batch calls."""
+    def could_not_connect(self, error: str, refused: bool = False) -> None:
+        """A connection failure (`error`, for a person; `refused`: the host said no one listens on that port).
+        Before any answer, enough of them make the endpoint wrong: it is refused, naming it. Refusals say so
+        at once (UNREACHABLE_LEAST of them); timeouts and resets only over UNREACHABLE_SECONDS, as a server
+        slow to accept is not a wrong one. The one rule for live and batch calls."""
         if self.reached:
             return
         now = time.monotonic()
         self.unreached += 1
+        self.refusals += int(refused)
         self.first_unreached = now if self.first_unreached is None else self.first_unreached
         long = self.unreached >= UNREACHABLE_LEAST and now - self.first_unreached >= UNREACHABLE_SECONDS
-        if long or self.unreached >= UNREACHABLE_AFTER:
+        if long or self.refusals >= UNREACHABLE_LEAST or self.unreached >= UNREACHABLE_AFTER:
             url = self.endpoint.base_url
             self.refuse(ConfigError(f"cannot reach {url} (nothing answered yet): {error}", endpoint=url))
 

@@ -27,7 +27,15 @@ from ..spec import tokens
 from ..store.asyncstore import AsyncStore
 from ..store.leases import LeaseKeeper
 from .client import split_choices
-from .failures import MalformedResponse, Verdict, classify, is_connection_error, redact, status_error_of
+from .failures import (
+    MalformedResponse,
+    Verdict,
+    classify,
+    connection_refused,
+    is_connection_error,
+    redact,
+    status_error_of,
+)
 from .lanes import Intake, Item, Lane
 from .ledger import Ledger
 from .retry import RetryPolicy
@@ -282,7 +290,7 @@ class LivePool:
         failure = classify(exc)
         state = lane.state
         if is_connection_error(exc):
-            state.could_not_connect(redact(failure.message, lane.endpoint.api_key))
+            state.could_not_connect(redact(failure.message, lane.endpoint.api_key), connection_refused(exc))
             self._end_if_idle()  # the last lane's endpoint is wrong: nothing to wait for
         if failure.verdict is Verdict.RATE_LIMITED and (answered := status_error_of(exc)) is not None:
             lane.limiter.observe(answered.response.headers)
