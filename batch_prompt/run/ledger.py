@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,8 @@ class Ledger:
         self._wake = asyncio.Event()
         # live answers waiting for the cache: written together at the next turn of the event loop
         self._unwritten: dict[ResponseCache, dict[str, tuple[str, str]]] = {}
+        # told the rows whose outcomes are committed (the run's leases let them go: nothing per row is kept)
+        self.settled: Callable[[list[int]], None] | None = None
 
     # --- counting -------------------------------------------------------------------------------
 
@@ -298,6 +300,8 @@ class Ledger:
             return False
         for charge in charges:
             self.committed[charge.job_id] = self.committed.get(charge.job_id, 0.0) + charge.cost
+        if self.settled is not None:
+            self.settled([outcome.id for outcome in outcomes])
         return True
 
     def committed_cost(self, job_id: int) -> float:

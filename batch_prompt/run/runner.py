@@ -128,6 +128,7 @@ class _Run:
         self.clock = RunClock()
         self.ledger = Ledger(store, self.owner, flush_interval=opts.flush_interval, flush_batch=opts.flush_batch)
         self.leases = LeaseKeeper(lambda: store.renew(self.owner, opts.lease_seconds), opts.lease_seconds)
+        self.ledger.settled = self.leases.released
         self.clients: dict[tuple[str, str], ApiClient] = {}
         self.caches: dict[str, ResponseCache] = {}
         self.limiters: dict[tuple[str, str], Limiter] = {}

@@ -53,7 +53,10 @@ class ResponseCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._cache = diskcache.Cache(
-                str(self.directory), eviction_policy="none", size_limit=2**62, cull_limit=0
+                str(self.directory), eviction_policy="none", size_limit=2**62, cull_limit=0,
+                # diskcache's defaults (64 MB mapped, 32 MB of page cache) grow a run's memory with the
+                # cache file it writes; its reads are point lookups and its writes appends: 4 MB is ample
+                sqlite_mmap_size=0, sqlite_cache_size=1024,
             )
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
