@@ -742,3 +742,33 @@ def test_an_outage_in_a_log_is_one_line_and_its_end_another(fake: FakeServer, tm
     over = [note for note in notes if note.startswith("nothing holds the run back now")]
     assert over == ["nothing holds the run back now (it was paused: server unreachable)"], notes
     assert notes.index(over[0]) > notes.index(outage[0])
+
+
+def test_the_repeats_of_a_seeded_request_are_sent_with_seed_plus_k(fake: FakeServer, tmp_path: Path) -> None:
+    """A server that honours seeds would answer k repeats sent with one seed with one draw k times: the k-th
+    sample goes with `seed + k` (the first with the seed as given, so its hash and cache entry are as
+    before), a repeated keyword dict counts as a later sample too, and the export shows each row's seed."""
+    db = tmp_path / "jobs.db"
+    spec = chat_spec(2, n=1, repeats=3, model_args={"n": 1, "max_tokens": 8, "seed": 7})
+    spec["keywords"]["w"].append("0")  # a third row asking what the first asks: samples 3, 4, 5
+    job = bp.create(db, **spec)
+    summary = run(db, fake, tmp_path)
+    assert summary.done == 9 and summary.requests == 9
+    sent = sorted((entry["prompts"][0], entry["seed"]) for entry in fake.record)
+    assert sent == [("q 0", 7 + k) for k in range(6)] + [("q 1", 7 + k) for k in range(3)]
+    exported = sorted((item["messages"][-1]["content"], item["model_args"]["seed"]) for item in bp.iter_results(db))
+    assert exported == sent
+    plain = bp.create(tmp_path / "other.db", **{**spec, "keywords": {"w": ["0"]}, "repeats": 1})
+    first = sqlite3.connect(db).execute("SELECT hash FROM prompts WHERE sample_index = 0 ORDER BY id").fetchone()
+    assert sqlite3.connect(tmp_path / "other.db").execute("SELECT hash FROM prompts").fetchone() == first
+    assert job.name == plain.name == "chat"
+
+
+def test_seeded_legacy_completions_are_not_packed_under_one_seed(fake: FakeServer, tmp_path: Path) -> None:
+    """Packed prompts share a request, and so a seed: seeded samples go one a request, each with its own."""
+    db = tmp_path / "jobs.db"
+    bp.create(db, name="legacy", api="completions", model="gpt-3.5-turbo-instruct", templates=["say {w}"],
+              keywords={"w": ["a", "b"]}, repeats=2, prompts_per_request=8, model_args={"max_tokens": 4, "seed": 3})
+    assert run(db, fake, tmp_path).done == 4
+    assert sorted((tuple(entry["prompts"]), entry["seed"]) for entry in fake.record) == [
+        (("say a",), 3), (("say a",), 4), (("say b",), 3), (("say b",), 4)]

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import BatchPromptError, ConfigError, FatalAPIError
 from ..spec import tokens
 from ..spec.endpoints import Endpoint
+from ..spec.expand import seed_of
 from ..store.asyncstore import AsyncStore
 from ..store.cache import ResponseCache
 from ..store.leases import LeaseKeeper
@@ -100,8 +101,10 @@ class Lane:
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=max(1, self.workers))
         self.pack = 1
-        if self.job.api == "completions" and self.mode == "live":  # short enough to wait for
-            per_prompt = _completion_tokens(self.job.spec.get("model_args") or {})
+        model_args = self.job.spec.get("model_args") or {}
+        # (a request has one seed: seeded samples, each with its own, are sent one a request)
+        if self.job.api == "completions" and self.mode == "live" and seed_of(model_args) is None:
+            per_prompt = _completion_tokens(model_args)  # packed, short enough to wait for
             self.pack = max(1, min(self.job.prompts_per_request, PACK_COMPLETION_TOKENS // per_prompt))
 
     @property

@@ -12,6 +12,11 @@ templates that render alike). So the first occurrence of a request hashes exactl
 (repeat 0 of a job shares its hash, and cache entry, with the same request in any other job), and later
 ones are new samples, as a repeat is. A spec's `dedupe` gives identical rows one shared hash (one answer)
 instead. The sample index is stored in each row (`PromptRecord.sample_index`).
+
+Seeds: with a `seed` in the model args, sample k is sent with `seed + k` (a server that honours seeds
+would otherwise return one draw k times); sample 0 keeps the seed as given, so its hash is unchanged.
+A later sample's hash is its own body's (the seed it is sent with), and its stored request is that body:
+what is sent, and what the export shows, is the seed of that draw.
 """
 
 from __future__ import annotations
@@ -43,10 +48,21 @@ class PromptRecord:
     request_json: str  # {"model", "messages"|"prompt", **body parameters}: the body sent (packing aside)
 
 
-def request_body(api: str, model: str, rendered: Any, model_args: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body of a one-prompt request (`extra_body` merged in at top level, as the SDK does)."""
+def request_body(api: str, model: str, rendered: Any, model_args: dict[str, Any],
+                 seed: int | None = None) -> dict[str, Any]:
+    """The JSON body of a one-prompt request (`extra_body` merged in at top level, as the SDK does); with
+    `seed`, that seed instead of the model args' (a later sample's, `seed_of(model_args) + k`)."""
     key = "messages" if api == "chat" else "prompt"
-    return {"model": model, key: rendered, **request_args(model_args)}
+    body = {"model": model, key: rendered, **request_args(model_args)}
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+def seed_of(model_args: dict[str, Any]) -> int | None:
+    """The seed a request is sent with (`seed`, or one in `extra_body`), when it is an integer."""
+    seed = request_args(model_args).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def request_hash(api: str, body: dict[str, Any], sample_index: int = 0) -> str:
@@ -116,6 +132,7 @@ def expand(spec: Spec) -> Iterator[PromptRecord]:
     # their models are: so a prompt's occurrence, counted once by its first model's body, holds for all.
     occurrences = None if spec.dedupe else Occurrences(len(spec.templates) * spec.count_keyword_dicts())
     repeats = spec.repeats
+    seed = seed_of(spec.model_args)
     for t_index, template in enumerate(spec.templates):
         for k_index, keywords in enumerate(spec.keyword_dicts()):
             rendered = render(template, keywords)
@@ -131,8 +148,13 @@ def expand(spec: Spec) -> Iterator[PromptRecord]:
                 if m_index == 0 and occurrences is not None:
                     start = occurrences.seen(int(first[:16], 16)) * repeats
                 for sample in range(start, start + repeats):
+                    body_k, head_k = body_json, head
+                    if sample and seed is not None:  # the k-th draw with its own seed (module docstring)
+                        body_k = canonical_json(request_body(spec.api, model, rendered, spec.model_args,
+                                                             seed + sample))
+                        head_k = f'{{"api":"{spec.api}","body":{body_k}'
                     yield PromptRecord(
-                        hash=hash_text(f'{head},"sample":{sample}}}') if sample else first,
+                        hash=hash_text(f'{head_k},"sample":{sample}}}') if sample else first,
                         template_index=t_index,
                         keywords_index=k_index,
                         model_index=m_index,
@@ -140,5 +162,5 @@ def expand(spec: Spec) -> Iterator[PromptRecord]:
                         model=model,
                         template_json=template_jsons[t_index],
                         keywords_json=keywords_json,
-                        request_json=body_json,
+                        request_json=body_k,
                     )

@@ -143,13 +143,14 @@ def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi:
 class FakeRequest:
     """A parsed completion request (or as much as could be parsed)."""
 
-    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "texts")
+    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "seed", "texts")
 
     def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
         """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
         self.per_byte = False  # prompt tokens counted as a byte-level tokenizer's worst case (`usage_bytes`)
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
+        self.seed: int | None = None
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
         self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
         self.error: bytes | None = None
@@ -164,6 +165,8 @@ class FakeRequest:
             return
         model = body.get("model")
         self.model = model if isinstance(model, str) else ""
+        seed = body.get("seed")
+        self.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None  # as asked (recorded)
         try:
             self.n = _int_field(body, "n", 1, 1, 128) or 1
             self.max_tokens = _int_field(body, "max_tokens", None, 1, 10**7)

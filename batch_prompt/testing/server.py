@@ -190,6 +190,7 @@ class FakeServer:
                 "model": req.model,
                 "prompts": req.prompts,
                 "n": req.n,
+                "seed": req.seed,
                 "outcome": "",
                 "status": None,
                 "t": now,
