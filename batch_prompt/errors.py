@@ -22,6 +22,8 @@ constructor's keyword arguments (`StoreError(message, path=...)`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -112,6 +114,16 @@ class RetryExhausted(BatchPromptError):
 
 class ExportError(BatchPromptError):
     """The export could not be written."""
+
+
+def read_text(path: Path, what: str, error: Callable[[str], BatchPromptError]) -> str:
+    """A file's UTF-8 text, or `error` ("<what> not found: PATH", "cannot read <what> PATH: why")."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
 
 
 def shown(value: Any, limit: int = 60) -> str:

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, read_text
 
 MODES = ("live", "batch")
 BATCH_RULE = 0.5  # OpenAI: "Batch API ... 50% cost discount" on inputs and outputs
@@ -179,13 +179,7 @@ def _per_mtok(model_price: Any, key: str) -> float | None:
 def read_overrides(path: str | Path) -> dict[str, Rate]:
     """Parse a price override file. Raises `ConfigError` naming the file and the faulty entry."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"price file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read price file {path}: {exc}") from None
-    data = _parse(text, path)
+    data = _parse(read_text(path, "price file", ConfigError), path)
     if not isinstance(data, dict):
         raise ConfigError(f"price file {path} must map model names to prices, e.g. {_EXAMPLE}")
     return {str(model): _rate(entry, str(model), path) for model, entry in data.items()}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingFieldError, SpecError, shown
+from ..errors import MissingFieldError, SpecError, read_text, shown
 from .endpoints import ENV_NAME, looks_like_key, normalize_base_url
 from .model_args import check_model_args
 from .templates import Keywords, Template, template_fields
@@ -206,13 +206,7 @@ def load_spec(path: str | Path, **overrides: Any) -> Spec:
     A relative `prices` path in the file is relative to the file's folder.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc}") from None
-    data = parse_spec_text(text, path.suffix.lower(), str(path))
+    data = parse_spec_text(read_text(path, "spec file", SpecError), path.suffix.lower(), str(path))
     if isinstance(data, dict):
         prices = data.get("prices")
         if isinstance(prices, str) and prices.strip():
