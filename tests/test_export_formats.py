@@ -16,15 +16,20 @@ import pyarrow.parquet as pq
 import pytest
 
 import batch_prompt as bp
+from batch_prompt.results.table import INDEX_COLUMNS
 from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.store.database import Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from .conftest import API_KEY, run_cli
 
+TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 HEADER = ["job", "prompt_hash", "model", "template_index", "keywords_index", "model_index", "sample_index",
           "choice_index", "count", "food", "kw_text", "template", "prompt", "last_user_message", "text",
-          "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "response_id"]
+          "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "response_id",
+          "request_prompt_tokens", "request_completion_tokens", "request_total_tokens", "prompt_tokens_share",
+          "completion_tokens_share", "total_tokens_share", "system_fingerprint", "response_model", "created",
+          "service_tier"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,12 @@ def expected_rows(db: Path) -> list[dict[str, Any]]:
             "finish_reason": "stop", "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"], "total_tokens": usage["total_tokens"],
             "response_id": item["completion"]["id"],
+            **{f"request_{k}": usage[k] if item["choice"]["index"] == 0 else None for k in TOKENS},
+            **{f"{k}_share": usage[k] / (2 if chat else 1) for k in TOKENS},
+            "system_fingerprint": "fp_fake", "response_model": item["model"],
+            "created": item["completion"]["created"], "service_tier": "default" if chat else None,
         })
+        assert (t, k, m, s) == tuple(item[name] for name in INDEX_COLUMNS)  # the items hold the row indexes
     return rows
 
 
@@ -138,7 +148,7 @@ def test_to_dataframe_groups_by_keyword(done_db: Path, tmp_path: Path) -> None:
     assert df.groupby("food").size().to_dict() == {"apples": 8, "pizza": 8}
     assert df.groupby(["food", "count"])["text"].count().to_dict() == {
         ("apples", 1): 4, ("apples", 2): 4, ("pizza", 1): 4, ("pizza", 2): 4}
-    assert "template_index" not in df.columns  # a results list does not hold the row indexes
+    assert df.groupby("template_index").size().to_dict() == {0: 8, 1: 8}  # the items hold the row indexes
     full = bp.to_dataframe(done_db)  # the job database: every column
     assert list(full.columns) == HEADER and len(full) == 18
     assert full.groupby("template_index").size().to_dict() == {0: 10, 1: 8}

@@ -371,7 +371,7 @@ def test_run_fields_are_parsed_normalized_and_stored(tmp_path: Path) -> None:
     assert s.run_fields() == {
         "base_url": "http://localhost:8000/v1", "endpoints": {"b": {"base_url": "http://10.0.0.5:8001/v1",
                                                                     "api_key_env": "VLLM_KEY"}},
-        "rpm": {"a": 60.0}, "tpm": 1e6, "max_cost": 2.0, "prices": str(Path.cwd() / "p.json"),
+        "rpm": {"a": 60.0}, "tpm": 1e6, "max_cost": 2.0, "prices": str(Path.cwd() / "p.json"), "parse": None,
     }
     assert (rate_for(s.rpm, "a"), rate_for(s.rpm, "b"), rate_for(s.tpm, "b")) == (60.0, None, 1e6)
     assert s.identity() == spec(model=["a", "b"]).identity()  # none of them is the job's identity

@@ -338,7 +338,8 @@ def test_export_round_trips_in_a_bare_python(tmp_path: Path) -> None:
     assert len(results) == 17
     first = results[0]
     assert set(first) == {"messages", "messages_raw", "messages_args", "choice", "completion", "model_args",
-                          "model", "prompt_hash", "job"}
+                          "model", "prompt_hash", "job", "template_index", "keywords_index", "model_index",
+                          "sample_index"}
     assert first["messages"] == [{"role": "user", "content": "I like pizza"}]
     assert first["messages_raw"] == [{"role": "user", "content": "I like {food}"}]
     assert first["messages_args"] == {"food": "pizza"}

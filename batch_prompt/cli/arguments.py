@@ -175,6 +175,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS,
                    help="default: from the suffix (.jsonl .csv .parquet .db/.sqlite), else pickle")
     p.add_argument("--job", metavar="NAME", help="only this job")
+    p.add_argument("--include", metavar="failed,pending",
+                   help="export failed and/or pending prompts too: one row each with status, error_kind, error")
 
     p = sub.add_parser("retry-failed", help="move failed prompts back to pending")
     p.add_argument("db")

@@ -297,11 +297,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    summary = export(args.db, args.output, args.format, job=args.job)
+    summary = export(args.db, args.output, args.format, job=args.job, include=args.include)
     assert isinstance(summary, ExportSummary)
-    left = [f"{count:,} {what}" for what, count in
-            (("failed", summary.failed), ("pending", summary.pending), ("running", summary.running)) if count]
+    shown = {"failed": summary.failed, "pending": summary.pending, "running": summary.running}
+    kept = {"failed": "failed" in summary.included, "pending": "pending" in summary.included}
+    kept["running"] = kept["pending"]
+    left = [f"{count:,} {what}" for what, count in shown.items() if count and not kept[what]]
+    rows = [f"{count:,} {what}" for what, count in shown.items() if count and kept[what]]
     print(f"{plural(summary.results, 'result')} written to {summary.path}"
+          + (f" (with {' and '.join(rows)} prompts)" if rows else "")
           + (f"; {' and '.join(left)} prompts not exported" if left else ""))
     return 0
 

@@ -13,149 +13,346 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
 from ..spec.expand import raw_messages
+from ..spec.parse import Parser, text_kind, typed
 from ..store.database import SQLITE_MAGIC, DoneRow, JobRow, Store
-from .table import Columns, columns_for_items, columns_for_specs, flat_row
+from .table import (
+    FIXED_TYPES,
+    INDEX_COLUMNS,
+    Columns,
+    choice_text,
+    columns_for_items,
+    columns_for_specs,
+    flat_row,
+    kind_of,
+    merge_kinds,
+)
 from .writer import (
     FLAT_FORMATS,
     FORMATS,
+    MANIFEST_KEY,
     RESULTS_TABLE,
     format_for,
     is_results_database,
+    read_manifest,
     require_pyarrow,
     write_results,
 )
 
+INCLUDE = ("failed", "pending")  # what `include` may name; `pending` takes the running (unfinished) rows too
+
 
 @dataclass(frozen=True)
 class ExportSummary:
-    """What an export wrote, and what it left out: prompts failed, pending or running are not exported."""
+    """What an export wrote, and what it left out: prompts failed, pending or running are not exported
+    unless `include` names them (then `included` counts them: rows without a choice)."""
 
     path: str
     format: str
-    results: int  # items (or rows) written: one per choice
+    results: int  # items (or rows) written: one per choice, and one per failed or pending prompt included
     failed: int
     pending: int
     running: int
+    included: tuple[str, ...] = ()  # the statuses exported besides done
 
 
-def iter_results(db_path: str | Path, job: str | None = None) -> Iterator[dict[str, Any]]:
-    """Yield result items in stable order (job, template, keyword dict, model, sample, choice)."""
+@dataclass
+class _Plan:
+    """What one export reads: the jobs, the statuses besides done, each job's parser, and the parsed
+    fields' types over every job (None: no job parses)."""
+
+    jobs: list[JobRow]
+    include: tuple[str, ...]
+    parsers: dict[int, Parser] = field(default_factory=dict)
+    parsed: dict[str, str] | None = None
+
+    def items(self, store: Store) -> Iterator[tuple[list[dict[str, Any]], DoneRow]]:
+        for job in self.jobs:
+            parser = self.parsers.get(job.id)
+            for row in store.iter_done(job, include=self.include):
+                yield result_items(job.name, job.api, row, parser, self.parsed, bool(self.include)), row
+
+
+def check_include(include: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`include` (`"failed,pending"`, or a list) as the row statuses to export besides done. Raises
+    `SpecError` naming an unknown one."""
+    if include is None:
+        return ()
+    names = [n.strip() for n in (include.split(",") if isinstance(include, str) else include) if n.strip()]
+    for name in names:
+        if name not in INCLUDE:
+            raise SpecError(f"unknown --include {name!r}: use failed, pending or both (failed,pending)")
+    statuses = [s for s in ("failed", "pending") if s in names]
+    return (*statuses, "running") if "pending" in statuses else tuple(statuses)
+
+
+def _plan(store: Store, job: str | None, include: tuple[str, ...]) -> tuple[_Plan, list[dict[str, int]]]:
+    """The plan of an export (jobs with nothing to export left out: their columns would be noise), and the
+    counts by status of every ready job."""
+    jobs = [row for row in store.select(job) if row.state == "ready"]
+    counts = [store.counts(row) for row in jobs]  # O(rows not done)
+    wanted = ("done", *include)
+    jobs = [row for row, count in zip(jobs, counts, strict=True) if any(count.get(s) for s in wanted)]
+    plan = _Plan(jobs, include)
+    for row in jobs:
+        parser = Parser.of(row.spec)
+        if parser is not None:
+            plan.parsers[row.id] = parser
+    if plan.parsers:
+        plan.parsed = _parsed_types(store, plan)
+    return plan, counts
+
+
+def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
+    """The parsed fields over every job and their column types: a schema's, else those of the values
+    (a regex group's text: `int` when every value is an integer, `float` when every one is a number, else
+    `str`). One pass over the answers, before any is written (a file's columns are fixed first)."""
+    kinds: dict[str, set[str]] = {}
+    fixed: dict[str, str] = {}
+    for job in plan.jobs:
+        parser = plan.parsers.get(job.id)
+        if parser is None:
+            continue
+        for name, kind in parser.fields:
+            kinds.setdefault(name, set())
+            if kind is not None:
+                fixed[name] = kind
+        if parser.schema is not None:
+            continue
+        for row in store.iter_done(job):
+            for choice in json.loads(row.response).get("choices") or []:
+                parsed, _ = parser.parse(choice_text(choice))
+                for name, value in (parsed or {}).items():
+                    if value is not None:
+                        kinds.setdefault(name, set()).add(text_kind(value) if parser.regex else kind_of(value))
+    types = {}
+    for name, seen in kinds.items():
+        if name in fixed:
+            types[name] = fixed[name]
+        elif "str" in seen and seen <= {"int", "float", "str"}:
+            types[name] = "str"  # a regex group's text that is not always a number
+        else:
+            types[name] = merge_kinds(seen)
+    return types
+
+
+def iter_results(db_path: str | Path, job: str | None = None,
+                 include: str | Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield result items in stable order (job, template, keyword dict, model, sample, choice); with
+    `include` (`"failed,pending"`), an item for each failed or pending prompt too, in its place."""
+    statuses = check_include(include)
     with Store(db_path, create=False, readonly=True) as store:
-        for row in _ready(store, job):
-            for done in store.iter_done(row):
-                yield from result_items(row.name, row.api, done)
+        plan, _ = _plan(store, job, statuses)
+        for items, _row in plan.items(store):
+            yield from items
 
 
-def _ready(store: Store, job: str | None) -> list[JobRow]:
-    return [row for row in store.select(job) if row.state == "ready"]
-
-
-def result_items(job_name: str, api: str, row: DoneRow) -> list[dict[str, Any]]:
+def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = None,
+                 parsed_types: dict[str, str] | None = None, status: bool = False) -> list[dict[str, Any]]:
+    """A row's result items: one per choice of a done row; one, without `choice` and `completion`, for a
+    failed or unfinished row (with `status`, `error_kind`, `error`). `status`: items say their status."""
     template, keywords, request = json.loads(row.template), json.loads(row.keywords), json.loads(row.request)
-    response = json.loads(row.response)
-    choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     key = "messages" if api == "chat" else "prompt"
     rendered = request.pop(key)
     request.pop("model", None)
+    base: dict[str, Any] = {}
+    if api == "chat":
+        base.update(messages=rendered, messages_raw=raw_messages(template), messages_args=keywords)
+    else:
+        base.update(prompt=rendered, prompt_raw=template, prompt_args=keywords)
+    ids = dict(model_args=request, model=row.model, prompt_hash=row.hash, job=job_name,
+               **dict(zip(INDEX_COLUMNS, (row.template_index, row.keywords_index, row.model_index,
+                                          row.sample_index), strict=True)))
+    if row.status != "done" or row.response is None:
+        return [{**base, **ids, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
+    response = json.loads(row.response)
+    choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
     for choice in choices:
-        item: dict[str, Any] = {}
-        if api == "chat":
-            item.update(messages=rendered, messages_raw=raw_messages(template), messages_args=keywords)
-        else:
-            item.update(prompt=rendered, prompt_raw=template, prompt_args=keywords)
-        item.update(choice=choice, completion=response, model_args=request, model=row.model,
-                    prompt_hash=row.hash, job=job_name)
+        item: dict[str, Any] = {**base, "choice": choice, "completion": response, **ids}
+        if parser is not None:
+            parsed, error = parser.parse(choice_text(choice))
+            if parsed is not None and parsed_types:
+                parsed = {name: typed(value, parsed_types.get(name, "json")) for name, value in parsed.items()}
+            item.update(parsed=parsed, parse_error=error)
+        if status:
+            item["status"] = "done"
         items.append(item)
     return items
 
 
-def iter_rows(store: Store, jobs: list[JobRow], columns: Columns) -> Iterator[dict[str, Any]]:
-    """The flat table's rows of `jobs` (one per choice), with the row indexes from the database."""
-    for job in jobs:
-        for done in store.iter_done(job):
-            indexes = (done.template_index, done.keywords_index, done.model_index, done.sample_index)
-            for item in result_items(job.name, job.api, done):
-                yield flat_row(item, columns, indexes)
+def _rows(store: Store, plan: _Plan, columns: Columns) -> Iterator[dict[str, Any]]:
+    """The flat table's rows (one per choice; one per failed or pending prompt included)."""
+    for items, _row in plan.items(store):
+        for item in items:
+            yield flat_row(item, columns, len(items))
+
+
+def _manifest(plan: _Plan, columns: Columns | None) -> dict[str, Any]:
+    """What an export says about itself: the package version, each job's spec, when, and its columns."""
+    from .. import __version__
+
+    return {"package_version": __version__, "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "jobs": [{"name": job.name, "spec": job.spec} for job in plan.jobs],
+            "columns": None if columns is None else columns.types}
 
 
 def export(
-    db_path: str | Path, path: str | Path | None = None, format: str | None = None, job: str | None = None
+    db_path: str | Path, path: str | Path | None = None, format: str | None = None, job: str | None = None,
+    include: str | Iterable[str] | None = None,
 ) -> list[dict[str, Any]] | ExportSummary:
-    """Export every done prompt of every job in `db_path` (or of the job named `job`).
+    """Export every done prompt of every job in `db_path` (or of the job named `job`); with `include`
+    (`"failed,pending"`, or either), the failed or pending prompts too, one item or row each, with their
+    `status`, `error_kind` and `error`.
 
     Without `path`, returns the results list. With `path`, writes it (format from `format`, else from the
     suffix: `.pkl`/`.pickle`, `.jsonl`, `.csv`, `.parquet`, `.db`/`.sqlite`; anything else a pickle)
     atomically and returns an `ExportSummary`. Raises `StoreError` for a bad database (`JobNotFoundError`
-    for an unknown `job`), `SpecError` for an unknown format, `ExportError` when the file cannot be
-    written, is a database (`db_path` itself, or any SQLite file but an earlier results export), or
-    needs pyarrow (parquet) that is not installed.
+    for an unknown `job`), `SpecError` for an unknown format or `include`, `ExportError` when the file
+    cannot be written, is a database (`db_path` itself, or any SQLite file but an earlier results export),
+    or needs pyarrow (parquet) that is not installed.
     """
+    statuses = check_include(include)
     if path is None:
-        return list(iter_results(db_path, job))
+        return list(iter_results(db_path, job, statuses))
     fmt = format or format_for(path)
     if fmt not in FORMATS:
         raise SpecError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "parquet":
         require_pyarrow()
     with Store(db_path, create=False, readonly=True) as store:
-        jobs = _ready(store, job)
-        counts = [store.counts(row) for row in jobs]  # O(rows not done)
-        jobs = [row for row, count in zip(jobs, counts, strict=True) if count["done"]]  # their keyword columns
+        plan, counts = _plan(store, job, statuses)
         columns: Columns | None = None
         if fmt in FLAT_FORMATS:
-            columns = columns_for_specs(row.spec for row in jobs)
-            items = iter_rows(store, jobs, columns)
+            columns = columns_for_specs((row.spec for row in plan.jobs), plan.parsed, bool(statuses))
+            items = _rows(store, plan, columns)
         else:
-            items = (item for row in jobs for done in store.iter_done(row)
-                     for item in result_items(row.name, row.api, done))
-        written = write_results(items, Path(path), fmt, db_path=db_path, columns=columns)
-    return ExportSummary(str(path), fmt, written, *(sum(c[k] for c in counts) for k in ("failed", "pending",
-                                                                                          "running")))
+            items = (item for found, _row in plan.items(store) for item in found)
+        written = write_results(items, Path(path), fmt, db_path=db_path, columns=columns,
+                                manifest=_manifest(plan, columns))
+    failed, pending, running = (sum(c[k] for c in counts) for k in ("failed", "pending", "running"))
+    return ExportSummary(str(path), fmt, written, failed, pending, running,
+                         included=tuple(s for s in INCLUDE if s in statuses))
 
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Load an export: a pickle or JSONL as its result items; a Parquet file or an SQLite results database
-    as its rows (dicts of the flat table's columns; `json` columns as JSON text)."""
+    """Load an export: a pickle or JSONL as its result items; a CSV, Parquet or SQLite export as its rows
+    (dicts of the flat table's columns), each column's values of its one type whatever the format:
+    `json` columns (`first_token_top_logprobs`, a keyword field of lists) decoded, booleans as booleans,
+    and a CSV's text read as the column's type (an empty cell is None, but in text columns)."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(64)
         f.seek(0)
         if head[:1] == b"\x80":
             results: list[dict[str, Any]] = pickle.load(f)
             return results
-        if head == SQLITE_MAGIC[:4] and is_results_database(path):
-            return _sqlite_rows(path)
-        if head == b"PAR1":
+        if head.startswith(SQLITE_MAGIC[:4]) and is_results_database(path):
+            rows, types = _sqlite_rows(path)
+            return _typed(rows, types)
+        if head.startswith(b"PAR1"):
             require_pyarrow()
             import pyarrow.parquet as pq
 
-            rows: list[dict[str, Any]] = pq.read_table(f).to_pylist()
-            return rows
+            table = pq.read_table(f)
+            manifest = json.loads((table.schema.metadata or {}).get(MANIFEST_KEY, b"{}"))
+            return _typed(table.to_pylist(), manifest.get("columns") or {})
+        if Path(path).suffix.lower() == ".csv" or head.startswith(b"job,prompt_hash,"):
+            return _csv_rows(f)
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _sqlite_rows(path: str | Path) -> list[dict[str, Any]]:
+def _sqlite_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     conn = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
     try:
         conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(f"SELECT * FROM {RESULTS_TABLE} ORDER BY rowid")]
+        rows = [dict(row) for row in conn.execute(f"SELECT * FROM {RESULTS_TABLE} ORDER BY rowid")]
+        return rows, (read_manifest(conn) or {}).get("columns") or {}
     finally:
         conn.close()
+
+
+def _typed(rows: list[dict[str, Any]], types: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of a Parquet or SQLite export with each column's type restored (`json` decoded, `bool` from
+    SQLite's 0/1); a column the manifest does not name (an export before it) by its fixed type."""
+    kinds = {name: types.get(name) or FIXED_TYPES.get(name) for name in (rows[0] if rows else ())}
+    decode = {name: kind for name, kind in kinds.items() if kind in ("json", "bool")}
+    if not decode:
+        return rows
+    for row in rows:
+        for name, kind in decode.items():
+            value = row.get(name)
+            if kind == "json" and isinstance(value, str):
+                row[name] = _json_or_text(value)
+            elif kind == "bool" and isinstance(value, int) and not isinstance(value, bool):
+                row[name] = bool(value)
+    return rows
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:  # a `json` column holds text as itself
+        return value
+
+
+def _csv_rows(f: Any) -> list[dict[str, Any]]:
+    """A CSV export's rows, each column read as its type: a fixed column's, else the one every value
+    reads as (integers, numbers, booleans, JSON lists or objects, else text)."""
+    import csv
+    import io
+
+    reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+    rows: list[dict[str, Any]] = list(reader)
+    for name in reader.fieldnames or ():
+        values = [row[name] for row in rows if row[name] != ""]
+        kind = FIXED_TYPES.get(name) or _text_column_kind(values)
+        for row in rows:
+            row[name] = _from_text(row[name], kind, name)
+    return rows
+
+
+def _text_column_kind(values: list[str]) -> str:
+    kinds = {text_kind(v) for v in values}
+    if kinds and kinds <= {"int", "float"}:
+        return "float" if "float" in kinds else "int"
+    if values and all(v in ("True", "False") for v in values):
+        return "bool"
+    if values and all(v[:1] in "[{" for v in values):
+        return "json"
+    return "str"
+
+
+def _from_text(text: str, kind: str, name: str) -> Any:
+    if text == "":
+        return "" if kind == "str" and name in _TEXT_COLUMNS else None
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "bool":
+        return text == "True"
+    if kind == "json":
+        return _json_or_text(text)
+    return text
+
+
+_TEXT_COLUMNS = {"template", "prompt", "text"}  # where an empty cell is empty text, not nothing
 
 
 def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
     """The results as a pandas DataFrame with the flat table's columns, one row per choice (needs pandas).
 
-    `results` is a results list (its items are flattened; a list holds no row indexes, so the
-    `template_index` ... `sample_index` columns are absent), rows loaded from a Parquet export, or a path:
-    a job database (every column, row indexes too) or an export file (read with `load_results`).
+    `results` is a results list (its items are flattened), rows loaded from a CSV, Parquet or SQLite
+    export, or a path: a job database (every column) or an export file (read with `load_results`). Each
+    column holds one type whatever the source (`first_token_top_logprobs`: a dict).
     """
     try:
         import pandas as pd
@@ -166,11 +363,20 @@ def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
             is_db = f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
         if is_db and not is_results_database(results):
             with Store(results, create=False) as store:
-                jobs = [row for row in _ready(store, None) if store.counts(row)["done"]]
-                columns = columns_for_specs(row.spec for row in jobs)
-                return pd.DataFrame(list(iter_rows(store, jobs, columns)), columns=columns.names)
+                plan, _ = _plan(store, None, ())
+                columns = columns_for_specs((row.spec for row in plan.jobs), plan.parsed)
+                return pd.DataFrame(list(_rows(store, plan, columns)), columns=columns.names)
         results = load_results(results)
-    if results and "choice" not in results[0]:  # already flat (Parquet rows)
+    if results and "choice_index" in results[0]:  # already flat (export rows)
         return pd.DataFrame(results)
     columns = columns_for_items(results)
-    return pd.DataFrame([flat_row(item, columns) for item in results], columns=columns.names)
+    per_request = Counter(_request_of(item) for item in results)
+    return pd.DataFrame([flat_row(item, columns, per_request[_request_of(item)]) for item in results],
+                        columns=columns.names)
+
+
+def _request_of(item: dict[str, Any]) -> tuple[Any, ...]:
+    """What the items of one prompt's response share (their usage is that one response's)."""
+    completion = item.get("completion") or {}
+    return (item.get("job"), item.get("prompt_hash"), *(item.get(name) for name in INDEX_COLUMNS),
+            completion.get("id"))

@@ -2,15 +2,23 @@
 
 Columns, in order:
 
-- `job`, `prompt_hash`, `model`, `template_index`, `keywords_index`, `model_index`, `sample_index`
-  (read from the job database: absent when flattening a results list, which does not hold them),
+- `job`, `prompt_hash`, `model`, `template_index`, `keywords_index`, `model_index`, `sample_index`,
   `choice_index`;
 - one column per keyword field, named after it (`kw_<field>` when that name is one of these columns);
 - `template` and `prompt` (chat: the messages as text, one `role: content` line each), `last_user_message`
   (chat only), `text` (the choice's), `finish_reason`, `prompt_tokens`, `completion_tokens`, `total_tokens`
   (the response's usage, repeated on each of its choices), `response_id`;
+- tokens that add up: `request_prompt_tokens`, `request_completion_tokens`, `request_total_tokens` (the
+  prompt's request's usage on its first choice's row only, empty on the others) and `prompt_tokens_share`,
+  `completion_tokens_share`, `total_tokens_share` (the usage split evenly among the choices), so a column's
+  sum is the tokens paid for the rows summed;
+- what answered: `system_fingerprint`, `response_model` (the model name the server answered with),
+  `created` (its unix time), `service_tier`;
+- when a job's `model_args` has a `seed`: `seed` (the one sent, see `expand.seed_of`);
 - when logprobs were asked for: `first_token`, `first_token_logprob`, `first_token_top_logprobs`
-  ({token: logprob}).
+  ({token: logprob});
+- when a job has `parse`: `parsed_<field>` per field (typed: see `fields_of`), `parse_ok`, `parse_error`;
+- with `include` (failed or pending prompts exported too): `status`, `error_kind`, `error`.
 
 Each column has one type (`str`, `int`, `float`, `bool`, or `json`: JSON text of values that are not
 text); a keyword field's type is the one all its values share in the specs, else `json`.
@@ -29,50 +37,76 @@ FRONT = (("job", "str"), ("prompt_hash", "str"), ("model", "str"), *((c, "int") 
 BACK = (("template", "str"), ("prompt", "str"), ("last_user_message", "str"), ("text", "str"),
         ("finish_reason", "str"), ("prompt_tokens", "int"), ("completion_tokens", "int"), ("total_tokens", "int"),
         ("response_id", "str"))
+TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
+USAGE = (*((f"request_{t}", "int") for t in TOKENS), *((f"{t}_share", "float") for t in TOKENS))
+ANSWERED = (("system_fingerprint", "str"), ("response_model", "str"), ("created", "int"), ("service_tier", "str"))
+SEED = (("seed", "int"),)
 LOGPROBS = (("first_token", "str"), ("first_token_logprob", "float"), ("first_token_top_logprobs", "json"))
-FIXED = {name for name, _ in (*FRONT, *BACK, *LOGPROBS)}
+PARSE = (("parse_ok", "bool"), ("parse_error", "str"))
+STATUS = (("status", "str"), ("error_kind", "str"), ("error", "str"))
+FIXED_TYPES = dict([*FRONT, *BACK, *USAGE, *ANSWERED, *SEED, *LOGPROBS, *PARSE, *STATUS])
+FIXED = set(FIXED_TYPES)
 
 
 @dataclass(frozen=True)
 class Columns:
-    """The table's columns: (name, type) in order, and where each keyword field goes."""
+    """The table's columns: (name, type) in order, and where each keyword and parsed field goes."""
 
     keywords: tuple[tuple[str, str, str], ...]  # (field, column, type)
     logprobs: bool
-    indexes: bool
+    indexes: bool = True
+    seed: bool = False
+    parsed: tuple[tuple[str, str, str], ...] | None = None  # (field, column, type); None: no job parses
+    status: bool = False  # failed or pending prompts are exported too
 
     @property
     def types(self) -> dict[str, str]:
         front = FRONT if self.indexes else tuple(c for c in FRONT if c[0] not in INDEX_COLUMNS)
-        return dict([*front, *((col, kind) for _, col, kind in self.keywords), *BACK,
-                     *(LOGPROBS if self.logprobs else ())])
+        parsed = () if self.parsed is None else (*((col, kind) for _, col, kind in self.parsed), *PARSE)
+        return dict([*front, *((col, kind) for _, col, kind in self.keywords), *BACK, *USAGE, *ANSWERED,
+                     *(SEED if self.seed else ()), *(LOGPROBS if self.logprobs else ()), *parsed,
+                     *(STATUS if self.status else ())])
 
     @property
     def names(self) -> list[str]:
         return list(self.types)
 
 
-def columns_for_specs(specs: Iterable[dict[str, Any]]) -> Columns:
-    """The columns of the jobs with these (stored) specs: keyword fields and their types from the specs."""
+def columns_for_specs(specs: Iterable[dict[str, Any]], parsed: dict[str, str] | None = None,
+                      status: bool = False) -> Columns:
+    """The columns of the jobs with these (stored) specs: keyword fields and their types from the specs;
+    `parsed`: the parsed fields' types (None: no job parses)."""
     fields: dict[str, set[str]] = {}
-    logprobs = False
+    logprobs = seed = False
     for spec in specs:
         for name, values in _keyword_values(spec.get("keywords")):
-            fields.setdefault(name, set()).update(_kind(v) for v in values)
-        asked = (spec.get("model_args") or {}).get("logprobs")
+            fields.setdefault(name, set()).update(kind_of(v) for v in values)
+        args = spec.get("model_args") or {}
+        asked = args.get("logprobs")
         logprobs = logprobs or (asked is not None and asked is not False)
-    return Columns(_keyword_columns(fields), logprobs, indexes=True)
+        seed = seed or args.get("seed") is not None
+    return Columns(_keyword_columns(fields), logprobs, True, seed, _parsed_columns(parsed), status)
 
 
 def columns_for_items(items: list[dict[str, Any]]) -> Columns:
-    """The columns of a results list (no row indexes): keyword fields as they first appear."""
+    """The columns of a results list: keyword and parsed fields as they first appear, their types from
+    their values; the row indexes when the items hold them."""
     fields: dict[str, set[str]] = {}
-    logprobs = False
+    parsed: dict[str, set[str]] | None = None
+    logprobs = seed = status = False
+    indexes = bool(items) and all(name in items[0] for name in INDEX_COLUMNS)
     for item in items:
         for name, value in (item.get("messages_args", item.get("prompt_args")) or {}).items():
-            fields.setdefault(name, set()).add(_kind(value))
+            fields.setdefault(name, set()).add(kind_of(value))
         logprobs = logprobs or (item.get("choice") or {}).get("logprobs") is not None
-    return Columns(_keyword_columns(fields), logprobs, indexes=False)
+        seed = seed or (item.get("model_args") or {}).get("seed") is not None
+        status = status or "status" in item
+        if "parsed" in item:
+            parsed = {} if parsed is None else parsed
+            for name, value in (item["parsed"] or {}).items():
+                parsed.setdefault(name, set()).add(kind_of(value))
+    parsed_types = None if parsed is None else {name: merge_kinds(kinds) for name, kinds in parsed.items()}
+    return Columns(_keyword_columns(fields), logprobs, indexes, seed, _parsed_columns(parsed_types), status)
 
 
 def _keyword_values(keywords: Any) -> Iterator[tuple[str, list[Any]]]:
@@ -84,7 +118,8 @@ def _keyword_values(keywords: Any) -> Iterator[tuple[str, list[Any]]]:
                 yield name, [value]
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A value's column type (`null` for None)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -96,19 +131,29 @@ def _kind(value: Any) -> str:
     return "str" if isinstance(value, str) else "json"
 
 
+def merge_kinds(kinds: set[str]) -> str:
+    """The one type of a column whose values have these types: ints with floats are floats; text alone
+    (or nothing) is `str`; any other mix is `json`."""
+    kinds = kinds - {"null"}
+    if kinds == {"int", "float"}:
+        return "float"
+    return kinds.pop() if len(kinds) == 1 else ("str" if not kinds else "json")
+
+
 def _keyword_columns(fields: dict[str, set[str]]) -> tuple[tuple[str, str, str], ...]:
-    out = []
-    for name, kinds in fields.items():
-        kinds = kinds - {"null"}
-        if kinds == {"int", "float"}:
-            kinds = {"float"}
-        kind = kinds.pop() if len(kinds) == 1 else ("str" if not kinds else "json")
-        out.append((name, f"kw_{name}" if name in FIXED else name, kind))
-    return tuple(out)
+    return tuple((name, f"kw_{name}" if name in FIXED else name, merge_kinds(kinds)) for name, kinds in fields.items())
 
 
-def flat_row(item: dict[str, Any], columns: Columns, indexes: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """One result item as a row of `columns` (Python values: `json` columns still hold dicts and lists)."""
+def _parsed_columns(types: dict[str, str] | None) -> tuple[tuple[str, str, str], ...] | None:
+    if types is None:
+        return None
+    return tuple((name, f"parsed_{name}", kind) for name, kind in types.items())
+
+
+def flat_row(item: dict[str, Any], columns: Columns, choices: int = 1) -> dict[str, Any]:
+    """One result item as a row of `columns` (Python values: `json` columns still hold dicts and lists);
+    `choices`: how many items its prompt's response gave (its usage's share is 1/`choices`). An item of a
+    prompt not done (exported with `include`) has no choice: its choice columns are empty."""
     chat = "messages" in item
     choice = item.get("choice") or {}
     completion = item.get("completion") or {}
@@ -117,8 +162,9 @@ def flat_row(item: dict[str, Any], columns: Columns, indexes: tuple[int, ...] | 
     keywords = (item["messages_args"] if chat else item["prompt_args"]) or {}
     row: dict[str, Any] = {"job": item.get("job"), "prompt_hash": item.get("prompt_hash"), "model": item.get("model")}
     if columns.indexes:
-        row.update(zip(INDEX_COLUMNS, indexes or (None, None, None, None), strict=True))
-    row["choice_index"] = choice.get("index")
+        row.update((name, item.get(name)) for name in INDEX_COLUMNS)
+    index = choice.get("index")
+    row["choice_index"] = index
     for name, column, _ in columns.keywords:
         row[column] = keywords.get(name)
     if chat:
@@ -127,12 +173,29 @@ def flat_row(item: dict[str, Any], columns: Columns, indexes: tuple[int, ...] | 
                    last_user_message=users[-1].get("content") if users else None)
     else:
         row.update(template=item.get("prompt_raw"), prompt=item.get("prompt"), last_user_message=None)
-    row.update(text=choice_text(choice), finish_reason=choice.get("finish_reason"),
-               prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-               total_tokens=usage.get("total_tokens"), response_id=completion.get("id"))
+    row.update(text=choice_text(choice) if choice else None, finish_reason=choice.get("finish_reason"),
+               response_id=completion.get("id"))
+    for name in TOKENS:
+        value = usage.get(name)
+        value = value if isinstance(value, int) and not isinstance(value, bool) else None
+        row[name] = value
+        row[f"request_{name}"] = value if index == 0 else None
+        row[f"{name}_share"] = None if value is None else value / max(1, choices)
+    row.update(system_fingerprint=completion.get("system_fingerprint"), response_model=completion.get("model"),
+               created=completion.get("created"), service_tier=completion.get("service_tier"))
+    if columns.seed:
+        row["seed"] = (item.get("model_args") or {}).get("seed")
     if columns.logprobs:
         row.update(zip(("first_token", "first_token_logprob", "first_token_top_logprobs"),
                        first_token(choice.get("logprobs")), strict=True))
+    if columns.parsed is not None:
+        parsed = item.get("parsed")
+        for name, column, _ in columns.parsed:
+            row[column] = parsed.get(name) if isinstance(parsed, dict) else None
+        row["parse_ok"] = None if "parsed" not in item else parsed is not None
+        row["parse_error"] = item.get("parse_error")
+    if columns.status:
+        row.update(status=item.get("status", "done"), error_kind=item.get("error_kind"), error=item.get("error"))
     return row
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import secrets
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,8 @@ SUFFIXES = {".pkl": "pickle", ".pickle": "pickle", ".jsonl": "jsonl", ".csv": "c
 RESULTS_APPLICATION_ID = 0x62707273  # "bprs": PRAGMA application_id of a results database we wrote
 RESULTS_TABLE = "results"
 PARQUET_ROWS = 10_000
+MANIFEST_KEY = b"batch_prompt"  # the Parquet key-value metadata holding the manifest (JSON)
+MANIFEST_TABLE = "manifest"  # a results database's (key, value) table: the manifest's keys, values as JSON
 PARQUET_HINT = "pip install 'batch-prompt[parquet]' (in a checkout: pip install '.[parquet]')"
 
 
@@ -55,10 +58,12 @@ def require_pyarrow() -> None:
 
 def write_results(
     items: Iterator[dict[str, Any]], path: Path, fmt: str, db_path: str | Path | None = None,
-    columns: Columns | None = None,
+    columns: Columns | None = None, manifest: dict[str, Any] | None = None,
 ) -> int:
     """Write `items` (result items; flat rows of `columns` for csv, parquet, sqlite) to `path`, replacing
-    a regular file atomically; returns how many were written.
+    a regular file atomically; returns how many were written. `manifest` (the package version, each
+    job's spec, the export's time and columns) goes into a Parquet file's key-value metadata
+    (`MANIFEST_KEY`) and a results database's `manifest` table.
 
     Raises `ExportError` when `path` cannot be written, or is `db_path` or another SQLite database.
     """
@@ -71,7 +76,7 @@ def write_results(
     if mode is not None and not stat.S_ISREG(mode):  # a device, a FIFO (or a folder: open fails)
         if fmt == "sqlite":
             raise ExportError(f"cannot write {path}: an SQLite export needs a regular file")
-        return _write_to(path, items, fmt, path, columns)
+        return _write_to(path, items, fmt, path, columns, manifest)
     target = Path(os.path.realpath(path))
     _refuse_database(path, target, db_path)
     folder = target.parent
@@ -82,9 +87,9 @@ def write_results(
     try:
         if fmt == "sqlite":
             assert columns is not None
-            count = _write_sqlite(Path(tmp_name), items, columns)
+            count = _write_sqlite(Path(tmp_name), items, columns, manifest)
         else:
-            count = _write_to(Path(tmp_name), items, fmt, path, columns, new=True)
+            count = _write_to(Path(tmp_name), items, fmt, path, columns, manifest, new=True)
         os.replace(tmp_name, target)
     except OSError as exc:
         _unlink(tmp_name)
@@ -112,7 +117,8 @@ class _StreamedList:
 
 
 def _write_to(
-    file: Path, items: Iterator[dict[str, Any]], fmt: str, path: Path, columns: Columns | None, new: bool = False
+    file: Path, items: Iterator[dict[str, Any]], fmt: str, path: Path, columns: Columns | None,
+    manifest: dict[str, Any] | None, new: bool = False,
 ) -> int:
     """Stream `items` into `file` (a new file: created with 0o666 less the umask, then synced)."""
     flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if new else os.O_TRUNC)
@@ -134,7 +140,7 @@ def _write_to(
                 count = _write_csv(f, items, columns)
             else:
                 assert columns is not None
-                count = _write_parquet(f, items, columns)
+                count = _write_parquet(f, items, columns, manifest)
             f.flush()
             if new:
                 os.fsync(f.fileno())
@@ -157,13 +163,14 @@ def _write_csv(f: Any, rows: Iterator[dict[str, Any]], columns: Columns) -> int:
     return count
 
 
-def _write_parquet(f: Any, rows: Iterator[dict[str, Any]], columns: Columns) -> int:
+def _write_parquet(f: Any, rows: Iterator[dict[str, Any]], columns: Columns, manifest: dict[str, Any] | None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     arrow = {"str": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
     types = columns.types
-    schema = pa.schema([(name, arrow[kind]) for name, kind in types.items()])
+    metadata = None if manifest is None else {MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False).encode()}
+    schema = pa.schema([(name, arrow[kind]) for name, kind in types.items()], metadata=metadata)
     count = 0
     with pq.ParquetWriter(f, schema) as writer:
         for batch in _batches(rows, PARQUET_ROWS):
@@ -175,7 +182,7 @@ def _write_parquet(f: Any, rows: Iterator[dict[str, Any]], columns: Columns) -> 
     return count
 
 
-def _write_sqlite(file: Path, rows: Iterator[dict[str, Any]], columns: Columns) -> int:
+def _write_sqlite(file: Path, rows: Iterator[dict[str, Any]], columns: Columns, manifest: dict[str, Any] | None) -> int:
     import sqlite_utils
 
     types = columns.types
@@ -195,6 +202,10 @@ def _write_sqlite(file: Path, rows: Iterator[dict[str, Any]], columns: Columns) 
                 batch_size=len(batch), alter=False,
             )
             count += len(batch)
+        if manifest is not None:
+            db.table(MANIFEST_TABLE).insert_all(
+                ({"key": key, "value": json.dumps(value, ensure_ascii=False)} for key, value in manifest.items()),
+                pk="key")
     finally:
         db.close()
     with open(file, "rb") as f:
@@ -233,6 +244,15 @@ def _refuse_database(path: Path, target: Path, db_path: str | Path | None) -> No
         return
     if head == SQLITE_MAGIC and not is_results_database(target):
         raise ExportError(f"cannot write {path}: it is an SQLite database; refusing to overwrite a database")
+
+
+def read_manifest(conn: Any) -> dict[str, Any] | None:
+    """A results database's manifest (an open sqlite3 connection), None when it has none (older)."""
+    try:
+        found = conn.execute(f"SELECT key, value FROM {MANIFEST_TABLE}").fetchall()
+    except sqlite3.OperationalError:
+        return None
+    return {key: json.loads(value) for key, value in found}
 
 
 def is_results_database(path: str | Path) -> bool:

@@ -7,8 +7,9 @@ message naming the field (and the template or keyword dict) at fault. Templates 
 by `endpoints.py`.
 
 A spec's fields are of two kinds: its identity (what the job asks: `Spec.identity`, hashed, and a job
-of the same name must match it) and its run fields (where and how fast to send it, its budget:
-`Spec.run_fields`, stored with the job and updated when the same spec is created again with others).
+of the same name must match it) and its run fields (where and how fast to send it, its budget, how its
+answers are parsed: `Spec.run_fields`, stored with the job and updated when the same spec is created
+again with others).
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from typing import Any
 from ..errors import MissingFieldError, SpecError, read_text, shown
 from .endpoints import ENV_NAME, looks_like_key, normalize_base_url
 from .model_args import check_model_args
+from .parse import check_parse
 from .templates import Keywords, Template, template_fields
 
 APIS = ("chat", "completions")
 FIELDS = (
     "name", "api", "model", "templates", "keywords", "model_args", "repeats", "dedupe", "prompts_per_request",
-    "base_url", "endpoints", "rpm", "tpm", "max_cost", "prices",
+    "base_url", "endpoints", "rpm", "tpm", "max_cost", "prices", "parse",
 )
-RUN_FIELDS = ("base_url", "endpoints", "rpm", "tpm", "max_cost", "prices")
+RUN_FIELDS = ("base_url", "endpoints", "rpm", "tpm", "max_cost", "prices", "parse")
 ENDPOINT_KEYS = ("base_url", "api_key_env")
 DEFAULT_PROMPTS_PER_REQUEST = 20
 MAX_PROMPTS_PER_REQUEST = 2048  # OpenAI's limit for a list of prompts in one completions request
@@ -74,6 +76,7 @@ class Spec:
     tpm: Rate = None
     max_cost: float | None = None  # USD
     prices: str | None = None  # a price override file, an absolute path
+    parse: dict[str, Any] | None = None  # how answers are parsed at export (`parse.py`)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Spec:
@@ -112,6 +115,7 @@ class Spec:
             tpm=_rate(data.get("tpm"), "tpm", models),
             max_cost=_optional_positive(data.get("max_cost"), "spec field 'max_cost'"),
             prices=_path(data.get("prices"), "prices"),
+            parse=check_parse(data.get("parse")),
         )
         count = spec.count_prompts()
         if count > MAX_PROMPTS:
@@ -140,7 +144,8 @@ class Spec:
         return identity
 
     def run_fields(self) -> dict[str, Any]:
-        """Where, how fast and for how much to run: stored with the job, not part of its identity."""
+        """Where, how fast and for how much to run, and how to parse the answers: stored with the job,
+        not part of its identity."""
         return {name: getattr(self, name) for name in RUN_FIELDS}
 
     def keyword_dicts(self) -> Iterator[Keywords]:
@@ -171,6 +176,7 @@ class Spec:
         fields = {
             "name": self.name, "model": self.models, "templates": self.templates, "keywords": self.keywords,
             "model_args": self.model_args, "endpoints": self.endpoints, "prices": self.prices,
+            "parse": self.parse,
         }
         for name, value in fields.items():
             try:

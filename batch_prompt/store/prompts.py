@@ -236,15 +236,18 @@ class Prompts(Spending):
 
     # --- export -----------------------------------------------------------------------------------
 
-    def iter_done(self, job: JobRow, chunk: int = 2000) -> Iterator[DoneRow]:
-        """The job's done rows in order, streamed."""
+    def iter_done(self, job: JobRow, chunk: int = 2000, include: tuple[str, ...] = ()) -> Iterator[DoneRow]:
+        """The job's done rows in order, streamed; with `include` (`failed`, `pending`, `running`) the rows
+        of those statuses too, in the same order."""
         last = 0
+        statuses = ("done", *include)
+        where = "status = 'done'" if not include else f"status IN ({', '.join('?' * len(statuses))})"
         while True:
             rows = self.query(
                 "SELECT id, hash, model, template, keywords, request, response, template_index,"
-                " keywords_index, model_index, sample_index FROM prompts"
-                " WHERE job_id = ? AND id > ? AND status = 'done' ORDER BY id LIMIT ?",
-                (job.id, last, chunk),
+                " keywords_index, model_index, sample_index, status, error_kind, last_error FROM prompts"
+                f" WHERE job_id = ? AND id > ? AND {where} ORDER BY id LIMIT ?",
+                (job.id, last, *(statuses if include else ()), chunk),
             )
             if not rows:
                 return

@@ -111,7 +111,8 @@ class Spend:
 
 
 class DoneRow(NamedTuple):
-    """A done row, as export reads it (JSON columns as text)."""
+    """A row as export reads it (JSON columns as text): a done row, or (exported with `include`) a failed
+    or unfinished one, whose `response` is None."""
 
     id: int
     hash: str
@@ -124,6 +125,9 @@ class DoneRow(NamedTuple):
     keywords_index: int
     model_index: int
     sample_index: int
+    status: str = "done"
+    error_kind: str | None = None
+    error: str | None = None
 
 
 class PromptRow(NamedTuple):

@@ -143,7 +143,7 @@ def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi:
 class FakeRequest:
     """A parsed completion request (or as much as could be parsed)."""
 
-    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "seed", "texts")
+    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "seed", "service_tier", "texts")
 
     def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
         """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
@@ -151,6 +151,7 @@ class FakeRequest:
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
         self.seed: int | None = None
+        self.service_tier = "default"
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
         self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
         self.error: bytes | None = None
@@ -167,6 +168,8 @@ class FakeRequest:
         self.model = model if isinstance(model, str) else ""
         seed = body.get("seed")
         self.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None  # as asked (recorded)
+        tier = body.get("service_tier")
+        self.service_tier = tier if tier in ("flex", "priority", "scale") else "default"  # as OpenAI answers
         try:
             self.n = _int_field(body, "n", 1, 1, 128) or 1
             self.max_tokens = _int_field(body, "max_tokens", None, 1, 10**7)
@@ -206,13 +209,13 @@ class FakeRequest:
         ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's).
         ``drop`` (in [0, 1)) leaves out the choice at that fraction of the list, its index missing."""
         n, cap = self.n, self.max_tokens
-        texts = [(i * n + j, f"echo {j}: {p}") for i, p in enumerate(self.prompts) for j in range(n)]
+        texts = [(i * n + j, _answer(p, j)) for i, p in enumerate(self.prompts) for j in range(n)]
         if drop is not None:
             del texts[int(drop * len(texts))]
         if choices_delta < 0:
             texts = texts[:choices_delta]
         elif choices_delta > 0:
-            texts.append((len(texts), f"echo {n}: {self.prompts[-1]}"))
+            texts.append((len(texts), _answer(self.prompts[-1], n)))
         if wrong_index:  # the last choice numbered past every prompt's choices
             texts[-1] = (len(self.prompts) * n + 4, texts[-1][1])
         counted = texts[:1] if first_choice_usage else texts
@@ -238,7 +241,8 @@ class FakeRequest:
                 }
                 for k, t in texts
             ]
-            out = {"id": f"chatcmpl-{seq}", "object": "chat.completion", **base, "choices": choices}
+            out = {"id": f"chatcmpl-{seq}", "object": "chat.completion", **base, "choices": choices,
+                   "service_tier": self.service_tier}
         else:
             choices = [{"index": k, "text": t, "finish_reason": "stop", "logprobs": None} for k, t in texts]
             out = {"id": f"cmpl-{seq}", "object": "text_completion", **base, "choices": choices}
@@ -246,5 +250,13 @@ class FakeRequest:
         return json.dumps(out).encode()
 
 
+def _answer(prompt: str, sample: int) -> str:
+    """The fake's answer: `echo K: PROMPT` for sample K, or, for a prompt holding `REPLY:`, the text after
+    it verbatim (every sample), so a test chooses the answer (a JSON object, a word) through the prompt."""
+    _, marker, reply = prompt.partition(REPLY)
+    return reply if marker else f"echo {sample}: {prompt}"
+
+
+REPLY = "REPLY:"
 FAIL400_ERROR = error_body("Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt")
 SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")

@@ -2,7 +2,8 @@
 
 It answers ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models``
 deterministically: every choice is ``"echo {j}: {prompt}"`` (``j`` is the sample index), so a
-client can tell which prompt and sample each answer belongs to.  Faults can be injected:
+client can tell which prompt and sample each answer belongs to (a prompt holding ``REPLY:`` is
+answered with the text after it, verbatim, so a test picks its answers).  Faults can be injected:
 
 * rates (seeded ``random.Random``; each request draws the same fixed number of values at
   arrival, so request ``seq`` k meets the same fate for a given seed): ``error_rate`` (500),
