@@ -3,9 +3,9 @@
 Data flow, one subpackage per stage: `spec/` (the spec, templates, model args, endpoints; `expand`) ->
 `store/` (the SQLite job database: one module per table, migrations, leases, the response cache) -> `run/`
 (the runner; live and batch lanes; limiter, retry, failures, ledger, budget, client) -> `results/` (export:
-`table`, `writer`). `reports/` estimates a spec before a run, tells where jobs stand after, and prices
-both. `job` and `cli/` are the Python and command-line entry points (`options`: how to run, what a run
-did); `testing/` holds the fake server.
+`table`, `writer`; `results/options`: probabilities over answer options). `reports/` estimates a spec
+before a run, tells where jobs stand after, and prices both. `job` and `cli/` are the Python and
+command-line entry points (`options`: how to run, what a run did); `testing/` holds the fake server.
 """
 
 import typing
@@ -31,6 +31,7 @@ from .reports.estimate import Estimate, ModelEstimate, estimate
 from .reports.prices import Prices, Rate
 from .reports.status import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
 from .results.export import ExportSummary, export, iter_results, load_results, to_dataframe
+from .results.options import option_probs
 from .spec.spec import Spec, load_spec
 
 
@@ -88,6 +89,7 @@ __all__ = [
     "iter_results",
     "load_results",
     "load_spec",
+    "option_probs",
     "resume",
     "retry_failed",
     "show",

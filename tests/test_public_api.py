@@ -21,8 +21,8 @@ from .conftest import cli_env
 
 PUBLIC = {
     # entry points
-    "cancel", "create", "estimate", "export", "iter_results", "load_results", "load_spec", "resume", "aresume",
-    "retry_failed", "show", "status", "to_dataframe",
+    "cancel", "create", "estimate", "export", "iter_results", "load_results", "load_spec", "option_probs", "resume",
+    "aresume", "retry_failed", "show", "status", "to_dataframe",
     # data
     "BatchStatus", "ErrorGroup", "Estimate", "ExportSummary", "Job", "JobStatus", "ModelEstimate", "ModelStatus",
     "CancelResult", "Prices", "PromptView", "Rate", "RunArgs", "RunOptions", "RunSummary", "Spec",

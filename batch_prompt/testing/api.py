@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -64,6 +66,11 @@ class FakeConfig:
     batch_error_rate: float = 0.0  # per-line 500s (transient) in the error file
     batch_max_lines: int = 50_000
     batch_max_bytes: int = 200 * 1024 * 1024
+    # when logprobs are asked for: the first token's top alternatives {token: logprob}, so a test knows them
+    # exactly (the first token is the highest; the request's count keeps the k highest, in order; the text
+    # is unchanged). None: the text's own first token at -0.1 with made-up alternatives (`default_top`), as
+    # every later token always is
+    top_logprobs: dict[str, float] | None = None
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -85,6 +92,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "batch_expire_after": (int, type(None)),
     "batch_max_lines": (int,),
     "batch_max_bytes": (int,),
+    "top_logprobs": (dict, type(None)),
 }
 
 
@@ -98,12 +106,23 @@ def check_config(kw: Mapping[str, Any]) -> None:
             raise TypeError(f"bad type for {key}: {type(value).__name__}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"{key} must be >= 0")
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key == "top_logprobs":
+            _check_top(value)
+        elif isinstance(value, dict):
             for model, limit in value.items():
                 if not isinstance(model, str) or isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
                     raise ValueError(f"{key} must map model names to positive integers, not {model!r}: {limit!r}")
     if kw.get("burst_seconds") == 0:
         raise ValueError("burst_seconds must be > 0")
+
+
+def _check_top(top: dict[Any, Any]) -> None:
+    if not top:
+        raise ValueError("top_logprobs must name at least one token")
+    for token, logprob in top.items():
+        number = isinstance(logprob, int | float) and not isinstance(logprob, bool)
+        if not isinstance(token, str) or not number or not -math.inf < logprob <= 0:
+            raise ValueError(f"top_logprobs must map tokens to logprobs <= 0, not {token!r}: {logprob!r}")
 
 
 def format_duration(seconds: float) -> str:
@@ -143,7 +162,8 @@ def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi:
 class FakeRequest:
     """A parsed completion request (or as much as could be parsed)."""
 
-    __slots__ = ("chat", "error", "max_tokens", "model", "n", "per_byte", "prompts", "seed", "service_tier", "texts")
+    __slots__ = ("chat", "error", "first_top", "logprobs", "max_tokens", "model", "n", "per_byte", "prompts", "seed",
+                 "service_tier", "texts")
 
     def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
         """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
@@ -155,6 +175,8 @@ class FakeRequest:
         self.prompts: list[str] = []  # chat: [last message]; completions: the prompts
         self.texts: list[str] = []  # every text searched for markers and counted as prompt tokens
         self.error: bytes | None = None
+        self.logprobs: int | None = None  # logprobs asked for: this many top alternatives per token
+        self.first_top: dict[str, float] | None = None  # the first token's alternatives (`FakeConfig.top_logprobs`)
         if raw is not None:
             try:
                 body = json.loads(raw)
@@ -188,8 +210,12 @@ class FakeRequest:
                 raise ValueError(f"You must provide a valid '{field}' parameter.")
             if not self.model:
                 raise ValueError("You must provide a model parameter.")
+            self.logprobs = _logprobs_asked(chat, body)
         except ValueError as exc:
-            self.error = error_body(str(exc), "invalid_request_error", "model" if "model" in str(exc) else None)
+            text = str(exc)
+            named = next((p for p in ("top_logprobs", "logprobs") if f"'{p}'" in text), None)
+            param = "model" if "model" in text else named
+            self.error = error_body(text, "invalid_request_error", param)
 
     def has(self, marker: str) -> bool:
         return any(marker in t for t in self.texts)
@@ -237,17 +263,62 @@ class FakeRequest:
                     "index": k,
                     "message": {"role": "assistant", "content": t},
                     "finish_reason": "stop",
-                    "logprobs": None,
+                    "logprobs": self._logprobs(k, t),
                 }
                 for k, t in texts
             ]
             out = {"id": f"chatcmpl-{seq}", "object": "chat.completion", **base, "choices": choices,
                    "service_tier": self.service_tier}
         else:
-            choices = [{"index": k, "text": t, "finish_reason": "stop", "logprobs": None} for k, t in texts]
+            choices = [{"index": k, "text": t, "finish_reason": "stop", "logprobs": self._logprobs(k, t)}
+                       for k, t in texts]
             out = {"id": f"cmpl-{seq}", "object": "text_completion", **base, "choices": choices}
         out["usage"] = usage
         return json.dumps(out).encode()
+
+    def _logprobs(self, index: int, text: str) -> dict[str, Any] | None:
+        """A choice's `logprobs` as OpenAI shapes them (None when not asked for): one entry per token of
+        `text` (as many as its usage counts), the first token's alternatives `first_top` when set."""
+        if self.logprobs is None:
+            return None
+        entries = [default_top(token) for token in TOKEN.findall(text)[: self.max_tokens]]
+        if entries and self.first_top is not None:
+            entries[0] = sorted(self.first_top.items(), key=lambda kv: -kv[1])
+        k = self.logprobs  # each entry's first pair is the token itself
+        if self.chat:
+            content = [{**_token(*top[0]), "top_logprobs": [_token(*alt) for alt in top[:k]]} for top in entries]
+            return {"content": content, "refusal": None}
+        tokens = [top[0][0] for top in entries]
+        start = len(self.prompts[min(index // self.n, len(self.prompts) - 1)])  # offsets run on from the prompt
+        offsets = [start + sum(map(len, tokens[:i])) for i in range(len(tokens))]
+        return {"tokens": tokens, "token_logprobs": [top[0][1] for top in entries],
+                "top_logprobs": [dict(top[:k]) for top in entries], "text_offset": offsets}
+
+
+TOKEN = re.compile(r"\s*\S+")  # the fake's tokens: words with their leading space (as many as usage counts)
+
+
+def default_top(token: str) -> list[tuple[str, float]]:
+    """A token's 20 top alternatives when none were configured: itself at -0.1, then made-up ones (the 20
+    probabilities sum to less than 1, as a real distribution's top does)."""
+    return [(token, -0.1), *((f" alt{i}", -4.0 - 0.5 * i) for i in range(1, 20))]
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def _logprobs_asked(chat: bool, body: dict[str, Any]) -> int | None:
+    """How many top alternatives per token the request asks for, or None for no logprobs (as OpenAI
+    checks them: chat `logprobs` a boolean, `top_logprobs` 0..20 and only with it; legacy `logprobs` 0..5)."""
+    if not chat:
+        return _int_field(body, "logprobs", None, 0, 5)
+    asked, top = body.get("logprobs"), _int_field(body, "top_logprobs", None, 0, 20)
+    if asked is not None and not isinstance(asked, bool):
+        raise ValueError("Invalid type for 'logprobs': expected a boolean.")
+    if top is not None and asked is not True:
+        raise ValueError("Invalid value for 'top_logprobs': 'logprobs' must be set to true if 'top_logprobs' is used.")
+    return (top or 0) if asked else None
 
 
 def _answer(prompt: str, sample: int) -> str:

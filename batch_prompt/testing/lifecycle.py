@@ -299,6 +299,7 @@ class Lifecycle:
             line = json.loads(data[scan.starts[i] : scan.ends[i]])
             req = FakeRequest(self.chat, None, line["body"])
             req.per_byte = settings.usage_bytes
+            req.first_top = settings.top_logprobs
             draw = self.rng.random()  # one draw per line, whatever its fate: a seed replays a batch
             if req.error is not None:
                 status, body = 400, req.error

@@ -14,6 +14,9 @@ answered with the text after it, verbatim, so a test picks its answers).  Faults
   random index: outcome ``missing_choice``, its prompts counted answered), ``rate_limit_rate`` (a 429 saying retry after
   ``rate_limit_retry_after`` seconds);
 * prompt markers: ``FAIL400`` (permanent 400), ``FAIL500`` (always 500), ``HANG``;
+* logprobs as OpenAI shapes them when asked for (chat ``logprobs: true`` with ``top_logprobs`` 0..20,
+  which without it is a 400; legacy ``logprobs`` 0..5): a token per word of the answer, each at -0.1
+  with made-up alternatives, the first token's alternatives ``top_logprobs`` ({token: logprob}) when set;
 * ``usage_first_choice_only``: usage counted as llama.cpp's server counts it for ``n > 1`` or a list
   of prompts (the first prompt's first choice only);
 * ``quota_exhausted`` (429 insufficient_quota), ``fail_first`` (the first N requests get 500),
@@ -272,6 +275,7 @@ class FakeServer:
         raw = await request.read()
         req = FakeRequest(request.path.endswith("/chat/completions"), raw)
         req.per_byte = self._config.usage_bytes
+        req.first_top = self._config.top_logprobs
         key = self._config.api_key
         auth_ok = key is None or request.headers.get("Authorization") == f"Bearer {key}"
         adm = self._admit(req, request.path, auth_ok)
