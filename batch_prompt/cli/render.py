@@ -76,7 +76,7 @@ def group_lines(job: JobStatus) -> list[str]:
                                                                                             strict=True))]).rstrip()
               for row in table]
     if None in costs:
-        lines.append(short(f"  cost unknown: {unknown_price_message(job.unpriced)}"))
+        lines.append(short(f"  cost unknown: {unknown_price_message(job.unpriced or ('?',))}"))
     return lines
 
 
