@@ -80,7 +80,8 @@ class GroupStatus:
     the cache cost it nothing and counts in `cached` only. So the groups' tokens add up to the job's (the
     `spend` table: every response paid for) whenever each response paid for ended in exactly one row: they
     fall short by a response paid for and not kept (a second process's answer to a row already done, a
-    malformed or short response), and count an answer twice where rows share one (`dedupe`). `cost` is the
+    malformed or short response) or kept as from the cache (one a killed run paid for, taken up by the
+    next), and count an answer twice where rows share one (`dedupe`). `cost` is the
     tokens at each model's price: live or batch as the model's spend was (both: in its proportions)."""
 
     value: Any  # the keyword's value (a list or dict as its JSON text; None: absent), template index, or model
