@@ -24,12 +24,13 @@ from .errors import (
     SchemaTooNewError,
     SpecError,
     StoreError,
+    UnknownFieldError,
 )
 from .job import Job, aresume, cancel, create, resume, retry_failed
 from .options import CancelResult, RunArgs, RunOptions, RunSummary
 from .reports.estimate import Estimate, ModelEstimate, estimate
 from .reports.prices import Prices, Rate
-from .reports.status import BatchStatus, ErrorGroup, JobStatus, ModelStatus, PromptView, show, status
+from .reports.status import BatchStatus, ErrorGroup, GroupStatus, JobStatus, ModelStatus, PromptView, show, status
 from .results.export import ExportSummary, export, iter_results, load_results, to_dataframe
 from .results.options import option_probs
 from .spec.spec import Spec, load_spec
@@ -61,6 +62,7 @@ __all__ = [
     "ExportError",
     "ExportSummary",
     "FatalAPIError",
+    "GroupStatus",
     "Job",
     "JobConflictError",
     "JobNotFoundError",
@@ -80,6 +82,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "StoreError",
+    "UnknownFieldError",
     "__version__",
     "aresume",
     "cancel",

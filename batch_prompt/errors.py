@@ -9,6 +9,7 @@
     │   ├── SchemaTooNewError        written by a newer batch-prompt
     │   └── JobNotFoundError         no job of that name in the database
     ├── ConfigError                  run options: no API key, bad base URL, ...
+    ├── UnknownFieldError            `status --by FIELD`: no job has that field (`field`, `available`)
     ├── CacheError                   the response cache cannot be written (disk full, ...)
     ├── FatalAPIError                the API refused the run (401/403, quota); rows left unfinished
     ├── RetryExhausted               a request failed on every attempt allowed (`last`, `attempts`); its
@@ -88,6 +89,14 @@ class ConfigError(BatchPromptError):
     def __init__(self, message: str | None = None, *, endpoint: str | None = None) -> None:
         super().__init__(message)
         self.endpoint = endpoint  # the base URL it is about, when it is about one
+
+
+class UnknownFieldError(BatchPromptError):
+    """No job in the job database has that keyword field to group by."""
+
+    def __init__(self, message: str | None = None, *, field: str, available: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.field, self.available = field, available  # `available`: what may be asked for instead
 
 
 class CacheError(BatchPromptError):

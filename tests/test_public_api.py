@@ -25,11 +25,11 @@ PUBLIC = {
     "aresume", "retry_failed", "show", "status", "to_dataframe",
     # data
     "BatchStatus", "ErrorGroup", "Estimate", "ExportSummary", "Job", "JobStatus", "ModelEstimate", "ModelStatus",
-    "CancelResult", "Prices", "PromptView", "Rate", "RunArgs", "RunOptions", "RunSummary", "Spec",
+    "CancelResult", "GroupStatus", "Prices", "PromptView", "Rate", "RunArgs", "RunOptions", "RunSummary", "Spec",
     # errors
     "BatchPromptError", "CacheError", "ConfigError", "ExportError", "FatalAPIError", "JobConflictError",
     "JobNotFoundError", "MissingFieldError", "NotADatabaseError", "RetryExhausted", "SchemaTooNewError",
-    "SpecError", "StoreError",
+    "SpecError", "StoreError", "UnknownFieldError",
     "__version__",
 }
 

@@ -167,6 +167,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per job: prompts by status, cached, tokens, cost so far, errors")
     p.add_argument("db")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--by", metavar="FIELD",
+                   help="per job, a table of prompts, tokens and cost by a keyword field, template or model")
     p.add_argument("--prices", metavar="FILE", help="price overrides (JSON or TOML, USD per million tokens)")
 
     p = sub.add_parser("export", help="write the results of done prompts (no API calls)")

@@ -28,7 +28,7 @@ from ..reports.status import show, status, usage_doubts
 from ..results.export import ExportSummary, export
 from ..run.progress import usd
 from .arguments import PROG, build_parser
-from .render import estimate_lines, money, plural, short, status_lines, view_lines
+from .render import estimate_lines, group_lines, money, plural, short, status_lines, view_lines
 
 if TYPE_CHECKING:  # the estimate (and its expansion) loads only for the commands that estimate
     pass
@@ -285,12 +285,12 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    report = status(args.db, prices=args.prices)
+    report = status(args.db, prices=args.prices, by=args.by)
     if args.json:
         print(json.dumps([job.to_dict() for job in report], indent=2))
         return 0
     for job in report:
-        print("\n".join(status_lines(job)))
+        print("\n".join(status_lines(job) if args.by is None else group_lines(job)))
     if not report:
         print(f"no jobs in {args.db}")
     return 0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..reports.prices import money as money
 from ..reports.prices import unknown_price_message
-from ..reports.status import JobStatus, ModelStatus, PromptView
+from ..reports.status import GroupStatus, JobStatus, ModelStatus, PromptView
 from ..results.table import messages_text
 
 if TYPE_CHECKING:
@@ -49,6 +49,41 @@ def status_lines(job: JobStatus) -> list[str]:
     for group in job.errors:
         lines += [f"  {group.count:,} failed with {group.kind}, e.g.:", short(f"    {group.example}")]
     return lines
+
+
+def group_lines(job: JobStatus) -> list[str]:
+    """`status --by FIELD`: the job's first status line, then a table of its groups and their sum (tokens:
+    of the answers paid for; a `cached` column when some came from the cache)."""
+    groups = job.groups or ()
+    keys = ["total", "done", "failed", "pending", *(["cached"] if any(g.cached for g in groups) else []),
+            "prompt_tokens", "completion_tokens"]
+    head = [{"total": "prompts", "prompt_tokens": "tokens in", "completion_tokens": "tokens out"}.get(k, k)
+            for k in keys] + ["cost"]
+
+    def figures(g: GroupStatus) -> list[int]:
+        return [g.pending + g.running if k == "pending" else getattr(g, k) for k in keys]
+
+    costs = [g.cost for g in groups]
+    rows = [[_cell(g.label), *(f"{n:,}" for n in figures(g)), "unknown" if g.cost is None else money(g.cost)]
+            for g in groups]
+    if groups:
+        rows.append(["all", *(f"{sum(column):,}" for column in zip(*map(figures, groups), strict=True)),
+                     "unknown" if None in costs else money(sum(c or 0.0 for c in costs))])
+    table = [[_cell(job.by or ""), *head], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) + 1)]
+    lines = [status_lines(job)[0]]
+    lines += ["  " + "  ".join([row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:],
+                                                                                            strict=True))]).rstrip()
+              for row in table]
+    if None in costs:
+        lines.append(short(f"  cost unknown: {unknown_price_message(job.unpriced or ('?',))}"))
+    return lines
+
+
+def _cell(text: str, limit: int = 32) -> str:
+    """A table's first cell: one line, cut to `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unfinished(counts: JobStatus | ModelStatus) -> str:

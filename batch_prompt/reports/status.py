@@ -5,22 +5,28 @@ by status come from the unfinished index (done = total - the rest), cached answe
 tokens from the `spend` table (every response paid for), errors from the failed rows, and whether the
 server's token counts add up from a sample of answered rows (`usage.py`).
 Costs are the spend's tokens at the live and batch prices of `prices.py`.
+
+`status(db, by=FIELD)` adds, per job, its prompts grouped by a keyword field, `template` or `model`
+(`GroupStatus`), counted in one pass of SQL over every row of the job (O(all rows), a second a million).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..results.table import choice_text
+from ..errors import UnknownFieldError
+from ..results.table import choice_text, messages_text
 from ..spec.expand import raw_messages
-from ..store.database import JobRow, PromptRow, Store
+from ..store.database import GroupCount, JobRow, PromptRow, Spend, Store
 from . import usage
 from .prices import Prices, job_prices
 
 STATUSES = ("pending", "running", "done", "failed")
+GROUPINGS = ("template", "model")  # what `status(by=...)` groups by besides a keyword field
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,32 @@ class BatchStatus:
 
 
 @dataclass(frozen=True)
+class GroupStatus:
+    """One group of a job's prompts (`status(db, by=...)`): the prompts with one value of a keyword field,
+    one template, or one model; their counts, and the tokens and cost of the answers they hold.
+
+    Tokens are those of the answers held by the group's done rows that this job paid for: an answer from
+    the cache cost it nothing and counts in `cached` only. So the groups' tokens add up to the job's (the
+    `spend` table: every response paid for) whenever each response paid for ended in exactly one row: they
+    fall short by a response paid for and not kept (a second process's answer to a row already done, a
+    malformed or short response) or kept as from the cache (one a killed run paid for, taken up by the
+    next), and count an answer twice where rows share one (`dedupe`). `cost` is the
+    tokens at each model's price: live or batch as the model's spend was (both: in its proportions)."""
+
+    value: Any  # the keyword's value (a list or dict as its JSON text; None: absent), template index, or model
+    label: str  # the value as shown: a string as it is, "(none)", JSON text, "INDEX: template text"
+    total: int
+    pending: int
+    running: int
+    done: int
+    failed: int
+    cached: int  # done rows answered from the cache
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None  # USD; None: some of its answers are of a model with no known price
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """Where a job stands. `cost` is None (and `unpriced` names the models) when some spend has no price."""
 
@@ -89,19 +121,115 @@ class JobStatus:
     batches: tuple[BatchStatus, ...] = ()  # open and past, oldest first
     # why the token counts may not be what was generated (`usage.FIRST_CHOICE_ONLY`), or None
     usage_doubt: str | None = None
+    by: str | None = None  # what `groups` groups by (`status(db, by=...)`)
+    groups: tuple[GroupStatus, ...] | None = None  # in the order of their first prompt; None: not asked
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, the same fields (lists for tuples)."""
-        return asdict(self)
+        """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for."""
+        data = asdict(self)
+        if self.by is None:
+            del data["by"], data["groups"]
+        return data
 
 
-def status(db_path: str | Path, prices: str | Path | None = None) -> list[JobStatus]:
+def status(db_path: str | Path, prices: str | Path | None = None, by: str | None = None) -> list[JobStatus]:
     """Every job of `db_path`, in creation order. `prices`: a price override file, on top of each job's
-    spec's `prices` (when that file can still be read). Raises `StoreError`, `ConfigError` (bad `prices`)."""
+    spec's `prices` (when that file can still be read). `by` (a keyword field, "template" or "model"):
+    each job's `groups` too (see `GroupStatus`; a job whose keyword dicts lack the field has one group,
+    None); a keyword field named like either is shadowed by it. Raises `StoreError`, `ConfigError` (bad
+    `prices`), `UnknownFieldError` (`by` is neither, nor a keyword field of any job)."""
     Prices.load(prices)  # a bad override file is an error before the database is opened
     with Store(db_path, create=False, readonly=True) as store:
-        return [_job_status(store, job, job_prices(job.spec.get("prices"), prices, lenient=True))
-                for job in store.jobs()]
+        jobs = store.jobs()
+        if by is not None:
+            _check_grouping(by, jobs, db_path)
+        report = []
+        for job in jobs:
+            own = job_prices(job.spec.get("prices"), prices, lenient=True)
+            report.append(_job_status(store, job, own))
+            if by is not None:
+                report[-1] = replace(report[-1], by=by, groups=_groups(store, job, by, own))
+        return report
+
+
+def keyword_fields(job: JobRow) -> list[str]:
+    """The fields of a job's keyword dicts, in the order they first appear in its spec."""
+    keywords = job.spec.get("keywords")
+    dicts = [keywords] if isinstance(keywords, dict) else keywords if isinstance(keywords, list) else []
+    return list(dict.fromkeys(str(field) for each in dicts if isinstance(each, dict) for field in each))
+
+
+def _check_grouping(by: str, jobs: list[JobRow], db_path: str | Path) -> None:
+    fields = list(dict.fromkeys(field for job in jobs for field in keyword_fields(job)))
+    if by not in GROUPINGS and by not in fields:
+        available = (*GROUPINGS, *fields)
+        raise UnknownFieldError(f"no job in {db_path} has a keyword field {by!r}: group by "
+                                f"{', '.join(available)}", field=by, available=available)
+
+
+def _groups(store: Store, job: JobRow, by: str, prices: Prices) -> tuple[GroupStatus, ...]:
+    kind = by if by in GROUPINGS else "keyword"
+    found: dict[Any, list[GroupCount]] = {}
+    for count in store.group_counts(job, kind, by):
+        key = None if count.key == "null" else count.key  # a keyword's null groups with its absence
+        found.setdefault(key, []).append(count)
+    costs = _group_costs(store.spend(job), job.mode, prices)
+    groups = []
+    for key, counts in sorted(found.items(), key=lambda item: min(c.first_id for c in item[1])):
+        paid = [c for c in counts if c.status == "done" and not c.cached]
+        tokens = {c.model: [0, 0] for c in paid}
+        for c in paid:
+            tokens[c.model][0] += c.prompt_tokens
+            tokens[c.model][1] += c.completion_tokens
+        priced = [costs(model, p, q) for model, (p, q) in tokens.items()]
+        pending, running, done, failed = (sum(c.rows for c in counts if c.status == state) for state in STATUSES)
+        value, label = _group_value(kind, key, job)
+        groups.append(GroupStatus(
+            value=value, label=label, total=pending + running + done + failed, pending=pending, running=running,
+            done=done, failed=failed, cached=sum(c.rows for c in counts if c.status == "done" and c.cached),
+            prompt_tokens=sum(p for p, _ in tokens.values()), completion_tokens=sum(q for _, q in tokens.values()),
+            cost=None if None in priced else sum(c or 0.0 for c in priced),
+        ))
+    return tuple(groups)
+
+
+def _group_value(kind: str, key: Any, job: JobRow) -> tuple[Any, str]:
+    """(value, label) of a group's key as `group_counts` gives it."""
+    if kind == "model":
+        return key, str(key)
+    if kind == "template":
+        templates = job.spec.get("templates") or []
+        template = templates[key] if isinstance(key, int) and 0 <= key < len(templates) else None
+        text = template if isinstance(template, str) else messages_text(template) if template else "?"
+        return key, f"{key}: {text}"
+    if key is None:
+        return None, "(none)"
+    value = json.loads(key)
+    if isinstance(value, str):
+        return value, value
+    return (key if isinstance(value, list | dict) else value), key
+
+
+def _group_costs(spend: list[Spend], mode: str, prices: Prices) -> Callable[[str, int, int], float | None]:
+    """A function (model, prompt tokens, completion tokens) -> USD or None: at the model's price in the mode
+    its spend was in (the job's mode when nothing was spent), or, spent in both, in the proportions of each."""
+    by_model: dict[str, list[Spend]] = {}
+    for each in spend:
+        by_model.setdefault(each.model, []).append(each)
+
+    def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        spent = [s for s in by_model.get(model, []) if s.prompt_tokens or s.completion_tokens]
+        if len(spent) <= 1:
+            return prices.cost(model, spent[0].mode if spent else mode, prompt_tokens, completion_tokens)
+        total_in, total_out = sum(s.prompt_tokens for s in spent), sum(s.completion_tokens for s in spent)
+        parts = [(prices.cost(model, s.mode, s.prompt_tokens, 0), prices.cost(model, s.mode, 0, s.completion_tokens))
+                 for s in spent]
+        if any(a is None or b is None for a, b in parts):
+            return None
+        return sum((a or 0.0) * prompt_tokens / max(total_in, 1) + (b or 0.0) * completion_tokens / max(total_out, 1)
+                   for a, b in parts)
+
+    return cost
 
 
 def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:

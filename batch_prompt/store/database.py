@@ -10,10 +10,11 @@ from .batches import Batches
 from .connection import SQLITE_MAGIC
 from .jobs import RUN_FIELDS, Jobs
 from .prompts import Prompts
-from .rows import BatchRow, Charge, Claimed, DoneRow, JobRow, Outcome, PromptRow, Spend
+from .rows import BatchRow, Charge, Claimed, DoneRow, GroupCount, JobRow, Outcome, PromptRow, Spend
 
 __all__ = [
-    "RUN_FIELDS", "SQLITE_MAGIC", "BatchRow", "Charge", "Claimed", "DoneRow", "JobRow", "Outcome", "PromptRow",
+    "RUN_FIELDS", "SQLITE_MAGIC", "BatchRow", "Charge", "Claimed", "DoneRow", "GroupCount", "JobRow", "Outcome",
+    "PromptRow",
     "Spend", "Store",
 ]
 

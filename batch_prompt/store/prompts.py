@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .leases import owner_is_dead
-from .rows import Charge, Claimed, DoneRow, JobRow, Outcome, PromptRow
+from .rows import Charge, Claimed, DoneRow, GroupCount, JobRow, Outcome, PromptRow
 from .spend import Spending
 
 
@@ -72,6 +73,29 @@ class Prompts(Spending):
             (job.id,),
         )
         return [(kind, count, example) for kind, count, example, _ in rows]
+
+    def group_counts(self, job: JobRow, kind: str, field: str = "") -> list[GroupCount]:
+        """The job's rows counted by group, model, status and cached flag, with the tokens of the answers
+        they hold: one pass over the job's rows inside SQLite, none read into Python (a million rows: about
+        a second). `kind` "template": the key is the template index; "model": the model; "keyword": the JSON
+        text of the keyword dict's `field` (None where the dict has no such field)."""
+        if kind == "keyword":
+            # a JSON path cannot name a field with a double quote in it: json_each can (more slowly; its
+            # value is SQL's, so true and false are spelled out again)
+            key = ("keywords -> ?" if '"' not in field else "(SELECT CASE type WHEN 'true' THEN 'true'"
+                   " WHEN 'false' THEN 'false' ELSE json_quote(value) END FROM json_each(keywords) WHERE key = ?)")
+            params: tuple[Any, ...] = (f'$."{field}"' if '"' not in field else field,)
+        elif kind in ("template", "model"):
+            key, params = {"template": "template_index", "model": "model"}[kind], ()
+        else:
+            raise ValueError(f"unknown group kind {kind!r}")
+        rows = self.query(
+            f"SELECT {key} AS k, model, status, cached, count(*), coalesce(sum(prompt_tokens), 0),"
+            " coalesce(sum(completion_tokens), 0), min(id) FROM prompts WHERE job_id = ?"
+            " GROUP BY k, model, status, cached",
+            (*params, job.id),
+        )
+        return [GroupCount(k, model, status, bool(cached), *rest) for k, model, status, cached, *rest in rows]
 
     def prompts(self, job: JobRow, status: str | None = None, limit: int = 20) -> list[PromptRow]:
         """Up to `limit` of the job's rows in order, of one status or any (for `show`)."""

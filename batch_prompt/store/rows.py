@@ -110,6 +110,19 @@ class Spend:
     completion_tokens: int
 
 
+class GroupCount(NamedTuple):
+    """A job's rows of one group, model, status and cached flag, counted (`Store.group_counts`)."""
+
+    key: Any  # the template index, the model, or a keyword's JSON text (None: not in the keyword dict)
+    model: str
+    status: str
+    cached: bool
+    rows: int
+    prompt_tokens: int  # summed over the rows' answers (NULL, for a row not answered, counts 0)
+    completion_tokens: int
+    first_id: int  # the group's first row: groups are shown in the order of the spec
+
+
 class DoneRow(NamedTuple):
     """A row as export reads it (JSON columns as text): a done row, or (exported with `include`) a failed
     or unfinished one, whose `response` is None."""

@@ -230,10 +230,11 @@ class FakeRequest:
         return sum(max(1, len(p) // 4) for p in self.prompts[: 1 if first_only else None])
 
     def response(self, seq: int | str, choices_delta: int = 0, first_choice_usage: bool = False,
-                 drop: float | None = None, wrong_index: bool = False) -> bytes:
+                 drop: float | None = None, wrong_index: bool = False, record: dict[str, Any] | None = None) -> bytes:
         """The JSON body of a successful answer (with ``choices_delta`` choices too many). With
         ``first_choice_usage`` its usage counts the first prompt and its first choice only (llama.cpp's).
-        ``drop`` (in [0, 1)) leaves out the choice at that fraction of the list, its index missing."""
+        ``drop`` (in [0, 1)) leaves out the choice at that fraction of the list, its index missing.
+        ``record``: a record entry, given the answer's usage (``record["usage"]``)."""
         n, cap = self.n, self.max_tokens
         texts = [(i * n + j, _answer(p, j)) for i, p in enumerate(self.prompts) for j in range(n)]
         if drop is not None:
@@ -252,6 +253,8 @@ class FakeRequest:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if record is not None:
+            record["usage"] = dict(usage)
         base: dict[str, Any] = {
             "created": int(time.time()),
             "model": self.model,

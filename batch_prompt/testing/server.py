@@ -39,7 +39,8 @@ body a byte every ``stall_seconds``: outcome ``stalled``, never answered); an ab
 ``malformed_rate=1``.
 
 Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
-with its outcome and arrival time ``t``; outcome ``"client_closed"`` means the client went away
+with its outcome and arrival time ``t`` (and, for a 200 whose body is whole, the ``usage`` it answered with);
+outcome ``"client_closed"`` means the client went away
 before the answer was written.  ``answered()`` counts prompts whose full 200 response was
 written (outcome "ok", "missing_choice", or a "hang" that ended in time), so tests can assert nothing was answered
 twice.  Run it in-process (``with FakeServer(latency=0.1) as srv: ... srv.url``, a background
@@ -317,7 +318,8 @@ class FakeServer:
                     outcome = "ok"
                 if status == 200:
                     drop = draws[7] if outcome == "missing_choice" else None
-                    body = req.response(entry["seq"], delta, c.usage_first_choice_only, drop, outcome == "wrong_index")
+                    body = req.response(entry["seq"], delta, c.usage_first_choice_only, drop, outcome == "wrong_index",
+                                        record=None if outcome == "malformed" else entry)
                     if outcome == "malformed":
                         body = body[: len(body) // 2]
             self._finish(entry, outcome, status)
