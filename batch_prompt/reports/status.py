@@ -18,7 +18,9 @@ from ..results.table import choice_text
 from ..spec.expand import raw_messages
 from ..store.database import JobRow, PromptRow, Store
 from . import usage
+from .html import status_html
 from .prices import Prices, job_prices
+from .text import status_lines
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -93,6 +95,18 @@ class JobStatus:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples)."""
         return asdict(self)
+
+    def __str__(self) -> str:
+        """The readable text (what the command line prints); `repr()` stays the dataclass's."""
+        return "\n".join(status_lines(self))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text (a notebook's `text/plain`, the REPL): the readable text."""
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's HTML: a table of the figures, every name and message escaped."""
+        return status_html(self)
 
 
 def status(db_path: str | Path, prices: str | Path | None = None) -> list[JobStatus]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from ..reports.prices import money
+from ..reports.prices import usd
 from .ledger import Tally
 
 Clock = Callable[[], float]
@@ -204,11 +204,6 @@ class HealthNotes:
             self.said.clear()
         self.current = set(conditions)
         return notes
-
-
-def usd(cost: float | None) -> str:
-    """"", ~$1.23 at list price" (as `prices.money` prints it), or "" when nothing was priced."""
-    return "" if cost is None else f", ~{money(cost)} at list price"
 
 
 def duration(seconds: float | None) -> str:
