@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import ConfigError
 
@@ -187,3 +187,19 @@ class RunSummary:
         if self.interrupted and self.left:  # interrupted with nothing left to do: as if it had ended
             return 130
         return 1 if self.failed_total or self.unfinished else 0  # prompts in open batches are on their way
+
+    def __str__(self) -> str:
+        """The readable text (what the command line prints); `repr()` stays the dataclass's."""
+        from .reports.text import summary_lines
+
+        return "\n".join(summary_lines(self))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text (a notebook's `text/plain`, the REPL): the readable text."""
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's HTML: a table of the figures, every name and message escaped."""
+        from .reports.html import summary_html
+
+        return summary_html(self)

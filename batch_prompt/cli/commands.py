@@ -25,10 +25,10 @@ from .. import job as jobs
 from ..errors import BatchPromptError
 from ..options import RunOptions, RunSummary
 from ..reports.status import show, status, usage_doubts
+from ..reports.text import estimate_lines, group_lines, plural, short, status_lines, summary_head, summary_notes
 from ..results.export import ExportSummary, export
-from ..run.progress import usd
 from .arguments import PROG, build_parser
-from .render import estimate_lines, group_lines, money, plural, short, status_lines, view_lines
+from .render import money, view_lines
 
 if TYPE_CHECKING:  # the estimate (and its expansion) loads only for the commands that estimate
     pass
@@ -236,28 +236,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _report(summary: RunSummary, db: str, args: argparse.Namespace, names: list[str] | None = None) -> int:
-    line = (
-        f"done {summary.done} ({summary.cached} from cache), failed {summary.failed}, requests {summary.paid} paid for"
-        + (f" ({summary.requests} sent)" if summary.requests > summary.paid else "")
-        + f", tokens {summary.prompt_tokens}+{summary.completion_tokens}" + usd(summary.cost_usd)
-    )
-    _say(line)
+    _say(summary_head(summary))
     doubts: dict[str, str] = {}
     if summary.paid:
         with contextlib.suppress(BatchPromptError):  # the file gone or locked: the run's own outcome stands
             doubts = usage_doubts(db, names)
         for name, text in doubts.items():
             _say(short(f"  {text}" if names and len(names) == 1 else f"  job {name!r}: {text}"))
-    for kind, count in summary.errors.most_common():
-        _say(short(f"  {count} x {kind}, e.g. {summary.error_examples.get(kind, '')}"))
-    if summary.abandoned:
-        _say(f"{summary.abandoned} requests in flight were abandoned: their answers are lost")
-    if summary.running_elsewhere:
-        _say(f"{summary.running_elsewhere} prompts are being answered by another process")
-    for line in summary.budget_reached:
+    for line in summary_notes(summary):  # (then what is left, with the commands that do it)
         _say(line)
-    if summary.batches_submitted:
-        _say(f"{summary.batches_submitted} batches submitted")
     if summary.in_batches and not summary.interrupted:
         _say(f"{summary.in_batches} prompts are in open batches at the provider: collect them with "
              f"{resume_command(db, args)}")

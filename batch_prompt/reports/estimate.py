@@ -19,7 +19,9 @@ from ..spec.expand import expand
 from ..spec.spec import Spec, load_spec
 from ..spec.tokens import estimate_parts
 from ..store.cache import ResponseCache, endpoint_identity
+from .html import estimate_html
 from .prices import job_prices
+from .text import estimate_lines
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,18 @@ class Estimate:
         totals = {k: data.pop(k) for k in ("prompts", "requests", "input_tokens", "max_output_tokens",
                                            "max_cost_live", "max_cost_batch", "cached")}
         return {**totals, "models": data["models"], "unpriced": data["unpriced"], "cache_dir": data["cache_dir"]}
+
+    def __str__(self) -> str:
+        """The readable text (what the command line prints); `repr()` stays the dataclass's."""
+        return "\n".join(estimate_lines(self))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text (a notebook's `text/plain`, the REPL): the readable text."""
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's HTML: a table of the figures, every name and message escaped."""
+        return estimate_html(self)
 
 
 def estimate(

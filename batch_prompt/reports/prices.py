@@ -236,3 +236,8 @@ def money(cost: float, scale: float | None = None) -> str:
     ref = scale if scale is not None else cost
     decimals = 2 if ref >= 0.1 or ref <= 0 else 1 - math.floor(math.log10(ref))
     return f"${cost:,.{decimals}f}"
+
+
+def usd(cost: float | None) -> str:
+    """", ~$1.23 at list price" (as `money` prints it), or "" when nothing was priced."""
+    return "" if cost is None else f", ~{money(cost)} at list price"

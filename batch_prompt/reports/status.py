@@ -23,7 +23,9 @@ from ..results.table import choice_text, messages_text
 from ..spec.expand import raw_messages
 from ..store.database import GroupCount, JobRow, PromptRow, Spend, Store
 from . import usage
+from .html import status_html
 from .prices import Prices, job_prices
+from .text import group_lines, status_lines
 
 STATUSES = ("pending", "running", "done", "failed")
 GROUPINGS = ("template", "model")  # what `status(by=...)` groups by besides a keyword field
@@ -130,6 +132,18 @@ class JobStatus:
         if self.by is None:
             del data["by"], data["groups"]
         return data
+
+    def __str__(self) -> str:
+        """The readable text (what the command line prints); `repr()` stays the dataclass's."""
+        return "\n".join(status_lines(self) if self.groups is None else group_lines(self))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text (a notebook's `text/plain`, the REPL): the readable text."""
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's HTML: a table of the figures, every name and message escaped."""
+        return status_html(self)
 
 
 def status(db_path: str | Path, prices: str | Path | None = None, by: str | None = None) -> list[JobStatus]:

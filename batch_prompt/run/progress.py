@@ -4,8 +4,9 @@ A reporter reads a `RunView` (the ledger's tallies, what holds the run back) whe
 a timer; it counts nothing itself: `figures()` is one reading of the view, the same for every reporter.
 `note(text)` is a message for a person (stopping, a change of health). `cli.progress.BarProgress` is a live
 display on a terminal, drawn by rich, never wider than the terminal; `LogProgress` prints plain
-lines, at the start, every `interval` seconds, at every note and at the end (a log, `nohup`, a
-notebook); `Progress` itself shows nothing (`--quiet`). Output goes to stderr; nothing here ever sees a
+lines, at the start, every `interval` seconds, at every note and at the end (a log, `nohup`);
+`notebook.NotebookProgress` is one display updated in place in a Jupyter kernel; `Progress` itself
+shows nothing (`--quiet`). Output goes to stderr (or the kernel's display); nothing here ever sees a
 key. Drawing never stops a run: a reporter whose stream fails (a closed pipe, a closed terminal) goes
 quiet.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from ..reports.prices import money
+from ..reports.prices import usd
 from .ledger import Tally
 
 Clock = Callable[[], float]
@@ -204,11 +205,6 @@ class HealthNotes:
             self.said.clear()
         self.current = set(conditions)
         return notes
-
-
-def usd(cost: float | None) -> str:
-    """"", ~$1.23 at list price" (as `prices.money` prints it), or "" when nothing was priced."""
-    return "" if cost is None else f", ~{money(cost)} at list price"
 
 
 def duration(seconds: float | None) -> str:

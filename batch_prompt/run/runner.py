@@ -449,8 +449,13 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 
 
 def _default_progress(quiet: bool) -> Progress:
-    """The reporter of a run given none: the command line's choice (a live display on a terminal, plain
-    lines elsewhere, nothing when quiet)."""
+    """The reporter of a run given none: nothing when quiet; in a Jupyter kernel one display updated in
+    place (`notebook.py`); else the command line's choice (a live display on a terminal, plain lines
+    elsewhere)."""
+    from .notebook import NotebookProgress, in_notebook
+
+    if not quiet and in_notebook():
+        return NotebookProgress()
     from ..cli.progress import auto_progress
 
     return auto_progress(quiet)
