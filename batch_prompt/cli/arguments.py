@@ -196,6 +196,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("db")
     p.add_argument("--job", metavar="NAME", help="only this job")
     p.add_argument("--status", choices=STATUSES, help="only prompts in this status")
+    p.add_argument("--unparsed", action="store_true",
+                   help="only done prompts with an answer the job's parse cannot parse, with why")
     p.add_argument("--limit", type=_positive, default=20, help="at most this many per job (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output, answers in full")
     for command in sub.choices.values():

@@ -317,14 +317,15 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    views = show(args.db, job=args.job, status=args.status, limit=args.limit)
+    views = show(args.db, job=args.job, status=args.status, limit=args.limit, unparsed=args.unparsed)
     if args.json:
         print(json.dumps([view.to_dict() for view in views], indent=2, ensure_ascii=False))
         return 0
     for view in views:
         print("\n".join(view_lines(view)))
     if not views:
-        print(f"no {args.status + ' ' if args.status else ''}prompts in {args.db}")
+        what = "unparsed answers" if args.unparsed else f"{args.status + ' ' if args.status else ''}prompts"
+        print(f"no {what} in {args.db}")
     return 0
 
 

@@ -25,5 +25,10 @@ def view_lines(view: PromptView) -> list[str]:
         more = len(view.answers) - 1
         extra = f" (+{plural(more, 'more choice')})" if more else ""
         lines.append(short(f"  answer: {view.answers[0]}", len(extra)) + extra)
+    errors = [(k, error) for k, error in enumerate(view.parse_errors or ()) if error is not None]
+    if errors:
+        k, error = errors[0]
+        others = f" (+{plural(len(errors) - 1, 'more')})" if len(errors) > 1 else ""
+        lines.append(short(f"  does not parse (choice {k}): {error}", len(others)) + others)
     return lines
 

@@ -38,6 +38,8 @@ def status_html(job: JobStatus) -> str:
         notes.append(escape(f"cost unknown: {unknown_price_message(job.unpriced)}"))
     if job.usage_doubt:
         notes.append(escape(job.usage_doubt))
+    if job.unparsed:
+        notes.append(f"{job.unparsed:,} answers of done prompts do not parse (<code>show --unparsed</code> lists them)")
     if job.batches:
         open_batches = [b for b in job.batches if b.state not in ("collected", "returned")]
         notes.append(f"batches: {len(open_batches)} open, {len(job.batches) - len(open_batches)} settled")

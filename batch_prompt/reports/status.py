@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import UnknownFieldError
 from ..results.table import choice_text, messages_text
 from ..spec.expand import raw_messages
+from ..spec.parse import Parser
 from ..store.database import GroupCount, JobRow, PromptRow, Spend, Store
 from . import usage
 from .html import status_html
@@ -125,12 +126,17 @@ class JobStatus:
     usage_doubt: str | None = None
     by: str | None = None  # what `groups` groups by (`status(db, by=...)`)
     groups: tuple[GroupStatus, ...] | None = None  # in the order of their first prompt; None: not asked
+    # answers (choices) of done prompts that the job's `parse` cannot parse; None: the job has no `parse`
+    unparsed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for."""
+        """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for, `unparsed`
+        only for a job with `parse`."""
         data = asdict(self)
         if self.by is None:
             del data["by"], data["groups"]
+        if self.unparsed is None:
+            del data["unparsed"]
         return data
 
     def __str__(self) -> str:
@@ -161,6 +167,11 @@ def status(db_path: str | Path, prices: str | Path | None = None, by: str | None
         for job in jobs:
             own = job_prices(job.spec.get("prices"), prices, lenient=True)
             report.append(_job_status(store, job, own))
+            parser = Parser.of(job.spec)
+            if parser is not None:  # O(rows done): every answer parsed again, as an export would
+                unparsed = sum(1 for row in store.iter_done(job) for error in parse_errors(row.response, parser)
+                               if error is not None)
+                report[-1] = replace(report[-1], unparsed=unparsed)
             if by is not None:
                 report[-1] = replace(report[-1], by=by, groups=_groups(store, job, by, own))
         return report
@@ -334,13 +345,17 @@ class PromptView:
     error_kind: str | None
     error: str | None
     answers: tuple[str, ...]  # each choice's text, by index (done rows)
+    parse_errors: tuple[str | None, ...] | None = None  # each answer's parse error (a job with `parse`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def show(db_path: str | Path, job: str | None = None, status: str | None = None, limit: int = 20) -> list[PromptView]:
-    """Up to `limit` prompts of each job (or of the job named `job`), of one status or any, in order.
+def show(db_path: str | Path, job: str | None = None, status: str | None = None, limit: int = 20,
+         unparsed: bool = False) -> list[PromptView]:
+    """Up to `limit` prompts of each job (or of the job named `job`), of one status or any, in order;
+    `unparsed`: only done prompts with an answer that the job's `parse` cannot parse (jobs without `parse`
+    have none). Each view of a job with `parse` holds each answer's parse error (None: it parses).
 
     Raises `JobNotFoundError` for an unknown job name, `ValueError` for an unknown status."""
     if status is not None and status not in STATUSES:
@@ -348,11 +363,29 @@ def show(db_path: str | Path, job: str | None = None, status: str | None = None,
     with Store(db_path, create=False, readonly=True) as store:
         views: list[PromptView] = []
         for row in store.select(job):
-            views += [_view(row, prompt) for prompt in store.prompts(row, status, limit)]
+            parser = Parser.of(row.spec)
+            if not unparsed:
+                views += [_view(row, prompt, parser) for prompt in store.prompts(row, status, limit)]
+                continue
+            if parser is None or status not in (None, "done"):
+                continue
+            ids = []
+            for done in store.iter_done(row):
+                if any(error is not None for error in parse_errors(done.response, parser)):
+                    ids.append(done.id)
+                    if len(ids) >= limit:
+                        break
+            views += [_view(row, prompt, parser) for prompt in store.prompts_by_id(row, ids)]
         return views
 
 
-def _view(job: JobRow, row: PromptRow) -> PromptView:
+def parse_errors(response: str | None, parser: Parser) -> list[str | None]:
+    """Each choice's parse error (None: it parses) of a stored response, by choice index."""
+    choices = sorted(json.loads(response or "{}").get("choices") or [], key=lambda c: c.get("index", 0))
+    return [parser.parse(choice_text(c))[1] for c in choices]
+
+
+def _view(job: JobRow, row: PromptRow, parser: Parser | None = None) -> PromptView:
     request = json.loads(row.request)
     template = json.loads(row.template)
     answers: tuple[str, ...] = ()
@@ -366,5 +399,6 @@ def _view(job: JobRow, row: PromptRow) -> PromptView:
         template=raw_messages(template) if job.api == "chat" else template, keywords=json.loads(row.keywords),
         attempts=row.attempts, cached=bool(row.cached), error_kind=row.error_kind, error=row.error,
         answers=answers,
+        parse_errors=tuple(parse_errors(row.response, parser)) if parser is not None and answers else None,
     )
 

@@ -35,6 +35,10 @@ def status_lines(job: JobStatus) -> list[str]:
         lines.append("  nothing paid for yet")
     if job.usage_doubt:
         lines.append(f"  {job.usage_doubt}")
+    if job.unparsed:
+        lines.append(f"  {plural(job.unparsed, 'answer')} of done prompts do not parse (show --unparsed lists them)")
+    elif job.unparsed == 0 and job.done:
+        lines.append("  every answer parses")
     if len(job.models) > 1:
         several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:

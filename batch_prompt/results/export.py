@@ -222,7 +222,7 @@ def export(
     """
     statuses = check_include(include)
     if path is None:
-        return list(iter_results(db_path, job, statuses))
+        return list(iter_results(db_path, job, include))
     fmt = format or format_for(path)
     if fmt not in FORMATS:
         raise SpecError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -316,6 +316,9 @@ def _csv_rows(f: Any) -> list[dict[str, Any]]:
         kind = FIXED_TYPES.get(name) or _text_column_kind(values)
         for row in rows:
             row[name] = _from_text(row[name], kind, name)
+    for row in rows:
+        if row.get("status") not in (None, "done"):
+            row["text"] = None  # a prompt not done has no answer (not an empty one)
     return rows
 
 
@@ -325,9 +328,17 @@ def _text_column_kind(values: list[str]) -> str:
         return "float" if "float" in kinds else "int"
     if values and all(v in ("True", "False") for v in values):
         return "bool"
-    if values and all(v[:1] in "[{" for v in values):
+    if values and all(v[:1] in ('[', '{', '"') and _is_json(v) for v in values):
         return "json"
     return "str"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _from_text(text: str, kind: str, name: str) -> Any:
@@ -365,14 +376,26 @@ def to_dataframe(results: list[dict[str, Any]] | str | Path) -> Any:
             with Store(results, create=False) as store:
                 plan, _ = _plan(store, None, ())
                 columns = columns_for_specs((row.spec for row in plan.jobs), plan.parsed)
-                return pd.DataFrame(list(_rows(store, plan, columns)), columns=columns.names)
+                return _frame(pd, list(_rows(store, plan, columns)), columns.types)
         results = load_results(results)
     if results and "choice_index" in results[0]:  # already flat (export rows)
-        return pd.DataFrame(results)
+        kinds: dict[str, set[str]] = {}
+        for row in results:
+            for name, value in row.items():
+                kinds.setdefault(name, set()).add(kind_of(value))
+        return _frame(pd, results, {name: FIXED_TYPES.get(name) or merge_kinds(k) for name, k in kinds.items()})
     columns = columns_for_items(results)
     per_request = Counter(_request_of(item) for item in results)
-    return pd.DataFrame([flat_row(item, columns, per_request[_request_of(item)]) for item in results],
-                        columns=columns.names)
+    return _frame(pd, [flat_row(item, columns, per_request[_request_of(item)]) for item in results], columns.types)
+
+
+def _frame(pd: Any, rows: list[dict[str, Any]], types: dict[str, str]) -> Any:
+    """The rows as a DataFrame whose columns keep their type with gaps in them: `int` columns are pandas'
+    nullable `Int64` (not floats), `bool` columns `boolean`."""
+    frame = pd.DataFrame(rows, columns=list(types))
+    nullable = {name: {"int": "Int64", "bool": "boolean"}[kind] for name, kind in types.items()
+                if kind in ("int", "bool")}
+    return frame.astype(nullable) if nullable else frame
 
 
 def _request_of(item: dict[str, Any]) -> tuple[Any, ...]:

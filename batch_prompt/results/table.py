@@ -20,8 +20,8 @@ Columns, in order:
 - when a job has `parse`: `parsed_<field>` per field (typed: see `fields_of`), `parse_ok`, `parse_error`;
 - with `include` (failed or pending prompts exported too): `status`, `error_kind`, `error`.
 
-Each column has one type (`str`, `int`, `float`, `bool`, or `json`: JSON text of values that are not
-text); a keyword field's type is the one all its values share in the specs, else `json`.
+Each column has one type (`str`, `int`, `float`, `bool`, or `json`: the JSON text of each value); a
+keyword field's type is the one all its values share in the specs, else `json`.
 """
 
 from __future__ import annotations
@@ -223,11 +223,12 @@ def first_token(logprobs: Any) -> tuple[Any, Any, dict[Any, Any] | None]:
 
 
 def cell(value: Any, kind: str) -> Any:
-    """A value as a typed column holds it: `json` as JSON text (text stays text), `float` as a float."""
+    """A value as a typed column holds it: `json` as JSON text (text too: `"x"`, so every value reads back
+    as it was), `float` as a float."""
     if value is None:
         return None
     if kind == "json":
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False)
     if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind == "str" and not isinstance(value, str):

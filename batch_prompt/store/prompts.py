@@ -18,6 +18,9 @@ from .leases import owner_is_dead
 from .rows import Charge, Claimed, DoneRow, GroupCount, JobRow, Outcome, PromptRow
 from .spend import Spending
 
+_PROMPT_ROW = ("SELECT id, hash, model, template_index, keywords_index, model_index, sample_index, template,"
+               " keywords, request, status, attempts, error_kind, last_error, response, cached FROM prompts")
+
 
 class Prompts(Spending):
     """A job's prompt rows: status counts, claims and leases, outcomes, the done rows."""
@@ -104,11 +107,17 @@ class Prompts(Spending):
         if status == "done":
             where, params = " AND status = 'done'", ()
         rows = self.query(
-            "SELECT id, hash, model, template_index, keywords_index, model_index, sample_index, template,"
-            " keywords, request, status, attempts, error_kind, last_error, response, cached FROM prompts"
-            f" WHERE job_id = ?{where} ORDER BY id LIMIT ?",
+            f"{_PROMPT_ROW} WHERE job_id = ?{where} ORDER BY id LIMIT ?",
             (job.id, *params, limit),
         )
+        return [PromptRow(*row) for row in rows]
+
+    def prompts_by_id(self, job: JobRow, ids: list[int]) -> list[PromptRow]:
+        """The job's rows of these ids, in order (for `show --unparsed`)."""
+        rows = self.query(
+            f"{_PROMPT_ROW} WHERE job_id = ? AND id IN ({', '.join('?' * len(ids))}) ORDER BY id",
+            (job.id, *ids),
+        ) if ids else []
         return [PromptRow(*row) for row in rows]
 
     # --- running ----------------------------------------------------------------------------------
