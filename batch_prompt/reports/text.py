@@ -35,10 +35,7 @@ def status_lines(job: JobStatus) -> list[str]:
         lines.append("  nothing paid for yet")
     if job.usage_doubt:
         lines.append(f"  {job.usage_doubt}")
-    if job.unparsed:
-        lines.append(f"  {plural(job.unparsed, 'answer')} of done prompts do not parse (show --unparsed lists them)")
-    elif job.unparsed == 0 and job.done:
-        lines.append("  every answer parses")
+    lines += _parse_lines(job)
     if len(job.models) > 1:
         several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:
@@ -164,7 +161,14 @@ def group_lines(job: JobStatus) -> list[str]:
               for row in table]
     if None in costs:
         lines.append(short(f"  cost unknown: {unknown_price_message(job.unpriced or ('?',))}"))
-    return lines
+    return lines + _parse_lines(job)
+
+
+def _parse_lines(job: JobStatus) -> list[str]:
+    """How many answers the job's `parse` cannot parse (nothing for a job without `parse`)."""
+    if job.unparsed:
+        return [f"  {plural(job.unparsed, 'answer')} of done prompts do not parse (show --unparsed lists them)"]
+    return ["  every answer parses"] if job.unparsed == 0 and job.done else []
 
 
 def _cell(text: str, limit: int = 32) -> str:
