@@ -69,7 +69,7 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, *, mode: 
 
     Give the spec's fields as keyword arguments (`templates=`, `keywords=`, `model=`, `api=`,
     `model_args=`, `name=`, `repeats=`, `dedupe=`, `prompts_per_request=`, `base_url=`, `endpoints=`,
-    `rpm=`, `tpm=`, `max_cost=`, `prices=`), or a spec file path (keyword arguments then override its
+    `rpm=`, `tpm=`, `max_cost=`, `prices=`, `parse=`), or a spec file path (keyword arguments then override its
     fields). The same spec again is a no-op (run fields given anew are updated). `mode` ("live" or
     "batch") and `fresh` (no answers from the cache), when given, are recorded with the job in the same
     transaction (see `Store.create_job`): how the run about to send it sends it. Raises `SpecError`,
