@@ -215,7 +215,7 @@ def test_include_failed_and_pending_gives_every_prompt_a_row(mixed_db: Path, tmp
     default = bp.export(mixed_db)
     assert isinstance(default, list) and len(default) == 8 and all("status" not in i for i in default)
     bad = run_cli("export", str(mixed_db), "-o", str(tmp_path / "x.csv"), "--include", "failed,done", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown --include 'done'" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown include 'done'" in bad.stderr
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -89,7 +89,7 @@ def check_include(include: str | Iterable[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in (include.split(",") if isinstance(include, str) else include) if n.strip()]
     for name in names:
         if name not in INCLUDE:
-            raise SpecError(f"unknown --include {name!r}: use failed, pending or both (failed,pending)")
+            raise SpecError(f"unknown include {name!r}: use failed, pending or both (failed,pending)")
     statuses = [s for s in ("failed", "pending") if s in names]
     return (*statuses, "running") if "pending" in statuses else tuple(statuses)
 
