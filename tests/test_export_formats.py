@@ -72,7 +72,7 @@ def expected_rows(db: Path) -> list[dict[str, Any]]:
             "text": item["choice"]["message"]["content"] if chat else item["choice"]["text"],
             "finish_reason": "stop", "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"], "total_tokens": usage["total_tokens"],
-            "response_id": item["completion"]["id"],
+            "reasoning_tokens": None, "response_id": item["completion"]["id"],
             **{f"request_{k}": usage[k] if item["choice"]["index"] == 0 else None for k in TOKENS},
             **{f"{k}_share": usage[k] / (2 if chat else 1) for k in TOKENS},
             "system_fingerprint": "fp_fake", "response_model": item["model"],
