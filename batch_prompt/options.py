@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # for annotations only: importing this module must not load t
     from .run.retry import RetryPolicy
 
 MAX_CONCURRENCY = 10_000
+# OpenAI's service tiers: the `service_tier` Literal of the SDK's chat completion create params
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
 FILES_BESIDES_CONNECTIONS = 64  # databases, their WAL and shared-memory files, the cache, stdio, the event loop
 
 
@@ -37,6 +39,11 @@ class RunOptions:
     mode: str | None = None  # "live" or "batch"; None: the mode the job was last run in
     max_cost: float | None = None  # USD a job's spend never passes (default: the spec's max_cost)
     prices: str | None = None  # a price override file, on top of the spec's
+    # Live requests' `service_tier` (one of SERVICE_TIERS; "flex": at the flex price, see run/live.py), over
+    # the spec's model arg; and the seconds a flex request may wait on flex capacity (429 "resource
+    # unavailable") before it goes at the default tier (None: it never does).
+    service_tier: str | None = None
+    flex_fallback: float | None = None
     # Batch mode: most requests and bytes per batch file (the Batch API's limits), the first poll interval
     # (it backs off to a minute), and whether to wait for the batches (False: submit, record, return).
     batch_size: int = 50_000
@@ -85,6 +92,9 @@ class RunOptions:
             raise ConfigError(f"poll must be a positive number of seconds, not {self.poll!r}")
         if self.mode not in (None, "live", "batch"):
             raise ConfigError(f"mode must be 'live' or 'batch', not {self.mode!r}")
+        check_service_tier(self.service_tier, "service_tier")
+        if self.flex_fallback is not None and not (_positive(self.flex_fallback) or self.flex_fallback == 0):
+            raise ConfigError(f"flex_fallback must be a number of seconds >= 0, not {self.flex_fallback!r}")
 
     def check_rates(self, models: set[str]) -> None:
         """`ConfigError` for an `rpm`/`tpm` mapping naming a model that none of the run's jobs has (a typo
@@ -125,6 +135,8 @@ class RunArgs(TypedDict, total=False):
     mode: str | None
     max_cost: float | None
     prices: str | None
+    service_tier: str | None
+    flex_fallback: float | None
     batch_size: int
     batch_bytes: int
     poll: float
@@ -141,6 +153,12 @@ class RunArgs(TypedDict, total=False):
     handle_signals: bool
     raise_open_files: bool
     tune_gc: bool
+
+
+def check_service_tier(value: object, name: str) -> None:
+    """`ConfigError` unless `value` is None or one of OpenAI's service tiers."""
+    if value is not None and value not in SERVICE_TIERS:
+        raise ConfigError(f"{name} must be one of {', '.join(SERVICE_TIERS)}, not {value!r}")
 
 
 def _positive(value: object) -> bool:
@@ -164,7 +182,12 @@ class RunSummary:
     paid: int = 0  # responses paid for
     prompt_tokens: int = 0  # of the responses paid for
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens
+    cached_tokens: int = 0  # of prompt_tokens: cached input, at the cached rate
     cost_usd: float | None = None  # what they cost at list price; None: no model priced
+    flex: int = 0  # of paid: answered at the flex service tier (at the flex price)
+    capacity_waits: int = 0  # flex requests answered 429 "resource unavailable" (retried, no attempt used)
+    fell_back: int = 0  # requests sent at the default tier after waiting `flex_fallback` on flex capacity
     errors: Counter[str] = field(default_factory=Counter)  # prompts failed, by error kind
     error_examples: dict[str, str] = field(default_factory=dict)  # the first message of each kind
     interrupted: bool = False

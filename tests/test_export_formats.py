@@ -26,7 +26,7 @@ from .conftest import API_KEY, run_cli
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 HEADER = ["job", "prompt_hash", "model", "template_index", "keywords_index", "model_index", "sample_index",
           "choice_index", "count", "food", "kw_text", "template", "prompt", "last_user_message", "text",
-          "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "response_id",
+          "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "response_id",
           "request_prompt_tokens", "request_completion_tokens", "request_total_tokens", "prompt_tokens_share",
           "completion_tokens_share", "total_tokens_share", "system_fingerprint", "response_model", "created",
           "service_tier"]
@@ -72,7 +72,7 @@ def expected_rows(db: Path) -> list[dict[str, Any]]:
             "text": item["choice"]["message"]["content"] if chat else item["choice"]["text"],
             "finish_reason": "stop", "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"], "total_tokens": usage["total_tokens"],
-            "response_id": item["completion"]["id"],
+            "reasoning_tokens": None, "response_id": item["completion"]["id"],
             **{f"request_{k}": usage[k] if item["choice"]["index"] == 0 else None for k in TOKENS},
             **{f"{k}_share": usage[k] / (2 if chat else 1) for k in TOKENS},
             "system_fingerprint": "fp_fake", "response_model": item["model"],

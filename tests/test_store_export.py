@@ -50,9 +50,10 @@ INTENDED_SCHEMA = {
         "NOT NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, lease_owner TEXT, lease_expires "
         "REAL, created_at REAL NOT NULL, finished_at REAL, error_kind TEXT, batch INTEGER REFERENCES batches(id))",
     ("table", "spend", "spend"):
-        "CREATE TABLE spend (job_id INTEGER NOT NULL REFERENCES jobs(id), model TEXT NOT NULL, mode TEXT NOT NULL "
-        "CHECK (mode IN ('live', 'batch')), requests INTEGER NOT NULL DEFAULT 0, answers INTEGER NOT NULL DEFAULT "
-        "0, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY "
+        "CREATE TABLE \"spend\" (job_id INTEGER NOT NULL REFERENCES jobs(id), model TEXT NOT NULL, mode TEXT NOT NULL "
+        "CHECK (mode IN ('live', 'batch', 'flex')), requests INTEGER NOT NULL DEFAULT 0, answers INTEGER NOT NULL "
+        "DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, "
+        "cached_tokens INTEGER NOT NULL DEFAULT 0, reasoning_tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY "
         "(job_id, model, mode)) WITHOUT ROWID",
     ("table", "batches", "batches"):
         "CREATE TABLE batches (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), model TEXT NOT "
@@ -119,7 +120,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert schema_of(db) == INTENDED_SCHEMA
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute("SELECT version FROM batch_prompt_migrations ORDER BY version")]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 8]  # (0007: branch auto)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -544,7 +545,7 @@ def test_a_version_1_database_migrates_with_its_spend(tmp_path: Path) -> None:
     with Store(db) as store:
         job = store.jobs()[0]
         assert (job.mode, job.fresh) == ("live", False)
-        assert [tuple(vars_of(s)) for s in store.spend(job)] == [("m", "live", 1, 1, 10, 20)]
+        assert [tuple(vars_of(s)) for s in store.spend(job)] == [("m", "live", 1, 1, 10, 20, 0, 0)]
         counts = store.counts(job)
         assert [counts[k] for k in ("done", "pending", "prompt_tokens", "completion_tokens")] == [2, 1, 10, 20]
 

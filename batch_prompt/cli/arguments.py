@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ..errors import ConfigError
+from ..options import SERVICE_TIERS
 from ..reports.status import STATUSES
 from ..results.writer import FORMATS
 from ..spec.endpoints import normalize_base_url
@@ -124,9 +125,25 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cost", type=_positive_float("max cost"), metavar="USD",
                         help="a budget: no request starts that could take the job's spend past it")
     parser.add_argument("--prices", metavar="FILE", help="price overrides (JSON or TOML, USD per million tokens)")
+    parser.add_argument("--service-tier", choices=SERVICE_TIERS,
+                        help="live requests' service_tier (flex: at the flex price, may wait for capacity)")
+    parser.add_argument("--flex-fallback", type=_seconds, metavar="S",
+                        help="flex: after S seconds waiting on flex capacity, send a prompt at the default tier "
+                             "(default: never)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--yes", action="store_true",
                         help="never ask before sending, and show no estimate (run asks on a terminal; resume never)")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: seconds, zero or more and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -146,6 +146,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
         max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir, mode=args.mode,
         max_cost=args.max_cost, prices=args.prices, lease_seconds=args.lease_seconds,
+        service_tier=args.service_tier, flex_fallback=args.flex_fallback,
         batch_size=args.batch_size, batch_bytes=args.batch_bytes, poll=args.poll, wait=args.wait,
         base_url=args.base_url, quiet=args.quiet, handle_signals=True, raise_open_files=True, tune_gc=True,
     )
@@ -153,7 +154,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 # Run options a resume needs again to do what the run did (--no-cache is kept with the job itself).
 _RESUMED = ("concurrency", "rpm", "tpm", "timeout", "grace", "max_attempts", "cache_dir", "base_url", "batch_size",
-            "batch_bytes", "poll", "max_cost", "prices", "lease_seconds", "quiet")
+            "batch_bytes", "poll", "max_cost", "prices", "lease_seconds", "quiet", "service_tier", "flex_fallback")
 
 
 def resume_command(db: str, args: argparse.Namespace) -> str:

@@ -6,14 +6,20 @@ so pricing needs no network. The library (and pydantic under it) loads on the fi
 there, not at import, so `status`, `export` and `create` start at once.
 
 The batch price is genai-prices' own (`processing: batch`) where it has one, otherwise OpenAI's
-documented rule for the Batch API: half the live price.
+documented rule for the Batch API: half the live price. The flex price (mode "flex": live requests at
+OpenAI's `service_tier: "flex"`) is genai-prices' own (`service_tier: flex`) where it has one, otherwise
+the batch price (OpenAI: flex tokens "are priced at Batch API rates"). Cached input tokens (`cached`, a
+part of the prompt tokens: `usage.prompt_tokens_details.cached_tokens`) are priced at the cached input
+rate (genai-prices' `cache_read_mtok`) where there is one; in batch and flex mode at that rate scaled as
+the mode's input price is, unless genai-prices gives one of its own.
 
 An override file (`--prices FILE`, or a spec's `prices`), JSON or TOML, prices private deployments and
 negotiated rates, and wins over the library:
 
     {"my-model": {"input": 0.5, "output": 1.5, "batch_input": 0.25, "batch_output": 0.75}}
 
-`batch_input` / `batch_output` are optional (default: half of `input` / `output`).
+`batch_input` / `batch_output` are optional (default: half of `input` / `output`); so are `flex_input` /
+`flex_output` (default: the batch prices) and `cached_input` (default: `input`, no discount).
 
 Long-context tiers (a higher rate above some prompt size) are taken at their base rate: spend is summed
 by model, so the size of each prompt is not known when a job's cost is worked out.
@@ -34,9 +40,9 @@ from typing import Any
 
 from ..errors import ConfigError, read_text
 
-MODES = ("live", "batch")
+MODES = ("live", "batch", "flex")
 BATCH_RULE = 0.5  # OpenAI: "Batch API ... 50% cost discount" on inputs and outputs
-PRICE_FIELDS = ("input", "output", "batch_input", "batch_output")
+PRICE_FIELDS = ("input", "output", "batch_input", "batch_output", "flex_input", "flex_output", "cached_input")
 PRICE_HINT = "give one with --prices FILE"
 
 
@@ -50,13 +56,34 @@ class Rate:
     batch_output: float
     source: str  # "override FILE", or "genai-prices (provider/model id)"
     batch_source: str  # where the batch prices come from
+    flex_input: float | None = None  # None: the batch price
+    flex_output: float | None = None
+    cached_input: float | None = None  # None: cached input at the input price
+    batch_cached: float | None = None  # None: `cached_input` scaled as the batch input price is
+    flex_cached: float | None = None  # None: `cached_input` scaled as the flex input price is
 
-    def cost(self, mode: str, prompt_tokens: int, completion_tokens: int) -> float:
-        if mode == "batch":
-            return (prompt_tokens * self.batch_input + completion_tokens * self.batch_output) / 1e6
+    def per_mtok(self, mode: str) -> tuple[float, float, float]:
+        """(input, cached input, output) USD per million tokens in `mode`."""
         if mode == "live":
-            return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
-        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+            return self.input, self.input if self.cached_input is None else self.cached_input, self.output
+        if mode == "batch":
+            own_in, own_cached, own_out = self.batch_input, self.batch_cached, self.batch_output
+        elif mode == "flex":
+            own_in = self.batch_input if self.flex_input is None else self.flex_input
+            own_out = self.batch_output if self.flex_output is None else self.flex_output
+            own_cached = self.flex_cached
+        else:
+            raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+        if own_cached is None:  # the live discount for cached input, at this mode's input price
+            share = self.cached_input / self.input if self.cached_input is not None and self.input else 1.0
+            own_cached = own_in * share
+        return own_in, own_cached, own_out
+
+    def cost(self, mode: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD in `mode` ("live", "batch" or "flex"); `cached_tokens` (of `prompt_tokens`) at the cached rate."""
+        rate_in, rate_cached, rate_out = self.per_mtok(mode)
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        return ((prompt_tokens - cached) * rate_in + cached * rate_cached + completion_tokens * rate_out) / 1e6
 
 
 class Prices:
@@ -84,12 +111,14 @@ class Prices:
     def known(self, model: str) -> bool:
         return self.rate(model) is not None
 
-    def cost(self, model: str, mode: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD for the tokens at the model's price in `mode` ("live" or "batch"); None for an unknown model."""
+    def cost(self, model: str, mode: str, prompt_tokens: int, completion_tokens: int,
+             cached_tokens: int = 0) -> float | None:
+        """USD for the tokens at the model's price in `mode` ("live", "batch" or "flex"), `cached_tokens` (of
+        the prompt tokens) at the cached input rate; None for an unknown model."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
         rate = self.rate(model)
-        return None if rate is None else rate.cost(mode, prompt_tokens, completion_tokens)
+        return None if rate is None else rate.cost(mode, prompt_tokens, completion_tokens, cached_tokens)
 
 
 def job_prices(own: str | Path | None, override: str | Path | None = None, *, lenient: bool = False) -> Prices:
@@ -146,6 +175,10 @@ def library_rate(model: str) -> Rate | None:
                 genai_prices.Usage(input_tokens=1, output_tokens=1), model, provider_id=provider,
                 genai_request_timestamp=now, price_context={"processing": "batch"},
             )
+            flex = genai_prices.calc_price(
+                genai_prices.Usage(input_tokens=1, output_tokens=1), model, provider_id=provider,
+                genai_request_timestamp=now, price_context={"service_tier": "flex"},
+            )
         except (LookupError, ValueError):  # no such provider or model (ValueError: a name it cannot parse)
             continue
         live_in, live_out = _per_mtok(live.model_price, "input_mtok"), _per_mtok(live.model_price, "output_mtok")
@@ -161,7 +194,17 @@ def library_rate(model: str) -> Rate | None:
         else:
             batch_in, batch_out = live_in * BATCH_RULE, live_out * BATCH_RULE
             batch_source = "half the live price (OpenAI's Batch API rule)"
-        return Rate(live_in, live_out, batch_in, batch_out, source, batch_source)
+        rate = Rate(live_in, live_out, batch_in, batch_out, source, batch_source,
+                    cached_input=_per_mtok(live.model_price, "cache_read_mtok"))
+        # (a variant's own cached rate: the priced variant falls back to the base's, undiscounted, when it has none)
+        own = {tuple(sorted(v.when.items())): v.prices for v in variants if isinstance(v.when, dict)}
+        if (batch_own := own.get((("processing", "batch"),))) is not None:
+            rate = replace(rate, batch_cached=_per_mtok(batch_own, "cache_read_mtok"))
+        if (flex_own := own.get((("service_tier", "flex"),))) is not None:
+            rate = replace(rate, flex_input=_per_mtok(flex.model_price, "input_mtok") or 0.0,
+                           flex_output=_per_mtok(flex.model_price, "output_mtok") or 0.0,
+                           flex_cached=_per_mtok(flex_own, "cache_read_mtok"))
+        return rate
     return None
 
 
@@ -227,7 +270,8 @@ def _rate(entry: Any, model: str, path: Path) -> Rate:
     if "batch_input" in values or "batch_output" in values:
         rate = replace(rate, batch_input=values.get("batch_input", rate.batch_input),
                        batch_output=values.get("batch_output", rate.batch_output), batch_source=f"override {path}")
-    return rate
+    return replace(rate, flex_input=values.get("flex_input"), flex_output=values.get("flex_output"),
+                   cached_input=values.get("cached_input"))
 
 
 def money(cost: float, scale: float | None = None) -> str:

@@ -57,6 +57,9 @@ class ModelStatus:
     completion_tokens: int
     cost: float | None  # USD at list price (batch spend at the batch price); None: no known price
     endpoint: str | None  # its spec's `endpoints` entry, else the spec's base_url; None: the run's own
+    reasoning_tokens: int = 0  # of completion_tokens: a reasoning model's hidden tokens
+    cached_tokens: int = 0  # of prompt_tokens: cached input (priced at the cached rate)
+    flex_requests: int = 0  # of requests: answered at the flex service tier (at the flex price)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class JobStatus:
     groups: tuple[GroupStatus, ...] | None = None  # in the order of their first prompt; None: not asked
     # answers (choices) of done prompts that the job's `parse` cannot parse; None: the job has no `parse`
     unparsed: int | None = None
+    reasoning_tokens: int = 0  # of completion_tokens
+    cached_tokens: int = 0  # of prompt_tokens
+    flex_requests: int = 0  # of requests: at the flex tier
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for, `unparsed`
@@ -271,7 +277,7 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
     for model in models:
         counts = {s: unfinished.get((model, s), 0) for s in ("pending", "running", "failed")}
         mine = [s for s in spend if s.model == model]
-        costs = [prices.cost(model, s.mode, s.prompt_tokens, s.completion_tokens) for s in mine]
+        costs = [prices.cost(model, s.mode, s.prompt_tokens, s.completion_tokens, s.cached_tokens) for s in mine]
         if None in costs:
             unpriced.append(model)
         per_model.append(ModelStatus(
@@ -281,6 +287,8 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
             completion_tokens=sum(s.completion_tokens for s in mine),
             cost=None if None in costs else sum(c or 0.0 for c in costs),
             endpoint=(served.get(model) or {}).get("base_url") or job.base_url,
+            reasoning_tokens=sum(s.reasoning_tokens for s in mine), cached_tokens=sum(s.cached_tokens for s in mine),
+            flex_requests=sum(s.requests for s in mine if s.mode == "flex"),
         ))
     pending, running, failed = (sum(getattr(m, k) for m in per_model) for k in ("pending", "running", "failed"))
     model_costs = [m.cost for m in per_model]
@@ -293,7 +301,8 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
         models=tuple(per_model), errors=tuple(ErrorGroup(*group) for group in store.error_groups(job)),
         batches=tuple(BatchStatus(b.batch_id, b.state, b.status, b.model, b.requests, b.completed, b.failed,
                                   b.created_at, b.error) for b in store.batches(job)),
-        usage_doubt=_usage_doubt(store, job),
+        usage_doubt=_usage_doubt(store, job), reasoning_tokens=sum(s.reasoning_tokens for s in spend),
+        cached_tokens=sum(s.cached_tokens for s in spend), flex_requests=sum(m.flex_requests for m in per_model),
     )
 
 

@@ -33,6 +33,8 @@ def status_lines(job: JobStatus) -> list[str]:
             lines.append(f"{paid}: ~{money(job.cost)} at list price")
     else:
         lines.append("  nothing paid for yet")
+    if details := _token_details(job):
+        lines.append(f"  of them: {details}")
     if job.usage_doubt:
         lines.append(f"  {job.usage_doubt}")
     lines += _parse_lines(job)
@@ -40,7 +42,8 @@ def status_lines(job: JobStatus) -> list[str]:
         several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
         for m in job.models:
             cost = "no known price" if m.cost is None else f"~{money(m.cost)}"
-            tokens = f"; {m.prompt_tokens:,} + {m.completion_tokens:,} tokens: {cost}"
+            tokens = f"; {m.prompt_tokens:,} + {m.completion_tokens:,} tokens" + (
+                f" ({m.reasoning_tokens:,} reasoning)" if m.reasoning_tokens else "") + f": {cost}"
             where = f" (at {m.endpoint or 'the default endpoint'})" if several else ""
             lines.append(short(f"  {m.model}: {m.done:,} of {m.total:,} done"
                                 + (f" ({m.cached:,} cached)" if m.cached else "") + _unfinished(m)
@@ -54,6 +57,14 @@ def status_lines(job: JobStatus) -> list[str]:
     for group in job.errors:
         lines += [f"  {group.count:,} failed with {group.kind}, e.g.:", short(f"    {group.example}")]
     return lines
+
+
+def _token_details(job: JobStatus) -> str:
+    """"1,200 reasoning tokens, 300 cached input tokens, 40 requests at the flex tier" (what is nonzero)."""
+    parts = [f"{job.reasoning_tokens:,} reasoning tokens" if job.reasoning_tokens else "",
+             f"{job.cached_tokens:,} cached input tokens" if job.cached_tokens else "",
+             f"{plural(job.flex_requests, 'request')} at the flex tier" if job.flex_requests else ""]
+    return ", ".join(part for part in parts if part)
 
 
 def _unfinished(counts: JobStatus | ModelStatus) -> str:
@@ -102,6 +113,15 @@ def summary_notes(summary: RunSummary) -> list[str]:
     lines += summary.budget_reached
     if summary.batches_submitted:
         lines.append(f"{summary.batches_submitted} batches submitted")
+    if summary.flex or summary.capacity_waits:
+        lines.append(f"flex: {plural(summary.flex, 'answer')} at the flex tier, "
+                     f"{plural(summary.capacity_waits, 'capacity 429')} waited out (no attempt used)"
+                     + (f", {plural(summary.fell_back, 'request')} sent at the default tier after --flex-fallback"
+                        if summary.fell_back else ""))
+    elif summary.fell_back:
+        lines.append(f"{plural(summary.fell_back, 'request')} sent at the default tier after --flex-fallback")
+    if summary.reasoning_tokens:
+        lines.append(f"{summary.reasoning_tokens:,} of the completion tokens were reasoning")
     return lines
 
 

@@ -7,7 +7,8 @@ Columns, in order:
 - one column per keyword field, named after it (`kw_<field>` when that name is one of these columns);
 - `template` and `prompt` (chat: the messages as text, one `role: content` line each), `last_user_message`
   (chat only), `text` (the choice's), `finish_reason`, `prompt_tokens`, `completion_tokens`, `total_tokens`
-  (the response's usage, repeated on each of its choices), `response_id`;
+  (the response's usage, repeated on each of its choices), `reasoning_tokens` (of the completion tokens, from
+  `usage.completion_tokens_details`; empty when the server does not say), `response_id`;
 - tokens that add up: `request_prompt_tokens`, `request_completion_tokens`, `request_total_tokens` (the
   prompt's request's usage on its first choice's row only, empty on the others) and `prompt_tokens_share`,
   `completion_tokens_share`, `total_tokens_share` (the usage split evenly among the choices), so a column's
@@ -36,7 +37,7 @@ FRONT = (("job", "str"), ("prompt_hash", "str"), ("model", "str"), *((c, "int") 
          ("choice_index", "int"))
 BACK = (("template", "str"), ("prompt", "str"), ("last_user_message", "str"), ("text", "str"),
         ("finish_reason", "str"), ("prompt_tokens", "int"), ("completion_tokens", "int"), ("total_tokens", "int"),
-        ("response_id", "str"))
+        ("reasoning_tokens", "int"), ("response_id", "str"))
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 USAGE = (*((f"request_{t}", "int") for t in TOKENS), *((f"{t}_share", "float") for t in TOKENS))
 ANSWERED = (("system_fingerprint", "str"), ("response_model", "str"), ("created", "int"), ("service_tier", "str"))
@@ -181,6 +182,9 @@ def flat_row(item: dict[str, Any], columns: Columns, choices: int = 1) -> dict[s
         row[name] = value
         row[f"request_{name}"] = value if index == 0 else None
         row[f"{name}_share"] = None if value is None else value / max(1, choices)
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    row["reasoning_tokens"] = reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None
     row.update(system_fingerprint=completion.get("system_fingerprint"), response_model=completion.get("model"),
                created=completion.get("created"), service_tier=completion.get("service_tier"))
     if columns.seed:

@@ -1,10 +1,12 @@
 """A job's budget (`--max-cost`, `max_cost` in the spec or `RunOptions`): its spend never passes it.
 
 Spend counts across resumes: what the job's `spend` table says it paid before this run, priced at the
-live or batch price, plus what this run has paid (the ledger's tallies). Before a request is sent its
-worst case is reserved: its prompt counted as a byte-level tokenizer's most (one token per UTF-8 byte,
-see `tokens.budget_parts`: no tokenizer beats it, whatever the text) and `max_tokens` x `n` of every
-prompt in it, at its mode's price. A request that does not fit while others are in flight waits for
+live, batch or flex price (cached input at the cached rate), plus what this run has paid (the ledger's
+tallies). Before a request is sent its worst case is reserved: its prompt counted as a byte-level
+tokenizer's most (one token per UTF-8 byte, see `tokens.budget_parts`: no tokenizer beats it, whatever
+the text, none of it assumed cached) and `max_completion_tokens` (reasoning included; else `max_tokens`)
+x `n` of every prompt in it, at its mode's price (a flex request's at the flex price). A request that
+does not fit while others are in flight waits for
 them to settle (their real cost is usually far below their worst case); once one does not fit with
 nothing in flight, nothing more of the job starts: the rows not sent stay pending, and the run says
 what was spent and what the next request could cost (exit 1). A resume with the same budget stops at
@@ -64,7 +66,8 @@ class Budget:
         self.others = others
 
     def priced(self, spend: Iterable[Spend]) -> float:
-        return sum(self.prices.cost(s.model, s.mode, s.prompt_tokens, s.completion_tokens) or 0.0 for s in spend)
+        return sum(self.prices.cost(s.model, s.mode, s.prompt_tokens, s.completion_tokens, s.cached_tokens) or 0.0
+                   for s in spend)
 
     def reserve(self, model: str, mode: str, prompt_tokens: int, completion_tokens: int,
                 wait: bool = True) -> float | None:

@@ -5,6 +5,9 @@
     │                 or cancelled batch line): try again with backoff
     ├── RATE_LIMITED  a 429 that is a rate limit: the whole pool pauses for its retry-after, then tries again
     │                 (a retry-after past `MAX_SERVER_WAIT` is no rate limit to wait out: RETRY, waiting that)
+    ├── CAPACITY      a 429 "resource unavailable": the flex tier has no capacity now (OpenAI's flex
+    │                 processing; nothing is billed). Not our rate: the pool does not pause, and it costs no
+    │                 attempt; the request waits with backoff (and may go at the default tier: `flex_fallback`)
     ├── FAIL          the server refused this prompt (other 4xx): the prompt fails with the error kept
     ├── FATAL         the server refused the run (401, 403, an exhausted quota): stop, rows left unfinished
     └── LOCAL         not an answer from the server at all: something on our side is broken; stop
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 RETRIED_STATUS = frozenset({408, 409})
 # A 429 whose error code or type says this: retrying cannot help, the run stops.
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
+# A 429 whose error code or type says this: the flex service tier is out of capacity for now.
+CAPACITY_CODES = frozenset({"resource_unavailable"})
 # Batch line error codes after which the same request, sent again, can succeed.
 BATCH_RETRY_CODES = frozenset({"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded", "timeout"})
 # Of those, the provider's capacity or a cancel, not the request's fault: asked again at no attempt's cost.
@@ -55,13 +60,14 @@ MAX_SERVER_WAIT = 60.0  # seconds: the longest `retry-after` obeyed as such (`re
 class Verdict(enum.Enum):
     RETRY = "retry"
     RATE_LIMITED = "rate_limited"
+    CAPACITY = "capacity"
     FAIL = "fail"
     FATAL = "fatal"
     LOCAL = "local"
 
     @property
     def retryable(self) -> bool:
-        return self in (Verdict.RETRY, Verdict.RATE_LIMITED)
+        return self in (Verdict.RETRY, Verdict.RATE_LIMITED, Verdict.CAPACITY)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def classify(exc: BaseException) -> Failure:
         wait = retry_after_from(headers)
         if status in (401, 403) or (status == 429 and _is_quota(answered)):
             return Failure(Verdict.FATAL, kind, message, status, wait)
+        if status == 429 and (answered.code in CAPACITY_CODES or answered.type in CAPACITY_CODES):
+            return Failure(Verdict.CAPACITY, kind, message, status, wait)
         says = headers.get("x-should-retry")
         if says == "false":
             return Failure(Verdict.FAIL, kind, message, status, wait)

@@ -92,6 +92,8 @@ class Lane:
     workers: int = 1  # live: requests in flight at most (its share of the run's is `Slots`')
     submit: bool = True  # batch: new batches are made (False: open batches are collected only)
     budget: Budget | None = None  # the job's, shared by its lanes
+    service_tier: str | None = None  # live: the tier every request is sent at (None: as its model args say)
+    flex_fallback: float | None = None  # live: seconds on flex capacity before a request goes at the default tier
     # batch mode: the open batches, an open batch's worst case held in the budget, the last refusal's reason
     open: dict[int, BatchRow] = field(default_factory=dict)
     reserved: dict[int, float] = field(default_factory=dict)

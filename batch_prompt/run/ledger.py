@@ -45,6 +45,11 @@ class Tally:
     paid: int = 0  # responses paid for
     prompt_tokens: int = 0  # of the responses paid for
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: cached input (usage.prompt_tokens_details)
+    reasoning_tokens: int = 0  # of completion_tokens (usage.completion_tokens_details)
+    flex_paid: int = 0  # of paid: answered at the flex service tier
+    capacity_waits: int = 0  # flex requests answered 429 "resource unavailable" (no attempt used)
+    fell_back: int = 0  # requests sent at the default tier after waiting `flex_fallback` on flex capacity
     cost_usd: float = 0.0  # of the responses paid for, at their mode's list price
     priced: int = 0  # responses paid for whose price is known
 
@@ -56,6 +61,18 @@ class Tally:
 def count(value: Any) -> int:
     """A token count from a response's usage; anything but a non-negative int counts 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def detail(usage: dict[str, Any], part: str, key: str) -> int:
+    """A token count of a usage's details (`prompt_tokens_details.cached_tokens`, ...); 0 when absent."""
+    details = usage.get(part)
+    return count(details.get(key)) if isinstance(details, dict) else 0
+
+
+def charged_mode(mode: str, tier: Any) -> str:
+    """The mode a response is charged in: a live answer whose `service_tier` says "flex" at the flex price
+    (a flex request answered at the default tier, or by a server that does not know tiers, is live)."""
+    return "flex" if mode == "live" and tier == "flex" else mode
 
 
 class Ledger:
@@ -171,7 +188,7 @@ class Ledger:
             except ValueError:
                 data = None
             self.paid(job.id, row.model, mode, 1, data.get("usage") if isinstance(data, dict) else None,
-                      row_id=row.id)
+                      row_id=row.id, tier=data.get("service_tier") if isinstance(data, dict) else None)
         self._done(row, text, cached=True)
         return True
 
@@ -215,18 +232,27 @@ class Ledger:
         Returns them (they are handed back with it)."""
         return self.followers.pop((endpoint, row.hash), [])
 
-    def paid(self, job_id: int, model: str, mode: str, answers: int, usage: Any, row_id: int | None = None) -> None:
-        """A response was paid for (its usage as the server reported it). A batch line's charge names its
-        row (`row_id`): it is committed only with that row's answer, so collecting twice pays once."""
+    def paid(self, job_id: int, model: str, mode: str, answers: int, usage: Any, row_id: int | None = None,
+             tier: Any = None) -> None:
+        """A response was paid for (its usage as the server reported it; `tier`: the `service_tier` it
+        says it was served at, see `charged_mode`). A batch line's charge names its row (`row_id`): it is
+        committed only with that row's answer, so collecting twice pays once."""
         usage = usage if isinstance(usage, dict) else {}
         prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
+        cached = min(detail(usage, "prompt_tokens_details", "cached_tokens"), prompt)
+        reasoning = detail(usage, "completion_tokens_details", "reasoning_tokens")
+        mode = charged_mode(mode, tier)
         prices = self.job_prices.get(job_id, self.prices)
-        cost = prices.cost(model, mode, prompt, completion) if prices is not None else None
-        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion, row_id, cost or 0.0))
+        cost = prices.cost(model, mode, prompt, completion, cached) if prices is not None else None
+        self.charges.append(Charge(job_id, model, mode, 1, answers, prompt, completion, row_id, cost or 0.0,
+                                   cached, reasoning))
         tally = self.tally(job_id, model)
         tally.paid += 1
         tally.prompt_tokens += prompt
         tally.completion_tokens += completion
+        tally.cached_tokens += cached
+        tally.reasoning_tokens += reasoning
+        tally.flex_paid += int(mode == "flex")
         if cost is not None:
             tally.cost_usd += cost
             tally.priced += 1

@@ -12,6 +12,12 @@ Stopping (`stop()`: Ctrl-C, a store or cache failing): no lane claims or starts 
 in flight finish and their answers are kept; once none is in flight the pool ends. A refused key, an
 exhausted quota or an endpoint that never answers stops the lanes of that endpoint only
 (`EndpointState.refuse`); the others go on. `abandon()` (a second Ctrl-C, the grace spent) cancels what is in flight.
+
+Service tiers: a lane's `service_tier` (the run's `--service-tier`, else the request's own model arg) is
+set in each request's body as it is sent, never in the row's request (its hash, its cache key). A flex
+request answered 429 "resource unavailable" (`Verdict.CAPACITY`) waits and asks again at no attempt's
+cost; once it has waited on flex capacity for the lane's `flex_fallback` seconds, its next sends go at
+the default tier (counted in the tally's `fell_back`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +65,8 @@ class _Request:
     n: int
     calls: int = 0
     probe_failed: bool = False
+    tier: str | None = None  # the service_tier it is sent at (None: as its body says, or none)
+    waiting_since: float | None = None  # when flex capacity first refused it (time.monotonic())
 
 
 class LivePool:
@@ -153,7 +162,9 @@ class LivePool:
 
     async def _request(self, lane: Lane, rows: Item) -> None:
         """Send one request until it is answered, refused, or out of attempts; record what became of it."""
-        request = _Request(lane, list(rows), int(json.loads(rows[0].request).get("n") or 1))
+        asked = json.loads(rows[0].request)
+        tier = lane.service_tier or asked.get("service_tier")
+        request = _Request(lane, list(rows), int(asked.get("n") or 1), tier=tier if isinstance(tier, str) else None)
         try:  # a failed probe of an outage costs no attempt; an answer, however bad, always does
             await self.policy.call(functools.partial(self._attempt, request), lane.limiter.sleep,
                                    free=lambda exc: request.probe_failed and classify(exc).outage)
@@ -169,6 +180,7 @@ class LivePool:
         lane = request.lane
         if self._halted(lane):
             raise _Stopped
+        self._maybe_fall_back(request)
         cost, ours = self.estimator.cost(lane.body(request.rows))
         probe = request.probe_failed = await lane.limiter.acquire(cost)
         try:
@@ -179,6 +191,10 @@ class LivePool:
             raise
         except Exception as exc:
             self._observe_failure(lane, exc, probe)
+            if classify(exc).verdict is Verdict.CAPACITY:
+                self.ledger.tally(lane.job.id, lane.model).capacity_waits += 1
+                if request.waiting_since is None:
+                    request.waiting_since = time.monotonic()
             raise
         except BaseException:  # cancelled: let another request be the probe
             if probe:
@@ -189,6 +205,15 @@ class LivePool:
         request.probe_failed = False
         lane.limiter.succeeded()  # it answered: no outage, whatever the answer is worth
         self._take_answer(request, data, ours)
+
+    def _maybe_fall_back(self, request: _Request) -> None:
+        """A flex request that has waited on flex capacity for the lane's `flex_fallback` goes at the default
+        tier from now on (only its body's `service_tier` changes, never its row's request)."""
+        wait = request.lane.flex_fallback
+        if (request.tier == "flex" and wait is not None and request.waiting_since is not None
+                and time.monotonic() - request.waiting_since >= wait):
+            request.tier = "default"
+            self.ledger.tally(request.lane.job.id, request.lane.model).fell_back += 1
 
     async def _send_held(self, request: _Request, cost: int) -> tuple[dict[str, Any], Any]:
         """Send once a fair share of the concurrency is held, the rows' leases are still this process's and
@@ -203,7 +228,8 @@ class LivePool:
                     raise _Stopped
                 if lane.budget is not None:  # its worst case, reserved before it is sent
                     prompt, completion = tokens.budget_parts(lane.body(request.rows))
-                    got = await lane.budget.reserve_when_settled(lane.model, "live", prompt, completion)
+                    mode = "flex" if request.tier == "flex" else "live"
+                    got = await lane.budget.reserve_when_settled(lane.model, mode, prompt, completion)
                     if got is None or self._halted(lane):
                         if got:
                             lane.budget.release(got)
@@ -212,7 +238,7 @@ class LivePool:
                 request.calls += 1
                 tally = self.ledger.tally(lane.job.id, lane.model)
                 tally.retries += int(request.calls > 1)
-                data, headers = await self._send(lane, request.rows, tally)
+                data, headers = await self._send(lane, request.rows, tally, request.tier)
                 if lane.budget is not None and not (isinstance(data, dict) and isinstance(
                         data.get("usage"), dict)):  # no usage to measure it by: its worst case counts
                     lane.budget.unmeasured += reserved
@@ -230,7 +256,8 @@ class LivePool:
         usage = data.get("usage") if isinstance(data, dict) else None
         self.estimator.observe(ours, usage)
         # billed even when its choices cannot be mapped (then it is an attempt, asked again)
-        self.ledger.paid(lane.job.id, lane.model, "live", len(rows), usage)
+        self.ledger.paid(lane.job.id, lane.model, "live", len(rows), usage,
+                         tier=data.get("service_tier") if isinstance(data, dict) else None)
         parts = split_choices(data, n, len(rows))
         incomplete = []
         for i, (row, choices) in enumerate(zip(rows, parts, strict=True)):
@@ -261,13 +288,16 @@ class LivePool:
         for row in rows:
             self.ledger.failed(row, lane.endpoint.identity, error, failure.kind, calls)
 
-    async def _send(self, lane: Lane, rows: Item, tally: Any) -> tuple[dict[str, Any], Any]:
+    async def _send(self, lane: Lane, rows: Item, tally: Any, tier: str | None = None) -> tuple[dict[str, Any], Any]:
         tally.requests += 1
         self.sending.set()
         tally.in_flight += len(rows)
         self.in_flight += 1
+        body = lane.body(rows)
+        if tier is not None:
+            body["service_tier"] = tier
         try:
-            return await lane.client.send(lane.job.api, lane.body(rows))
+            return await lane.client.send(lane.job.api, body)
         finally:
             tally.in_flight -= len(rows)
             self.in_flight -= 1

@@ -5,7 +5,8 @@ Plain parameters; exponential backoff with jitter; a server-directed wait (`retr
 retried is the `retryable` predicate's call (by default `failures.classify`'s verdict). Rate-limit
 retries (429) do not use up a prompt's attempts, up to a bound: the limiter has already paused the pool
 for them; nor do failures the caller calls free (the runner: an outage probe's failure is the outage's,
-not the prompt's). `RetryPolicy.decide(failure, attempt)` is the decision itself, pure: wait this long and
+not the prompt's), nor a flex capacity 429 (`Verdict.CAPACITY`: never given up on; its backoff grows
+with each one). `RetryPolicy.decide(failure, attempt)` is the decision itself, pure: wait this long and
 ask again, or give up; `call` drives it for live requests, the batch engine for a batch's lines (which
 are asked again in a later batch). `RetryPolicy.no_wait()` is the test mode: every wait is zero, so tests never sleep
 through backoff.
@@ -60,7 +61,7 @@ class RetryPolicy:
         before asking again, or None: give up (the failure is not one to retry, or no attempt is left).
         A server-directed wait is used when given (capped at `max_server_wait`), else exponential backoff
         with jitter."""
-        if not failure.verdict.retryable or attempt >= self.max_attempts:
+        if not failure.verdict.retryable or (attempt >= self.max_attempts and failure.verdict is not Verdict.CAPACITY):
             return None
         if failure.retry_after is not None:
             return float(min(failure.retry_after, self.max_server_wait))
@@ -80,13 +81,15 @@ class RetryPolicy:
         failure for which `free(exc)` is true, or a rate limit (up to `free_rate_limits` x
         `max_attempts` of them), does not use up an attempt.
         """
-        calls = free_calls = rate_limited = 0
+        calls = free_calls = rate_limited = capacity = 0
 
         def decision(state: tenacity.RetryCallState) -> float | None:
             exc = state.outcome.exception() if state.outcome else None
             failure = classify(exc) if exc is not None else Failure(Verdict.RETRY, "", "")
             # (a failure the `retryable` predicate retries is retried as transient, whatever classify says)
             failure = failure if failure.verdict.retryable else Failure(Verdict.RETRY, failure.kind, failure.message)
+            if failure.verdict is Verdict.CAPACITY:  # its backoff grows with each, whatever the attempts
+                return self.decide(failure, capacity)
             return self.decide(failure, state.attempt_number - free_calls)
 
         def stop(state: tenacity.RetryCallState) -> bool:
@@ -105,9 +108,13 @@ class RetryPolicy:
                     try:
                         return await fn()
                     except Exception as exc:
-                        if self.retryable(exc) and free(exc):
+                        verdict = classify(exc).verdict
+                        if self.retryable(exc) and verdict is Verdict.CAPACITY:
+                            capacity += 1
                             free_calls += 1
-                        elif self.retryable(exc) and classify(exc).verdict is Verdict.RATE_LIMITED:
+                        elif self.retryable(exc) and free(exc):
+                            free_calls += 1
+                        elif self.retryable(exc) and verdict is Verdict.RATE_LIMITED:
                             # free, up to a bound: a prompt the server *always* rate-limits (a request
                             # too large for the limit) must fail some day
                             rate_limited += 1

@@ -294,7 +294,8 @@ class _Run:
         if endpoint.identity not in self.caches:
             self.caches[endpoint.identity] = ResponseCache(self.opts.cache_dir, endpoint.identity)
         return Lane(job, model, mode, self.states[key], self.clients[key], self.caches[endpoint.identity],
-                    self._limiter(job, model, endpoint), workers=self.opts.concurrency, submit=submit)
+                    self._limiter(job, model, endpoint), workers=self.opts.concurrency, submit=submit,
+                    service_tier=self.opts.service_tier, flex_fallback=self.opts.flex_fallback)
 
     def _limiter(self, job: JobRow, model: str, endpoint: Endpoint) -> Limiter:
         """One per endpoint and model (providers limit per model), at the told limits: options first,
@@ -415,6 +416,8 @@ class _Run:
             done=t.done, cached=t.cached, shared=t.shared, failed=t.failed, requests=t.requests, paid=t.paid,
             prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens, cost_usd=view.cost(),
             interrupted=self.signals > 0, abandoned=pool.abandoned if self.signals > 1 else 0,
+            reasoning_tokens=t.reasoning_tokens, cached_tokens=t.cached_tokens, flex=t.flex_paid,
+            capacity_waits=t.capacity_waits, fell_back=t.fell_back,
         )
         for kind, (number, example) in self.ledger.errors.items():
             summary.errors[kind] = number

@@ -229,13 +229,16 @@ class Prompts(Spending):
                 [(o.error, o.error_kind, o.attempts, o.id, o.owner or owner) for o in outcomes if o.status == "retry"],
             )
             conn.executemany(
-                "INSERT INTO spend (job_id, model, mode, requests, answers, prompt_tokens, completion_tokens)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, model, mode) DO UPDATE SET"
+                "INSERT INTO spend (job_id, model, mode, requests, answers, prompt_tokens, completion_tokens,"
+                " cached_tokens, reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id, model, mode) DO UPDATE SET"
                 " requests = requests + excluded.requests, answers = answers + excluded.answers,"
                 " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                " completion_tokens = completion_tokens + excluded.completion_tokens",
-                [(c.job_id, c.model, c.mode, c.requests, c.answers, c.prompt_tokens, c.completion_tokens)
-                 for c in charges if c.row_id is None or c.row_id in done],
+                " completion_tokens = completion_tokens + excluded.completion_tokens,"
+                " cached_tokens = cached_tokens + excluded.cached_tokens,"
+                " reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens",
+                [(c.job_id, c.model, c.mode, c.requests, c.answers, c.prompt_tokens, c.completion_tokens,
+                  c.cached_tokens, c.reasoning_tokens) for c in charges if c.row_id is None or c.row_id in done],
             )
 
     def release(self, ids: list[int], owner: str) -> None:

@@ -57,13 +57,15 @@ class Charge:
 
     job_id: int
     model: str
-    mode: str  # "live" or "batch"
+    mode: str  # "live", "batch" or "flex"
     requests: int
     answers: int
     prompt_tokens: int
     completion_tokens: int
     row_id: int | None = None  # a batch line's charge: counted only if that row is answered by this commit
     cost: float = 0.0  # USD at list price (0: unpriced); not stored, the spend table keeps the tokens
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens: a reasoning model's hidden tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ class BatchRow:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """A job's spend on one model in one mode (a row of the `spend` table)."""
+    """A job's spend on one model in one mode (a row of the `spend` table): "live", "batch" or "flex"."""
 
     model: str
     mode: str
@@ -108,6 +110,8 @@ class Spend:
     answers: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens: cached input (priced at the cached rate)
+    reasoning_tokens: int = 0  # of completion_tokens
 
 
 class GroupCount(NamedTuple):

@@ -16,7 +16,8 @@ class Spending(Connection):
     def spend(self, job: JobRow) -> list[Spend]:
         """What the job has paid for, by model and mode (every response paid for, recorded or not)."""
         rows = self.query(
-            "SELECT model, mode, requests, answers, prompt_tokens, completion_tokens FROM spend"
+            "SELECT model, mode, requests, answers, prompt_tokens, completion_tokens, cached_tokens,"
+            " reasoning_tokens FROM spend"
             " WHERE job_id = ? ORDER BY model, mode",
             (job.id,),
         )

@@ -71,6 +71,14 @@ class FakeConfig:
     # is unchanged). None: the text's own first token at -0.1 with made-up alternatives (`default_top`), as
     # every later token always is
     top_logprobs: dict[str, float] | None = None
+    # OpenAI's flex processing: this share of requests sent with `service_tier: "flex"` is answered 429
+    # "resource unavailable" (out of flex capacity; not billed)
+    flex_capacity_rate: float = 0.0
+    # reasoning models: hidden reasoning tokens per choice, billed in completion_tokens and said in
+    # `completion_tokens_details.reasoning_tokens`; prompt tokens said cached (`prompt_tokens_details`,
+    # at most the prompt's)
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -93,6 +101,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "batch_max_lines": (int,),
     "batch_max_bytes": (int,),
     "top_logprobs": (dict, type(None)),
+    "reasoning_tokens": (int,),
+    "cached_tokens": (int,),
 }
 
 
@@ -162,12 +172,13 @@ def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi:
 class FakeRequest:
     """A parsed completion request (or as much as could be parsed)."""
 
-    __slots__ = ("chat", "error", "first_top", "logprobs", "max_tokens", "model", "n", "per_byte", "prompts", "seed",
-                 "service_tier", "texts")
+    __slots__ = ("cached", "chat", "error", "first_top", "logprobs", "max_tokens", "model", "n", "per_byte",
+                 "prompts", "reasoning", "seed", "service_tier", "texts")
 
     def __init__(self, chat: bool, raw: bytes | None, body: Any = None) -> None:
         """Parse ``raw`` (an HTTP body), or when it is None take ``body`` as already decoded (a batch line's)."""
         self.per_byte = False  # prompt tokens counted as a byte-level tokenizer's worst case (`usage_bytes`)
+        self.reasoning = self.cached = 0  # `FakeConfig.reasoning_tokens` and `cached_tokens` (chat)
         self.chat = chat
         self.model, self.n, self.max_tokens = "", 1, None
         self.seed: int | None = None
@@ -246,13 +257,21 @@ class FakeRequest:
         if wrong_index:  # the last choice numbered past every prompt's choices
             texts[-1] = (len(self.prompts) * n + 4, texts[-1][1])
         counted = texts[:1] if first_choice_usage else texts
-        completion = sum(min(len(t.split()), cap) if cap else len(t.split()) for _, t in counted)
+        # a choice's hidden reasoning tokens come first, within its limit (max_completion_tokens includes them)
+        thought = (min(self.reasoning, cap) if cap else self.reasoning) if self.chat else 0
+        completion = sum(min(len(t.split()), cap - thought) if cap else len(t.split()) for _, t in counted)
         prompt = self.prompt_tokens(first_only=first_choice_usage)
-        usage = {
+        reasoning = thought * len(counted)
+        completion += reasoning  # billed as output, never shown
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if self.chat and (self.reasoning or self.cached):  # (as OpenAI details them)
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached, prompt), "audio_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning, "audio_tokens": 0,
+                                                  "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
         if record is not None:
             record["usage"] = dict(usage)
         base: dict[str, Any] = {
@@ -333,4 +352,8 @@ def _answer(prompt: str, sample: int) -> str:
 
 REPLY = "REPLY:"
 FAIL400_ERROR = error_body("Invalid prompt: contains FAIL400", "invalid_request_error", "messages", "invalid_prompt")
+# OpenAI's flex processing out of capacity: "429 Resource Unavailable" (no charge; retry, or use the default tier)
+FLEX_CAPACITY_ERROR = error_body("Resource unavailable: flex processing is temporarily out of capacity. Please "
+                                 "retry later, or send the request at the default service tier.",
+                                 "resource_unavailable", None, "resource_unavailable")
 SERVER_ERROR = error_body("The server had an error while processing your request. Sorry about that!", "server_error")

@@ -19,6 +19,13 @@ answered with the text after it, verbatim, so a test picks its answers).  Faults
   with made-up alternatives, the first token's alternatives ``top_logprobs`` ({token: logprob}) when set;
 * ``usage_first_choice_only``: usage counted as llama.cpp's server counts it for ``n > 1`` or a list
   of prompts (the first prompt's first choice only);
+* service tiers as OpenAI serves them: a request's ``service_tier`` is echoed in a chat answer ("flex",
+  "priority", "scale", else "default") and recorded; ``flex_capacity_rate``: that share of flex requests
+  answered 429 ``resource_unavailable`` (flex processing out of capacity: not billed, no retry-after;
+  outcome ``capacity_429``), drawn from a seeded generator of its own, one value a request;
+* usage details: ``reasoning_tokens`` hidden reasoning tokens per choice (billed in ``completion_tokens``,
+  said in ``completion_tokens_details.reasoning_tokens``), ``cached_tokens`` of the prompt tokens said
+  cached (``prompt_tokens_details.cached_tokens``, at most the prompt tokens), chat answers only;
 * ``quota_exhausted`` (429 insufficient_quota), ``fail_first`` (the first N requests get 500),
   ``outage_until`` (a ``time.monotonic()`` deadline before which every request gets 503);
 * ``rpm_limit`` / ``tpm_limit``: continuously refilling token buckets (capacity
@@ -28,7 +35,7 @@ answered with the text after it, verbatim, so a test picks its answers).  Faults
   ``tpm_limits`` (model -> limit): a model's own buckets and headers, as OpenAI limits per model.
 
 Checks run in this order: auth (401), body validation (400 "invalid"), outage (503),
-fail_first (500), quota (429), FAIL400, rpm/tpm buckets (429, not counted), random 429.  Those
+fail_first (500), quota (429), FAIL400, flex capacity (429), rpm/tpm buckets (429, not counted), random 429.  Those
 answer at once.  Otherwise the request counts against the buckets; HANG / hang_rate is decided
 (and recorded) on arrival; ``latency`` (+ uniform ``latency_jitter``) is slept; then FAIL500,
 error, drop, reset, malformed, wrong_choices, missing_choice, wrong_index and stall apply in that order;
@@ -74,6 +81,7 @@ from aiohttp import web
 
 from .api import (
     FAIL400_ERROR,
+    FLEX_CAPACITY_ERROR,
     MODELS,
     SERVER_ERROR,
     FakeConfig,
@@ -121,6 +129,7 @@ class FakeServer:
         self._answered: Counter[str] = Counter()
         self._seq = 0
         self._rng = random.Random(self._config.seed)
+        self._capacity_rng = random.Random(self._config.seed)  # its own: other rates' fates stay as they were
         self._make_buckets()
         self._batch_api.clear()
 
@@ -180,6 +189,7 @@ class FakeServer:
                 self._make_buckets()
             if "seed" in kw:
                 self._rng = random.Random(self._config.seed)
+                self._capacity_rng = random.Random(self._config.seed)
 
     # -- request handling -----------------------------------------------------------------------
     def _admit(self, req: FakeRequest, path: str, auth_ok: bool) -> _Admission:
@@ -189,6 +199,7 @@ class FakeServer:
             self._seq += 1
             seq = self._seq
             draws = [self._rng.random() for _ in range(_N_DRAWS)]
+            capacity = self._capacity_rng.random()
             entry: dict[str, Any] = {
                 "seq": seq,
                 "path": path,
@@ -196,6 +207,7 @@ class FakeServer:
                 "prompts": req.prompts,
                 "n": req.n,
                 "seed": req.seed,
+                "service_tier": req.service_tier,
                 "outcome": "",
                 "status": None,
                 "t": now,
@@ -222,6 +234,8 @@ class FakeServer:
                 front = (429, "error_429", body)
             elif req.has("FAIL400"):
                 front = (400, "error_400", FAIL400_ERROR)
+            elif req.service_tier == "flex" and capacity < c.flex_capacity_rate:
+                front = (429, "capacity_429", FLEX_CAPACITY_ERROR)
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
                 refused = self._limits.admit(req.model, tokens, now)
@@ -277,6 +291,7 @@ class FakeServer:
         req = FakeRequest(request.path.endswith("/chat/completions"), raw)
         req.per_byte = self._config.usage_bytes
         req.first_top = self._config.top_logprobs
+        req.reasoning, req.cached = self._config.reasoning_tokens, self._config.cached_tokens
         key = self._config.api_key
         auth_ok = key is None or request.headers.get("Authorization") == f"Bearer {key}"
         adm = self._admit(req, request.path, auth_ok)
