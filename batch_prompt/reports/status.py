@@ -128,6 +128,9 @@ class JobStatus:
     groups: tuple[GroupStatus, ...] | None = None  # in the order of their first prompt; None: not asked
     # answers (choices) of done prompts that the job's `parse` cannot parse; None: the job has no `parse`
     unparsed: int | None = None
+    # auto mode (`--mode auto --deadline`): the last plan, `run.plan.Plan.to_dict` (mode, deadline, take_back,
+    # rate, rate_source, ...); None: the job has no deadline
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for, `unparsed`
@@ -294,6 +297,7 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
         batches=tuple(BatchStatus(b.batch_id, b.state, b.status, b.model, b.requests, b.completed, b.failed,
                                   b.created_at, b.error) for b in store.batches(job)),
         usage_doubt=_usage_doubt(store, job),
+        plan=job.plan if job.deadline_at is not None else None,
     )
 
 
