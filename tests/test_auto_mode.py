@@ -122,6 +122,9 @@ def test_a_short_deadline_takes_slow_batches_back_and_finishes_live_each_prompt_
     assert live_requests(fake) == 40 - by_batch
     spent = {(s.mode, s.answers) for s in bp.status(db)[0].models[0:1] for s in _spend(db)}
     assert spent == {("batch", by_batch), ("live", 40 - by_batch)}  # what was paid: each prompt once
+    plan = bp.status(db)[0].plan
+    assert plan is not None and plan["mode"] == "batch" and plan["rate_source"] == "rpm 6000"
+    assert plan["learned"]["gpt-4o-mini"] > 0  # the rate reached live, for a later plan with no rpm
 
 
 def _spend(db: Path) -> list[Any]:

@@ -119,7 +119,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert schema_of(db) == INTENDED_SCHEMA
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute("SELECT version FROM batch_prompt_migrations ORDER BY version")]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 7]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 

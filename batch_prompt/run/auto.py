@@ -29,7 +29,10 @@ from ..store.asyncstore import AsyncStore
 from ..store.database import JobRow, Store
 from .batch import BatchEngine
 from .lanes import Lane
+from .ledger import Ledger
 from .plan import ASSUMED_SECONDS, Inputs, Plan, Rate, make_plan, take_back_at
+
+LEARN_FROM = 20  # live requests a run must have made before its rate is kept as the job's learned rate
 
 
 def is_auto(job: JobRow, opts: RunOptions) -> bool:
@@ -94,14 +97,17 @@ class AutoJob:
     inputs: Inputs
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     batch_lanes: list[Lane] = field(default_factory=list)
+    opened: float | None = None  # when the gate opened (time.monotonic())
+    calls_then: dict[str, int] = field(default_factory=dict)  # per model: calls the run had made by then
 
 
 class Watch:
     """Keeps the auto jobs of a run to their plans (see the module docstring)."""
 
-    def __init__(self, jobs: list[AutoJob], engine: BatchEngine | None, opts: RunOptions,
+    def __init__(self, jobs: list[AutoJob], engine: BatchEngine | None, ledger: Ledger, opts: RunOptions,
                  note: Callable[[str], None], stopping: Callable[[], bool]) -> None:
-        self.jobs, self.engine, self.opts, self.note, self.stopping = jobs, engine, opts, note, stopping
+        self.jobs, self.engine, self.ledger, self.opts = jobs, engine, ledger, opts
+        self.note, self.stopping = note, stopping
         self.taken_back = 0  # batches asked to cancel
 
     async def run(self) -> None:
@@ -125,7 +131,25 @@ class Watch:
                     return
                 await asyncio.sleep(min(self.opts.poll, max(0.0, back - time.time())))
         finally:
+            auto.opened = time.monotonic()
+            auto.calls_then = {m: self.ledger.tally(auto.job.id, m).requests for m in auto.job.spec["models"]}
             auto.gate.set()
+
+    async def remember_rates(self, store: AsyncStore) -> None:
+        """Keep with each job's plan the live rate its prompts reached after the gate opened (when it sent
+        at least `LEARN_FROM` requests): a later plan of the job with no rpm or tpm assumes it."""
+        for auto in self.jobs:
+            if auto.opened is None:
+                continue
+            seconds = time.monotonic() - auto.opened
+            learned = {}
+            for model, before in auto.calls_then.items():
+                calls = self.ledger.tally(auto.job.id, model).requests - before
+                if calls >= LEARN_FROM and seconds > 0:
+                    learned[model] = calls / seconds
+            if learned:
+                plan = {**auto.plan.to_dict(), "learned": {**(auto.job.plan or {}).get("learned", {}), **learned}}
+                await store.run(functools.partial(Store.set_plan, job=auto.job, plan=plan))
 
     async def _left(self, auto: AutoJob) -> dict[str, int]:
         """Per model, the prompts not answered yet: pending, or running (being submitted, or in a batch)

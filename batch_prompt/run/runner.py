@@ -207,6 +207,8 @@ class _Run:
                 watch.engine = engine
                 watch.stopping = lambda: pool.stopping or bool(self.batching and self.batching.done())
             await self._work(pool, engine, view, watch)
+            if watch is not None:
+                await watch.remember_rates(self.store)
             summary = self._summary(view, pool)
             summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
             summary.larger_budget = max((b.larger() for b in budgets.values() if b.reached), default=None)
@@ -306,7 +308,7 @@ class _Run:
         for lane in batch_lanes:
             if lane.job.id in autos:
                 autos[lane.job.id].batch_lanes.append(lane)
-        return Watch(list(autos.values()), None, self.opts, self.progress.note, lambda: False)
+        return Watch(list(autos.values()), None, self.ledger, self.opts, self.progress.note, lambda: False)
 
     def _lane(self, job: JobRow, model: str, endpoint: Endpoint, mode: str = "live", submit: bool = True) -> Lane:
         key = (endpoint.identity, endpoint.api_key)

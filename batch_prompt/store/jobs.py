@@ -187,6 +187,12 @@ class Jobs(Connection):
                 conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
                              (canonical_json(spec), base_url, job.id))
 
+    def set_plan(self, job: JobRow, plan: dict[str, Any]) -> None:
+        """Keep an auto job's plan (with the rates its runs learned) for status and the next plan."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET plan = ? WHERE id = ? AND deadline_at IS NOT NULL",
+                         (canonical_json(plan), job.id))
+
 
 _SET_CHOICES = "UPDATE jobs SET mode = coalesce(?, mode), fresh = coalesce(?, fresh) WHERE id = ?"
 
