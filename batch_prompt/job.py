@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import secrets
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,16 +66,18 @@ class Job:
 
 
 def create(db_path: str | Path, spec: str | Path | Spec | None = None, *, mode: str | None = None,
-           fresh: bool | None = None, **fields: Any) -> Job:
+           fresh: bool | None = None, deadline: str | float | datetime.datetime | None = None,
+           **fields: Any) -> Job:
     """Expand a spec and record every prompt in `db_path` before anything is sent.
 
     Give the spec's fields as keyword arguments (`templates=`, `keywords=`, `model=`, `api=`,
     `model_args=`, `name=`, `repeats=`, `dedupe=`, `prompts_per_request=`, `base_url=`, `endpoints=`,
     `rpm=`, `tpm=`, `max_cost=`, `prices=`, `parse=`), or a spec file path (keyword arguments then override its
-    fields). The same spec again is a no-op (run fields given anew are updated). `mode` ("live" or
-    "batch") and `fresh` (no answers from the cache), when given, are recorded with the job in the same
-    transaction (see `Store.create_job`): how the run about to send it sends it. Raises `SpecError`,
-    `JobConflictError` or `StoreError`; on any error nothing is left behind: not a row, and, when
+    fields). The same spec again is a no-op (run fields given anew are updated). `mode` ("live",
+    "batch" or "auto" with a `deadline`: see `RunOptions`) and `fresh` (no answers from the cache), when
+    given, are recorded with the job in the same transaction (see `Store.create_job`): how the run
+    about to send it sends it. Raises `SpecError`, `JobConflictError`, `ConfigError` (a bad mode or
+    deadline) or `StoreError`; on any error nothing is left behind: not a row, and, when
     `db_path` did not exist, not a file (see `_record`).
     """
     if isinstance(spec, Spec):
@@ -82,14 +86,18 @@ def create(db_path: str | Path, spec: str | Path | Spec | None = None, *, mode: 
         parsed = load_spec(spec, **fields)
     else:
         parsed = Spec.from_dict(fields)
-    row, created = _record(Path(db_path), parsed, mode, fresh)
+    choice = RunOptions(mode=mode, deadline=deadline)
+    choice.validate()
+    deadline_at = choice.deadline_at(time.time())
+    row, created = _record(Path(db_path), parsed, "auto" if choice.auto else mode, fresh, deadline_at)
     return Job(str(db_path), row.name, row.n_prompts, created, parsed.base_url)
 
 
 CREATING = ".creating"  # the suffix of a new database's private name while its first job is recorded
 
 
-def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None) -> tuple[JobRow, bool]:
+def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None,
+            deadline_at: float | None = None) -> tuple[JobRow, bool]:
     """Record `spec`'s job in the database at `path`.
 
     A database that does not exist yet is made under a private name beside it
@@ -103,7 +111,8 @@ def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None) -> tup
         private = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{CREATING}"
         try:
             with Store(private) as store:
-                result = store.create_job(spec, pause=0.0, mode=mode, fresh=fresh)  # no other process sees it
+                result = store.create_job(spec, pause=0.0, mode=mode, fresh=fresh,
+                                                deadline_at=deadline_at)  # no other process sees it
                 store.checkpoint()
             with contextlib.suppress(OSError):  # FileExistsError: another process was first
                 os.link(private, path)
@@ -113,7 +122,7 @@ def _record(path: Path, spec: Spec, mode: str | None, fresh: bool | None) -> tup
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{private}{suffix}")
     with Store(path) as store:
-        return store.create_job(spec, mode=mode, fresh=fresh)
+        return store.create_job(spec, mode=mode, fresh=fresh, deadline_at=deadline_at)
 
 
 def _remove_stale_private_files(path: Path) -> None:

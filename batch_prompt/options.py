@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +37,11 @@ class RunOptions:
     cache_dir: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    mode: str | None = None  # "live" or "batch"; None: the mode the job was last run in
+    mode: str | None = None  # "live", "batch" or "auto" (needs a deadline); None: the mode the job was last run in
+    # auto mode: a duration from now ("90m", "1h30m", "2d"; a number: seconds) or a datetime; given alone it
+    # means auto. Kept with the job as a time: a later run without one keeps to it (`run/plan.py`).
+    deadline: str | float | datetime.datetime | None = None
+    batch_window: float = 86400.0  # auto: the provider's batch completion window, seconds (24 h)
     max_cost: float | None = None  # USD a job's spend never passes (default: the spec's max_cost)
     prices: str | None = None  # a price override file, on top of the spec's
     # Live requests' `service_tier` (one of SERVICE_TIERS; "flex": at the flex price, see run/live.py), over
@@ -90,11 +95,36 @@ class RunOptions:
             raise ConfigError(f"max_cost must be a positive number of USD, not {self.max_cost!r}")
         if not _positive(self.poll):
             raise ConfigError(f"poll must be a positive number of seconds, not {self.poll!r}")
-        if self.mode not in (None, "live", "batch"):
-            raise ConfigError(f"mode must be 'live' or 'batch', not {self.mode!r}")
+        if self.mode not in (None, "live", "batch", "auto"):
+            raise ConfigError(f"mode must be 'live', 'batch' or 'auto', not {self.mode!r}")
         check_service_tier(self.service_tier, "service_tier")
         if self.flex_fallback is not None and not (_positive(self.flex_fallback) or self.flex_fallback == 0):
             raise ConfigError(f"flex_fallback must be a number of seconds >= 0, not {self.flex_fallback!r}")
+        if self.deadline is not None and self.mode in ("live", "batch"):
+            raise ConfigError(f"a deadline is for --mode auto, not {self.mode}: drop --mode or the deadline")
+        if self.deadline is not None:
+            self.deadline_at(0.0)  # a ConfigError for what is not a duration
+        if not _positive(self.batch_window):
+            raise ConfigError(f"batch_window must be a positive number of seconds, not {self.batch_window!r}")
+
+    def deadline_at(self, now: float) -> float | None:
+        """The deadline as unix time (a duration counts from `now`); None: none given."""
+        from .run.plan import parse_duration
+
+        if self.deadline is None:
+            return None
+        if isinstance(self.deadline, datetime.datetime):
+            return self.deadline.timestamp()
+        if isinstance(self.deadline, int | float) and not isinstance(self.deadline, bool):
+            if not _positive(self.deadline):
+                raise ConfigError(f"deadline must be a positive number of seconds, not {self.deadline!r}")
+            return now + float(self.deadline)
+        return now + parse_duration(str(self.deadline))
+
+    @property
+    def auto(self) -> bool:
+        """Auto mode asked for: `mode="auto"`, or a deadline alone."""
+        return self.mode == "auto" or (self.mode is None and self.deadline is not None)
 
     def check_rates(self, models: set[str]) -> None:
         """`ConfigError` for an `rpm`/`tpm` mapping naming a model that none of the run's jobs has (a typo
@@ -133,6 +163,8 @@ class RunArgs(TypedDict, total=False):
     base_url: str | None
     api_key: str | None
     mode: str | None
+    deadline: str | float | datetime.datetime | None
+    batch_window: float
     max_cost: float | None
     prices: str | None
     service_tier: str | None

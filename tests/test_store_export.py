@@ -40,7 +40,7 @@ INTENDED_SCHEMA = {
         "NOT NULL, api TEXT NOT NULL CHECK (api IN ('chat', 'completions')), prompts_per_request INTEGER NOT NULL, "
         "base_url TEXT, state TEXT NOT NULL DEFAULT 'creating' CHECK (state IN ('creating', 'ready')), n_prompts "
         "INTEGER NOT NULL, created_at TEXT NOT NULL, mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', "
-        "'batch')), fresh INTEGER NOT NULL DEFAULT 0, creator TEXT)",
+        "'batch')), fresh INTEGER NOT NULL DEFAULT 0, creator TEXT, deadline_at REAL, plan TEXT)",
     ("table", "prompts", "prompts"):
         "CREATE TABLE prompts (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), hash TEXT NOT "
         "NULL, template_index INTEGER NOT NULL, keywords_index INTEGER NOT NULL, model_index INTEGER NOT NULL, "
@@ -120,7 +120,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert schema_of(db) == INTENDED_SCHEMA
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute("SELECT version FROM batch_prompt_migrations ORDER BY version")]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 8]  # (0007: branch auto)
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 

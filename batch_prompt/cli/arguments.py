@@ -83,6 +83,17 @@ def _usd(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> str:
+    """An argparse type: a duration (`run.plan.parse_duration`), kept as given (it counts from the run's start)."""
+    from ..run.plan import parse_duration
+
+    try:
+        parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _base_url(text: str) -> str:
     try:
         return normalize_base_url(text)
@@ -112,8 +123,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     # How long a claim holds a row for this process before another may take it (tests shorten it).
     parser.add_argument("--lease-seconds", type=_positive_float("lease seconds"), default=300.0,
                         help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=("live", "batch"),
-                        help="live calls, or the provider's Batch API (default: the mode the job last ran in)")
+    parser.add_argument("--mode", choices=("live", "batch", "auto"),
+                        help="live calls, the provider's Batch API, or auto: the cheapest that meets --deadline "
+                             "(default: the mode the job last ran in)")
+    parser.add_argument("--deadline", type=_duration, metavar="DURATION",
+                        help="auto mode (implied): finish within this, e.g. 90m, 2h, 1h30m, 2d (a number: seconds); "
+                             "kept with the job, so a plain resume keeps to it")
     parser.add_argument("--batch-size", type=_positive_int("batch size"), default=50_000,
                         help="batch mode: most requests per batch (default 50,000)")
     parser.add_argument("--batch-bytes", type=_positive_int("batch bytes"), default=200_000_000,

@@ -145,6 +145,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, grace=args.grace,
         max_attempts=args.max_attempts, cache=args.cache, cache_dir=args.cache_dir, mode=args.mode,
+        deadline=args.deadline,
         max_cost=args.max_cost, prices=args.prices, lease_seconds=args.lease_seconds,
         service_tier=args.service_tier, flex_fallback=args.flex_fallback,
         batch_size=args.batch_size, batch_bytes=args.batch_bytes, poll=args.poll, wait=args.wait,
@@ -192,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, base_url=args.base_url)
     check_run([{**spec.identity(), **spec.run_fields()}], _options(args))  # bad input: nothing recorded
     fresh = None if args.cache is None else not args.cache
-    job = jobs.create(args.db, spec, mode=args.mode, fresh=fresh)  # with the run's choices, at once
+    job = jobs.create(args.db, spec, mode=args.mode, fresh=fresh, deadline=args.deadline)  # the run's choices, at once
     if not args.yes and not _confirmed(job, args):
         later = _command(["python", "-m", "batch_prompt", "run", args.spec, "--db", args.db], args) + " --yes"
         print(f"nothing sent; job {job.name!r} is recorded in {args.db}: to send it later, {later}", file=sys.stderr)

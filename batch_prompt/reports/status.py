@@ -134,6 +134,9 @@ class JobStatus:
     reasoning_tokens: int = 0  # of completion_tokens
     cached_tokens: int = 0  # of prompt_tokens
     flex_requests: int = 0  # of requests: at the flex tier
+    # auto mode (`--mode auto --deadline`): the last plan, `run.plan.Plan.to_dict` (mode, deadline, take_back,
+    # rate, rate_source, ...); None: the job has no deadline
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, the same fields (lists for tuples); `by` and `groups` only when asked for, `unparsed`
@@ -303,6 +306,7 @@ def _job_status(store: Store, job: JobRow, prices: Prices) -> JobStatus:
                                   b.created_at, b.error) for b in store.batches(job)),
         usage_doubt=_usage_doubt(store, job), reasoning_tokens=sum(s.reasoning_tokens for s in spend),
         cached_tokens=sum(s.cached_tokens for s in spend), flex_requests=sum(m.flex_requests for m in per_model),
+        plan=job.plan if job.deadline_at is not None else None,
     )
 
 

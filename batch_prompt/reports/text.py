@@ -37,6 +37,8 @@ def status_lines(job: JobStatus) -> list[str]:
         lines.append(f"  of them: {details}")
     if job.usage_doubt:
         lines.append(f"  {job.usage_doubt}")
+    if job.plan:
+        lines.append(short(f"  {_plan_line(job.plan)}"))
     lines += _parse_lines(job)
     if len(job.models) > 1:
         several = len({m.endpoint for m in job.models}) > 1  # then each model says where it is served
@@ -65,6 +67,15 @@ def _token_details(job: JobStatus) -> str:
              f"{job.cached_tokens:,} cached input tokens" if job.cached_tokens else "",
              f"{plural(job.flex_requests, 'request')} at the flex tier" if job.flex_requests else ""]
     return ", ".join(part for part in parts if part)
+
+
+def _plan_line(plan: dict[str, Any]) -> str:
+    """Auto mode's plan, as status shows it: the lane, the deadline, when batches are taken back, the rate."""
+    deadline = plan["deadline"].replace("T", " ")[:16]
+    rate = f"{plan['rate']:,.3g}/s ({plan['rate_source']})"
+    if plan["mode"] == "batch" and plan.get("take_back"):
+        return f"plan: batch, live from {plan['take_back'].replace('T', ' ')[:16]} at {rate}; deadline {deadline}"
+    return f"plan: live at {rate}; deadline {deadline}"
 
 
 def _unfinished(counts: JobStatus | ModelStatus) -> str:

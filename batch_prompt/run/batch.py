@@ -306,6 +306,24 @@ class BatchEngine(BatchCalls):
         if failure.verdict is Verdict.FATAL:
             lane.state.refused_by_api(message, failure.status)
 
+    async def take_back(self, lane: Lane, asked: set[str]) -> int:
+        """Auto mode's take-back (`auto.Watch`): submit nothing more for the lane, and ask the provider to
+        cancel each of its open batches not asked before (`asked`, their batch ids, grows); their ends are
+        collected as any batch's: what they completed recorded, the rest pending again. Returns how many
+        were asked now."""
+        lane.submit = False
+        now = 0
+        for batch in list(lane.open.values()):
+            if batch.batch_id is None or batch.batch_id in asked or batch.status in ENDED:
+                continue
+            asked.add(batch.batch_id)
+            cancel = functools.partial(self._sdk(lane).batches.cancel, batch.batch_id)
+            with contextlib.suppress(BatchPromptError, Halted):  # ended meanwhile (409), or the endpoint stopped
+                await self._api(lane, cancel)
+                now += 1
+        self._wake.set()  # look at them now
+        return now
+
     async def cancel(self, lane: Lane) -> tuple[int, int]:
         """Ask the provider to cancel every open batch of the lane; returns how many were asked, and how many
         were being cancelled already (asked before)."""

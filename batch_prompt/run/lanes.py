@@ -98,6 +98,7 @@ class Lane:
     open: dict[int, BatchRow] = field(default_factory=dict)
     reserved: dict[int, float] = field(default_factory=dict)
     last_refusal: str | None = None
+    gate: asyncio.Event | None = None  # live, auto mode: nothing is claimed until it is set (`auto.Watch`)
     queue: asyncio.Queue[Item | None] = field(init=False)
 
     def __post_init__(self) -> None:

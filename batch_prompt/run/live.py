@@ -108,6 +108,8 @@ class LivePool:
         """Claim and start nothing more; let what is in flight finish (`abandon` ends it sooner)."""
         self.stopping = True
         for lane in self.lanes:
+            if lane.gate is not None:
+                lane.gate.set()
             while not lane.queue.empty():
                 lane.queue.get_nowait()
             for _ in range(lane.workers):
@@ -133,6 +135,8 @@ class LivePool:
 
     async def _feed(self, lane: Lane) -> None:
         chunk = max(64, 2 * self.slots.total // max(1, len(self.lanes))) * lane.pack
+        if lane.gate is not None:
+            await lane.gate.wait()
         while not self._halted(lane):
             rows = await self.intake.take(lane, chunk)
             if rows is None:

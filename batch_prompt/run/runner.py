@@ -28,6 +28,7 @@ from ..store.asyncstore import AsyncStore
 from ..store.cache import ResponseCache
 from ..store.database import JobRow, Spend, Store
 from ..store.leases import LeaseKeeper, lease_owner
+from .auto import AutoJob, Watch, plan_jobs
 from .batch import BatchEngine
 from .budget import Budget
 from .client import ApiClient, Endpoint, make_client
@@ -145,12 +146,13 @@ class _Run:
         endpoints = {(job.id, model): endpoint for job, found in zip(jobs, checked, strict=True)
                      for model, endpoint in found.endpoints.items()}
         elsewhere = await self._batches_elsewhere(jobs, endpoints)  # their keys checked before anything too
-        jobs = [await self._remember_choices(job) for job in jobs]
+        autos = {} if self.cancelling else await plan_jobs(self.store, jobs, endpoints, self.opts)  # (may refuse)
+        jobs = [await self._remember_choices(job, autos.get(job.id)) for job in jobs]
         try:
             models = [(job, model) for job in jobs for model in job.spec["models"]]
             live = not self.cancelling
             lanes = [self._lane(job, model, endpoints[job.id, model]) for job, model in models
-                     if job.mode == "live" and live]
+                     if live and (job.mode == "live" or (job.id in autos and self.opts.wait))]
             open_batches = {job.id: await self.store.batches(job, open_only=True) for job in jobs}
             batch_lanes = [self._lane(job, model, endpoints[job.id, model], "batch",
                                       submit=job.mode == "batch" and live)
@@ -159,6 +161,7 @@ class _Run:
             by_id = {job.id: job for job in jobs}
             batch_lanes += [self._lane(by_id[job_id], model, endpoint, "batch", submit=False)
                             for (job_id, model), found in elsewhere.items() for endpoint in found]
+            watch = self._watch(autos, lanes, batch_lanes) if autos and self.opts.wait else None
             counts = [await self.store.counts(job) for job in jobs]
             self.ledger.prices = prices
             budgets = {}
@@ -196,8 +199,16 @@ class _Run:
                     asked, already = await engine.cancel(batch_lane)
                     self.cancelled, self.already_cancelling = self.cancelled + asked, self.already_cancelling + already
             self.progress.start(view)
-            await self._say_what_the_cache_answers([*lanes, *(b for b in batch_lanes if b.submit)])
-            await self._work(pool, engine, view)
+            for auto in autos.values():
+                self.progress.note(auto.plan.line())
+            await self._say_what_the_cache_answers([*(lane for lane in lanes if lane.gate is None),
+                                                    *(b for b in batch_lanes if b.submit)])
+            if watch is not None:
+                watch.engine = engine
+                watch.stopping = lambda: pool.stopping or bool(self.batching and self.batching.done())
+            await self._work(pool, engine, view, watch)
+            if watch is not None:
+                await watch.remember_rates(self.store)
             summary = self._summary(view, pool)
             summary.budget_reached = [b.message() for b in budgets.values() if b.reached]
             summary.larger_budget = max((b.larger() for b in budgets.values() if b.reached), default=None)
@@ -271,20 +282,33 @@ class _Run:
             jobs = [job for job in jobs if job.name in names]
         return jobs
 
-    async def _remember_choices(self, job: JobRow) -> JobRow:
-        """The run choices that decide what the results mean are kept with the job for every resume."""
+    async def _remember_choices(self, job: JobRow, auto: AutoJob | None) -> JobRow:
+        """The run choices that decide what the results mean are kept with the job for every resume (in auto
+        mode: the lane its plan chose, the deadline and the plan)."""
         if self.cancelling:
             return job
-        mode = self.opts.mode or job.mode
+        mode = auto.plan.mode if auto is not None else self.opts.mode or job.mode
         fresh = job.fresh if self.opts.cache is None else not self.opts.cache
         # the endpoint a --base-url names, for the models the spec does not send elsewhere
         base_url = self.opts.base_url if self.opts.base_url not in (None, job.spec.get("base_url")) else None
-        if (mode, fresh, base_url) == (job.mode, job.fresh, None):
+        if (mode, fresh, base_url, auto, job.deadline_at) == (job.mode, job.fresh, None, None, None):
             return job
-        await self.store.set_mode(job, mode, fresh, base_url)
+        plan = None if auto is None else {**(job.plan or {}), **auto.plan.to_dict()}
+        deadline_at = None if auto is None else auto.plan.deadline_at
+        await self.store.run(lambda s: s.set_run_choices(job, mode, fresh, base_url, deadline_at, plan))
         spec = job.spec if base_url is None else {**job.spec, "base_url": base_url}
-        return JobRow(**{**vars(job), "mode": mode, "fresh": fresh, "spec": spec,
-                         "base_url": base_url or job.base_url})
+        return JobRow(**{**vars(job), "mode": mode, "fresh": fresh, "spec": spec, "deadline_at": deadline_at,
+                         "plan": plan, "base_url": base_url or job.base_url})
+
+    def _watch(self, autos: dict[int, AutoJob], lanes: list[Lane], batch_lanes: list[Lane]) -> Watch:
+        """Auto mode: the live lanes of its jobs wait behind their gates; the watch keeps to the plans."""
+        for lane in lanes:
+            if lane.job.id in autos:
+                lane.gate = autos[lane.job.id].gate
+        for lane in batch_lanes:
+            if lane.job.id in autos:
+                autos[lane.job.id].batch_lanes.append(lane)
+        return Watch(list(autos.values()), None, self.ledger, self.opts, self.progress.note, lambda: False)
 
     def _lane(self, job: JobRow, model: str, endpoint: Endpoint, mode: str = "live", submit: bool = True) -> Lane:
         key = (endpoint.identity, endpoint.api_key)
@@ -309,7 +333,7 @@ class _Run:
             self.limiters[key] = Limiter(rpm, tpm)
         return self.limiters[key]
 
-    async def _work(self, pool: LivePool, engine: BatchEngine | None, view: _View) -> None:
+    async def _work(self, pool: LivePool, engine: BatchEngine | None, view: _View, watch: Watch | None) -> None:
         loop = asyncio.get_running_loop()
         self.engine = engine
         if self.opts.handle_signals:
@@ -326,6 +350,8 @@ class _Run:
                 group.create_task(pool.run(), name="live")
                 if engine is not None:
                     self.batching = group.create_task(engine.run(), name="batch")
+                if watch is not None:
+                    group.create_task(watch.run(), name="auto")
         finally:
             if self.opts.handle_signals:
                 for sig in SIGNALS:

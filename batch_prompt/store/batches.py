@@ -100,3 +100,13 @@ class Batches(Connection):
                          (error, time.time(), batch_id))
         return int(moved)
 
+
+    def worst_batch_seconds(self, endpoint: str, model: str) -> float | None:
+        """The longest a batch of `model` at `endpoint` (its identity) took, from creation to its end, of
+        those it completed (any job of this file); None when none has."""
+        row = self.query(
+            "SELECT max(finished_at - created_at) FROM batches WHERE endpoint = ? AND model = ?"
+            " AND status = 'completed' AND finished_at IS NOT NULL",
+            (endpoint, model),
+        )[0]
+        return None if row[0] is None else float(row[0])

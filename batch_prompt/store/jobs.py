@@ -35,11 +35,12 @@ class Jobs(Connection):
     def jobs(self) -> list[JobRow]:
         rows = self.query(
             "SELECT id, name, spec, api, prompts_per_request, base_url, state, n_prompts, created_at, mode,"
-            " fresh FROM jobs ORDER BY id"
+            " fresh, deadline_at, plan FROM jobs ORDER BY id"
         )
         return [
             JobRow(id=r[0], name=r[1], spec=json.loads(r[2]), api=r[3], prompts_per_request=r[4], base_url=r[5],
-                   state=r[6], n_prompts=r[7], created_at=r[8], mode=r[9], fresh=bool(r[10]))
+                   state=r[6], n_prompts=r[7], created_at=r[8], mode=r[9], fresh=bool(r[10]), deadline_at=r[11],
+                   plan=None if r[12] is None else json.loads(r[12]))
             for r in rows
         ]
 
@@ -57,10 +58,12 @@ class Jobs(Connection):
         return chosen
 
     def create_job(self, spec: Spec, owner: str | None = None, pause: float = CREATE_PAUSE, *,
-                   mode: str | None = None, fresh: bool | None = None) -> tuple[JobRow, bool]:
+                   mode: str | None = None, fresh: bool | None = None,
+                   deadline_at: float | None = None) -> tuple[JobRow, bool]:
         """Record a spec's job and all its prompts. Returns (job, created).
 
-        `mode` and `fresh` (None: as they are) are the choices of the run about to send it (`run SPEC`),
+        `mode`, `fresh` and `deadline_at` (None: as they are; mode "auto" keeps the lane and sets the
+        deadline, "live" or "batch" clears it) are the choices of the run about to send it (`run SPEC`),
         recorded in the transaction that makes the job visible (or, for a job already there, that updates
         its run fields): no kill, at any instant, leaves the job recorded without them.
 
@@ -99,7 +102,7 @@ class Jobs(Connection):
                         conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
                                      (canonical_json(stored), spec.base_url, row[0]))
                     if mode is not None or fresh is not None:
-                        conn.execute(_SET_CHOICES, (mode, _flag(fresh), row[0]))
+                        _set_choices(conn, row[0], mode, fresh, deadline_at)
                     job = self.job(name)
                     assert job is not None
                     return job, False
@@ -123,7 +126,7 @@ class Jobs(Connection):
         try:
             self._insert_prompts(job_id, expand(spec), pause)
             with self.transaction() as conn:
-                conn.execute(_SET_CHOICES, (mode, _flag(fresh), job_id))
+                _set_choices(conn, job_id, mode, fresh, deadline_at)
                 conn.execute("UPDATE jobs SET state = 'ready', creator = NULL WHERE id = ?", (job_id,))
         except BaseException:
             with contextlib.suppress(Exception):  # undone; what cannot be is redone by the next create
@@ -169,18 +172,39 @@ class Jobs(Connection):
                 return
             time.sleep(pause)  # SQLite's busy handler retries every 100 ms at most: a waiting writer gets in
 
-    def set_run_choices(self, job: JobRow, mode: str, fresh: bool, base_url: str | None = None) -> None:
+    def set_run_choices(self, job: JobRow, mode: str, fresh: bool, base_url: str | None = None,
+                        deadline_at: float | None = None, plan: dict[str, Any] | None = None) -> None:
         """Remember how the job was last run: its mode, whether it asks for fresh samples, and (when given)
-        the endpoint it was sent to (the spec's `base_url` run field)."""
+        the endpoint it was sent to (the spec's `base_url` run field). Auto mode (`plan` given): `mode` is
+        the plan's lane, and the deadline and plan are kept with it; without a plan they are cleared."""
         with self.transaction() as conn:
             conn.execute(_SET_CHOICES, (mode, int(fresh), job.id))
+            conn.execute("UPDATE jobs SET deadline_at = ?, plan = ? WHERE id = ?",
+                         (deadline_at if plan is not None else None,
+                          None if plan is None else canonical_json(plan), job.id))
             if base_url is not None:
                 spec = {**job.spec, "base_url": base_url}
                 conn.execute("UPDATE jobs SET spec = ?, base_url = ? WHERE id = ?",
                              (canonical_json(spec), base_url, job.id))
 
+    def set_plan(self, job: JobRow, plan: dict[str, Any]) -> None:
+        """Keep an auto job's plan (with the rates its runs learned) for status and the next plan."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET plan = ? WHERE id = ? AND deadline_at IS NOT NULL",
+                         (canonical_json(plan), job.id))
+
 
 _SET_CHOICES = "UPDATE jobs SET mode = coalesce(?, mode), fresh = coalesce(?, fresh) WHERE id = ?"
+
+
+def _set_choices(conn: Any, job_id: int, mode: str | None, fresh: bool | None, deadline_at: float | None) -> None:
+    """A run's choices: "auto" sets the deadline and leaves the lane to the runner's plan; "live" or
+    "batch" clear a deadline."""
+    conn.execute(_SET_CHOICES, (None if mode == "auto" else mode, _flag(fresh), job_id))
+    if mode == "auto" and deadline_at is not None:
+        conn.execute("UPDATE jobs SET deadline_at = ? WHERE id = ?", (deadline_at, job_id))
+    elif mode in ("live", "batch"):
+        conn.execute("UPDATE jobs SET deadline_at = NULL, plan = NULL WHERE id = ?", (job_id,))
 
 
 def _flag(value: bool | None) -> int | None:

@@ -20,6 +20,8 @@ class JobRow:
     created_at: str
     mode: str = "live"  # the mode it was last run in
     fresh: bool = False  # asks for fresh samples: not answered from the cache
+    deadline_at: float | None = None  # auto mode: unix time it must be finished by (`mode`: its plan's lane)
+    plan: dict[str, Any] | None = None  # auto mode: the last plan made (`run.plan.Plan.to_dict`)
 
 
 @dataclass(frozen=True, slots=True)
