@@ -64,14 +64,23 @@ def test_the_plan_is_batch_when_the_deadline_leaves_room_for_the_window_or_what_
     plan = make_plan(inputs(30 * 3600))
     assert (plan.mode, plan.take_back_at, plan.batch_seen) == ("batch", 1000 + 30 * 3600 - lead, False)
     assert plan.line().startswith("plan: batch (deadline in 1d06h, the Batch API's window is 1d00h); live from ")
-    assert make_plan(inputs(20 * 3600)).mode == "live"  # no batch seen here: the window does not fit
+    # no batch seen here and the window does not fit: a batch is still tried, taken back in time if need be
+    tried = make_plan(inputs(20 * 3600))
+    assert (tried.mode, tried.take_back_at) == ("batch", 1000 + 20 * 3600 - lead)
+    assert "the Batch API's window is 1d00h: a try); live from" in tried.line()
     seen = make_plan(inputs(20 * 3600, worst=2 * 3600))  # batches here took up to 2 h: they fit
-    assert seen.mode == "batch" and "batches here have taken up to 2h00m" in seen.line()
-    assert make_plan(inputs(2 * 3600, worst=2 * 3600)).mode == "live"  # 2 h, less the take-back's lead
-    # prompts already in batches stay there until the take-back, then not
-    assert make_plan(inputs(3600, in_batches=1000)).mode == "batch"
-    assert make_plan(inputs(lead - 1, in_batches=1000)).mode == "live"
-    assert make_plan(inputs(3600)).to_dict()["take_back"] is None
+    assert seen.mode == "batch" and "batches here have taken up to 2h00m); live" in seen.line()
+    assert "batches here have taken up to 2h00m: a try" in make_plan(inputs(2 * 3600, worst=2 * 3600)).line()
+    # a near deadline: the cancelling allowed is a tenth of the time (60 s of 10 min), so a batch is tried
+    near = make_plan(inputs(600, prompts=100))
+    assert (near.mode, near.take_back_at) == ("batch", 1000 + 600 - (1.25 * 10 + 60 + 10))
+    # no room before the take-back to give a batch a chance: live; prompts already in batches stay there
+    # until the take-back, then not
+    assert make_plan(inputs(160)).mode == "live"  # 9 s before the take-back (125 s live, 16 s cancel, a poll)
+    assert make_plan(inputs(160, in_batches=1000)).mode == "batch"
+    live = make_plan(inputs(130, in_batches=1000))
+    assert live.mode == "live" and live.to_dict()["take_back"] is None
+    assert live.line().startswith("plan: live (deadline in 2m10s: no room to try a batch first); 1,000 prompts at ")
 
 
 def test_a_deadline_that_cannot_be_met_names_the_rate_it_needs() -> None:
@@ -110,8 +119,9 @@ def test_a_short_deadline_takes_slow_batches_back_and_finishes_live_each_prompt_
     db, spec = tmp_path / "jobs.db", chat_spec(40, n=1)
     bp.create(db, **spec)
     started = time.monotonic()
-    # the provider's window scaled to 2 s: a 7 s deadline leaves room for it, then the take-back
-    summary = run(db, fake, tmp_path, mode="auto", deadline=7, batch_window=2.0, rpm=6000)
+    # the provider's window is 24 h; a 7 s deadline still tries a batch, then takes it back (cancelling
+    # allowed a tenth of the time)
+    summary = run(db, fake, tmp_path, mode="auto", deadline=7, rpm=6000)
     took = time.monotonic() - started
     assert summary.exit_code == 0 and statuses(db) == Counter({"done": 40}) and took < 7
     [batch] = fake.batches
@@ -142,7 +152,7 @@ def test_the_plan_is_printed_and_in_status(fake: FakeServer, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if "plan: " in line]
     assert line.split(" ", 2)[2].startswith("plan: batch (deadline in 1d06h, the Batch API's window is 1d00h); "
-                                            "live from ") and line.endswith(" at 10/s (rpm 600) if unfinished")
+                                            "live from ") and line.endswith(" at 10/s (rpm 600) if unfinished (12 prompts take about 1s live)")
     assert live_requests(fake) == 0
     plan = json.loads(run_cli("status", str(db), "--json").stdout)[0]["plan"]
     assert (plan["mode"], plan["rate"], plan["rate_source"], plan["prompts"]) == ("batch", 10.0, "rpm 600", 12)

@@ -18,7 +18,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 from ..options import RunOptions
@@ -180,13 +180,23 @@ class Watch:
             await asyncio.sleep(self.opts.poll)
 
 
+POLLS_TO_DEADLINE = 40  # in auto mode batches are looked at at least this often before the deadline
+MIN_POLL = 0.2  # seconds
+
+
 async def plan_jobs(store: AsyncStore, jobs: list[JobRow], endpoints: dict[tuple[int, str], Endpoint],
-                    opts: RunOptions) -> dict[int, AutoJob]:
-    """The auto jobs of a run (by job id), each with its plan; a `ConfigError` for any before any is kept."""
+                    opts: RunOptions) -> tuple[dict[int, AutoJob], float]:
+    """The auto jobs of a run (by job id), each with its plan, and the poll interval the run keeps to (the
+    one asked for, shortened so that a near deadline is watched often enough: `POLLS_TO_DEADLINE` looks
+    before it); a `ConfigError` for any job before any is kept."""
     now, autos = time.time(), {}
-    for job in jobs:
-        if is_auto(job, opts):
-            mine = {model: endpoints[job.id, model] for model in job.spec["models"]}
-            plan, inputs = await plan_job(store, job, mine, opts, now)
-            autos[job.id] = AutoJob(job, plan, inputs)
-    return autos
+    chosen = [job for job in jobs if is_auto(job, opts)]
+    deadlines = [d for d in (opts.deadline_at(now) or job.deadline_at for job in chosen) if d is not None]
+    poll = opts.poll
+    if deadlines:
+        poll = min(opts.poll, max(MIN_POLL, (min(deadlines) - now) / POLLS_TO_DEADLINE))
+    for job in chosen:
+        mine = {model: endpoints[job.id, model] for model in job.spec["models"]}
+        plan, inputs = await plan_job(store, job, mine, replace(opts, poll=poll), now)
+        autos[job.id] = AutoJob(job, plan, inputs)
+    return autos, poll

@@ -65,6 +65,7 @@ class BatchEngine(BatchCalls):
         self.intake = Intake(store, ledger, leases, owner, opts.lease_seconds)
         self.stopping = False
         self.submitted = 0
+        self.max_poll = MAX_POLL  # the longest wait between two looks at the open batches
         self._wake = asyncio.Event()
 
     def stop(self) -> None:
@@ -131,7 +132,7 @@ class BatchEngine(BatchCalls):
                     if lane.submit and not reached and await self.store.pending(lane.job, lane.model):
                         continue  # prompts came back (expired, refused): they go in a new batch
                     return
-                delay = self.opts.poll if changed else min(MAX_POLL, delay * 1.5)
+                delay = self.opts.poll if changed else min(self.max_poll, delay * 1.5)
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(delay):

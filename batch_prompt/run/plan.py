@@ -6,14 +6,16 @@ The rule:
 - The live rate is the slowest model's: its `rpm` (and `tpm`, at the worst case of a request), else a rate
   learned from an earlier live run of the job, else an assumption (`ASSUMED_SECONDS` a request per slot of
   `--concurrency`) that is never used to call a deadline impossible.
-- Finishing live takes `prompts / rate`; taking a batch back costs its cancelling (`batch_window /
-  CANCEL_SHARE`: OpenAI's 10 minutes of 24 h, scaled with the window) and one poll. The take-back time is
-  the deadline less that, less `SAFETY` times the live time: from then on the prompts left are finished
-  live (`take_back_at`).
-- Batch (half price) when the time until the take-back leaves room for a batch: the worst completion
-  time batches at this endpoint have shown, or, with none seen, the provider's whole window. Prompts
-  already in open batches stay there until the take-back. Otherwise live, and open batches are taken
-  back at once.
+- Finishing live takes `prompts / rate`; taking a batch back costs its cancelling (OpenAI's 10 minutes of
+  24 h, `batch_window / CANCEL_SHARE`, but at most `CANCEL_ROOM` of the time to the deadline: a deadline of
+  a minute cannot wait 10 for a cancel) and one poll. The take-back time is the deadline less that, less
+  `SAFETY` times the live time: from then on the prompts left are finished live (`take_back_at`).
+- Batch (half price) whenever the time until the take-back gives a batch a chance (`TRY_ROOM` of the time
+  to the deadline, and a few polls): a batch that finishes before the take-back costs half; one that does
+  not is taken back and its unanswered prompts finished live, by the deadline, each paid for once. The
+  plan says whether batches at this endpoint have been seen to finish in that time (their worst
+  completion time), or whether it is a try (none seen, or slower ones). Prompts already in open batches
+  stay there until the take-back. Otherwise live, and open batches are taken back at once.
 - A deadline past, or one that even live at a known rate cannot meet, is a `ConfigError` naming the rate
   it would need.
 """
@@ -31,6 +33,9 @@ from .progress import duration
 
 SAFETY = 1.25  # the live time is planned this much longer than the rate says
 CANCEL_SHARE = 144.0  # a batch's cancelling may take its window / this (10 minutes of OpenAI's 24 h)
+CANCEL_ROOM = 0.1  # ... but at most this share of the time to the deadline (when the plan is made)
+TRY_ROOM = 0.2  # a batch is tried when the time to its take-back is at least this share of the time left
+TRY_POLLS = 3  # ... and at least this many polls
 ASSUMED_SECONDS = 5.0  # with no rate known: a request per slot of --concurrency every this many seconds
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([dhms]))+")
@@ -102,13 +107,15 @@ class Plan:
         """The one line printed before sending."""
         left = f"deadline in {duration(self.deadline_at - self.made_at)}"
         rate = f"{self.rate:,.3g}/s ({self.rate_source})"
+        need = self.prompts / self.rate if self.rate else 0.0
         if self.mode == "batch":
+            fits = self.take_back_at is not None and self.take_back_at - self.made_at >= self.batch_seconds
             seen = (f"batches here have taken up to {duration(self.batch_seconds)}" if self.batch_seen
                     else f"the Batch API's window is {duration(self.batch_seconds)}")
             at = "" if self.take_back_at is None else _clock(self.take_back_at, self.made_at)
-            return f"plan: batch ({left}, {seen}); live from {at} at {rate} if unfinished"
-        need = self.prompts / self.rate if self.rate else 0.0
-        return (f"plan: live ({left}: no room for a batch of up to {duration(self.batch_seconds)}); "
+            return (f"plan: batch ({left}, {seen}{'' if fits else ': a try'}); live from {at} at {rate} if "
+                    f"unfinished ({self.prompts:,} prompts take about {duration(need)} live)")
+        return (f"plan: live ({left}: no room to try a batch first); "
                 f"{self.prompts:,} prompts at {rate} take about {duration(need)}")
 
 
@@ -120,8 +127,14 @@ def live_seconds(todo: dict[str, int], rates: dict[str, Rate]) -> float:
 def take_back_at(inputs: Inputs, todo: dict[str, int] | None = None) -> float:
     """When what is left in batches (`todo`, per model; default the inputs') must start going live."""
     todo = inputs.todo if todo is None else todo
-    lead = SAFETY * live_seconds(todo, inputs.rates) + inputs.batch_window / CANCEL_SHARE + inputs.poll
+    lead = SAFETY * live_seconds(todo, inputs.rates) + cancel_seconds(inputs) + inputs.poll
     return inputs.deadline_at - lead
+
+
+def cancel_seconds(inputs: Inputs) -> float:
+    """The time allowed for a batch to be cancelled: the provider's (scaled with its window), at most
+    `CANCEL_ROOM` of the time the plan had to the deadline."""
+    return min(inputs.batch_window / CANCEL_SHARE, CANCEL_ROOM * max(0.0, inputs.deadline_at - inputs.now))
 
 
 def make_plan(inputs: Inputs) -> Plan:
@@ -140,7 +153,8 @@ def make_plan(inputs: Inputs) -> Plan:
     seen = inputs.batch_worst is not None
     expect = min(inputs.batch_worst, inputs.batch_window) if inputs.batch_worst is not None else inputs.batch_window
     back = take_back_at(inputs)
-    batch = prompts > 0 and (back - inputs.now >= expect or (inputs.in_batches > 0 and back > inputs.now))
+    chance = back - inputs.now >= max(TRY_ROOM * room, TRY_POLLS * inputs.poll)
+    batch = prompts > 0 and (chance or (inputs.in_batches > 0 and back > inputs.now))
     return Plan(mode="batch" if batch else "live", deadline_at=inputs.deadline_at,
                 take_back_at=back if batch else None, rate=rate, rate_source=", ".join(sources),
                 batch_seconds=expect, batch_seen=seen, prompts=prompts, made_at=inputs.now)

@@ -16,7 +16,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import BatchPromptError, ConfigError, StoreError
 from ..options import CancelResult, RunOptions, RunSummary
@@ -146,7 +146,10 @@ class _Run:
         endpoints = {(job.id, model): endpoint for job, found in zip(jobs, checked, strict=True)
                      for model, endpoint in found.endpoints.items()}
         elsewhere = await self._batches_elsewhere(jobs, endpoints)  # their keys checked before anything too
-        autos = {} if self.cancelling else await plan_jobs(self.store, jobs, endpoints, self.opts)  # (may refuse)
+        autos, poll = ({}, self.opts.poll) if self.cancelling else await plan_jobs(self.store, jobs, endpoints,
+                                                                                     self.opts)  # (may refuse)
+        if poll < self.opts.poll:  # a near deadline is watched more often
+            self.opts = replace(self.opts, poll=poll)
         jobs = [await self._remember_choices(job, autos.get(job.id)) for job in jobs]
         try:
             models = [(job, model) for job in jobs for model in job.spec["models"]]
@@ -184,6 +187,8 @@ class _Run:
                 batch_lanes, store=self.store, ledger=self.ledger, leases=self.leases, owner=self.owner,
                 opts=self.opts, policy=policy, note=self.progress.note,
             ) if batch_lanes else None
+            if engine is not None and autos:  # the batches of a deadline are looked at often to its end
+                engine.max_poll = min(engine.max_poll, 4 * self.opts.poll)
             view = _View(jobs[0].name if len(jobs) == 1 else f"{len(jobs)} jobs", sum(c["total"] for c in counts),
                          sum(c["done"] + c["failed"] for c in counts), self.ledger, lanes, prices, self.store,
                          await self._todo(jobs), engine)
