@@ -128,11 +128,13 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
         if parser.schema is not None:
             continue
         for row in store.iter_done(job):
-            for choice in json.loads(row.response).get("choices") or []:
+            choices = json.loads(row.response).get("choices") or []
+            for choice in sorted(choices, key=lambda c: c.get("index", 0)):  # the items' order
                 parsed, _ = parser.parse(choice_text(choice))
                 for name, value in (parsed or {}).items():
+                    seen = kinds.setdefault(name, set())
                     if value is not None:
-                        kinds.setdefault(name, set()).add(text_kind(value) if parser.regex else kind_of(value))
+                        seen.add(text_kind(value) if parser.regex else kind_of(value))
     types = {}
     for name, seen in kinds.items():
         if name in fixed:
@@ -171,8 +173,9 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
     ids = dict(model_args=request, model=row.model, prompt_hash=row.hash, job=job_name,
                **dict(zip(INDEX_COLUMNS, (row.template_index, row.keywords_index, row.model_index,
                                           row.sample_index), strict=True)))
-    if row.status != "done" or row.response is None:
-        return [{**base, **ids, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
+    if row.status != "done" or row.response is None:  # a job that parses: nothing parsed (no answer)
+        unparsed = {} if parser is None else {"parsed": None, "parse_error": None}
+        return [{**base, **ids, **unparsed, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
     response = json.loads(row.response)
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
@@ -328,8 +331,8 @@ def _text_column_kind(values: list[str]) -> str:
         return "float" if "float" in kinds else "int"
     if values and all(v in ("True", "False") for v in values):
         return "bool"
-    if values and all(v[:1] in ('[', '{', '"') and _is_json(v) for v in values):
-        return "json"
+    if any(v[:1] in ('[', '{', '"') for v in values) and all(_is_json(v) for v in values):
+        return "json"  # JSON text of lists, objects, or text mixed with numbers
     return "str"
 
 

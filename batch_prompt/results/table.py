@@ -125,7 +125,7 @@ def kind_of(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "int"
+        return "int" if -(2**63) <= value < 2**63 else "float"  # an `int` column holds 64 bits
     if isinstance(value, float):
         return "float"
     return "str" if isinstance(value, str) else "json"
@@ -192,7 +192,7 @@ def flat_row(item: dict[str, Any], columns: Columns, choices: int = 1) -> dict[s
         parsed = item.get("parsed")
         for name, column, _ in columns.parsed:
             row[column] = parsed.get(name) if isinstance(parsed, dict) else None
-        row["parse_ok"] = None if "parsed" not in item else parsed is not None
+        row["parse_ok"] = None if "parsed" not in item or not choice else parsed is not None
         row["parse_error"] = item.get("parse_error")
     if columns.status:
         row.update(status=item.get("status", "done"), error_kind=item.get("error_kind"), error=item.get("error"))

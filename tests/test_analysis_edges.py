@@ -1,0 +1,109 @@
+"""Answers as data at the edges: every format read back gives the DataFrame the job database gives (the
+same columns in the same order, the same values, the same dtypes), whatever the answers and fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import batch_prompt as bp
+from batch_prompt.testing import FakeServer
+
+from .test_analysis import frames, options, values
+
+
+def differences(db: Path, tmp: Path, **kw: Any) -> list[tuple[Any, ...]]:
+    """Where a format's frame differs from the job database's (or, with `include`, from the pickle's)."""
+    found = frames(db, tmp, **kw)
+    reference = found["pickle"] if kw else bp.to_dataframe(db)
+    out: list[tuple[Any, ...]] = []
+    for fmt, df in found.items():
+        if list(df.columns) != list(reference.columns):
+            out.append((fmt, list(df.columns), list(reference.columns)))
+            continue
+        for column in df.columns:
+            if values(df, column) != values(reference, column) or df[column].dtype != reference[column].dtype:
+                out.append((fmt, column, values(df, column), str(df[column].dtype), values(reference, column),
+                            str(reference[column].dtype)))
+    return out
+
+
+def run(db: Path, fake: FakeServer, tmp: Path, keywords: Any, parse: Any, **spec: Any) -> pd.DataFrame:
+    bp.create(db, name=spec.pop("name", "e"), model="gpt-4o-mini", templates=[spec.pop("template", "REPLY:{p}")],
+              keywords=keywords, parse=parse, **spec).run(**options(fake, tmp))
+    return bp.to_dataframe(db)
+
+
+def test_a_group_that_matches_nothing_is_none_and_the_column_keeps_its_type(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    df = run(db, fake, tmp_path, {"p": ["3 apples", "none", "12 pears"]}, {"regex": r"(?P<count>\d*)"})
+    assert values(df, "parsed_count") == [3, None, 12] and str(df["parsed_count"].dtype) == "Int64"
+    assert df["parse_ok"].tolist() == [True, True, True]
+    assert differences(db, tmp_path) == []
+
+
+def test_an_integer_beyond_64_bits_is_a_number_in_every_format(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    df = run(db, fake, tmp_path, {"p": ["n=123456789012345678901234567890", "n=5"]}, {"regex": r"(?P<d>\d+)"})
+    assert values(df, "parsed_d") == [1.2345678901234568e29, 5.0]
+    assert differences(db, tmp_path) == []
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}, "n": {"type": ["integer", "null"]}}}
+
+
+def test_a_schemas_properties_are_the_fields_in_its_order(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}
+    df = run(db, fake, tmp_path, {"p": ['{"n": 2, "answer": "H", "extra": {"a": 1}}', '{"answer": "T", "n": null}',
+                                        "nope"]}, {"json": True}, model_args={"response_format": fmt})
+    items = bp.export(db)
+    assert isinstance(items, list)
+    assert [i["parsed"] for i in items] == [{"answer": "H", "n": 2}, {"answer": "T", "n": None}, None]
+    assert [c for c in df.columns if c.startswith("parse")] == ["parsed_answer", "parsed_n", "parse_ok", "parse_error"]
+    assert differences(db, tmp_path) == []
+
+
+def test_json_keys_are_columns_in_the_order_they_first_appear(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    df = run(db, fake, tmp_path, {"p": ['{"b": null, "a": {"x": [1, null]}}', '{"a": null, "b": 1, "c": true}',
+                                        '```\n{"c": false}\n```']}, {"json": True})
+    assert [c for c in df.columns if c.startswith("parsed_")] == ["parsed_b", "parsed_a", "parsed_c"]
+    assert differences(db, tmp_path) == []
+
+
+def test_a_keyword_field_of_numbers_and_text_reads_back_from_csv(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    df = run(db, fake, tmp_path, {"p": ["7", "x"], "q": [1, "s", [2]]}, {"regex": r"(\d)"}, template="REPLY:{p} {q}")
+    assert values(df, "q") == [1, "s", [2]] * 2
+    assert differences(db, tmp_path) == []
+
+
+def test_a_parse_job_whose_prompts_all_failed_has_its_parsed_columns_in_every_format(
+        fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    run(db, fake, tmp_path, {"p": ["FAIL400"]}, {"regex": r"(\d)"})
+    items = bp.export(db, include="failed")
+    assert isinstance(items, list) and [(i["status"], i["parsed"], i["parse_error"]) for i in items] == [
+        ("failed", None, None)]
+    for fmt, df in frames(db, tmp_path, include="failed").items():
+        # a results list names the fields its answers have: none here
+        assert values(df, "parse_ok") == [None] and values(df, "status") == ["failed"], fmt
+        if fmt not in ("pickle", "jsonl"):
+            assert values(df, "parsed_answer") == [None], fmt
+
+
+def test_jobs_with_and_without_parse_and_every_prompt(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    run(db, fake, tmp_path, {"p": ["7", "x"]}, {"regex": r"(\d)"}, name="a", model_args={"n": 2})
+    run(db, fake, tmp_path, {"p": ["7", "FAIL400"]}, {"regex": r"(?P<answer>\w)(?P<z>q)?"}, name="b")
+    run(db, fake, tmp_path, {"p": ["x"]}, None, name="c")
+    bp.create(db, name="d", model="gpt-4o-mini", templates=["REPLY:{p}"], keywords={"p": ["x", "y"]})
+    assert differences(db, tmp_path) == []
+    assert differences(db, tmp_path, include="failed,pending") == []
+    df = frames(db, tmp_path, include="failed,pending")["csv"]
+    assert list(zip(df["job"], values(df, "parse_ok"), df["status"], strict=True)) == [
+        ("a", True, "done"), ("a", True, "done"), ("a", False, "done"), ("a", False, "done"),
+        ("b", True, "done"), ("b", None, "failed"), ("c", None, "done"), ("d", None, "pending"), ("d", None, "pending")]
