@@ -107,3 +107,10 @@ def test_jobs_with_and_without_parse_and_every_prompt(fake: FakeServer, tmp_path
     assert list(zip(df["job"], values(df, "parse_ok"), df["status"], strict=True)) == [
         ("a", True, "done"), ("a", True, "done"), ("a", False, "done"), ("a", False, "done"),
         ("b", True, "done"), ("b", None, "failed"), ("c", None, "done"), ("d", None, "pending"), ("d", None, "pending")]
+
+
+def test_a_keyword_field_named_like_a_parsed_column_keeps_its_values(fake: FakeServer, tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    df = run(db, fake, tmp_path, {"parsed_answer": ["a7", "b8"]}, {"regex": r"(x)"}, template="REPLY:{parsed_answer} x")
+    assert values(df, "kw_parsed_answer") == ["a7", "b8"] and values(df, "parsed_answer") == ["x", "x"]
+    assert differences(db, tmp_path) == []

@@ -4,7 +4,8 @@ Columns, in order:
 
 - `job`, `prompt_hash`, `model`, `template_index`, `keywords_index`, `model_index`, `sample_index`,
   `choice_index`;
-- one column per keyword field, named after it (`kw_<field>` when that name is one of these columns);
+- one column per keyword field, named after it (`kw_<field>` when that name is one of these columns, or a
+  `parsed_<field>` one);
 - `template` and `prompt` (chat: the messages as text, one `role: content` line each), `last_user_message`
   (chat only), `text` (the choice's), `finish_reason`, `prompt_tokens`, `completion_tokens`, `total_tokens`
   (the response's usage, repeated on each of its choices), `response_id`;
@@ -85,7 +86,7 @@ def columns_for_specs(specs: Iterable[dict[str, Any]], parsed: dict[str, str] | 
         asked = args.get("logprobs")
         logprobs = logprobs or (asked is not None and asked is not False)
         seed = seed or args.get("seed") is not None
-    return Columns(_keyword_columns(fields), logprobs, True, seed, _parsed_columns(parsed), status)
+    return Columns(_keyword_columns(fields, parsed), logprobs, True, seed, _parsed_columns(parsed), status)
 
 
 def columns_for_items(items: list[dict[str, Any]]) -> Columns:
@@ -106,7 +107,8 @@ def columns_for_items(items: list[dict[str, Any]]) -> Columns:
             for name, value in (item["parsed"] or {}).items():
                 parsed.setdefault(name, set()).add(kind_of(value))
     parsed_types = None if parsed is None else {name: merge_kinds(kinds) for name, kinds in parsed.items()}
-    return Columns(_keyword_columns(fields), logprobs, indexes, seed, _parsed_columns(parsed_types), status)
+    keywords = _keyword_columns(fields, parsed_types)
+    return Columns(keywords, logprobs, indexes, seed, _parsed_columns(parsed_types), status)
 
 
 def _keyword_values(keywords: Any) -> Iterator[tuple[str, list[Any]]]:
@@ -140,8 +142,9 @@ def merge_kinds(kinds: set[str]) -> str:
     return kinds.pop() if len(kinds) == 1 else ("str" if not kinds else "json")
 
 
-def _keyword_columns(fields: dict[str, set[str]]) -> tuple[tuple[str, str, str], ...]:
-    return tuple((name, f"kw_{name}" if name in FIXED else name, merge_kinds(kinds)) for name, kinds in fields.items())
+def _keyword_columns(fields: dict[str, set[str]], parsed: dict[str, str] | None) -> tuple[tuple[str, str, str], ...]:
+    taken = FIXED | {f"parsed_{name}" for name in parsed or ()}  # a keyword field named so is `kw_<field>`
+    return tuple((name, f"kw_{name}" if name in taken else name, merge_kinds(kinds)) for name, kinds in fields.items())
 
 
 def _parsed_columns(types: dict[str, str] | None) -> tuple[tuple[str, str, str], ...] | None:
