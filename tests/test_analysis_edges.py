@@ -3,12 +3,14 @@ same columns in the same order, the same values, the same dtypes), whatever the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 import batch_prompt as bp
+from batch_prompt.store.database import Outcome, Store
 from batch_prompt.testing import FakeServer
 
 from .test_analysis import frames, options, values
@@ -113,4 +115,35 @@ def test_a_keyword_field_named_like_a_parsed_column_keeps_its_values(fake: FakeS
     db = tmp_path / "j.db"
     df = run(db, fake, tmp_path, {"parsed_answer": ["a7", "b8"]}, {"regex": r"(x)"}, template="REPLY:{parsed_answer} x")
     assert values(df, "kw_parsed_answer") == ["a7", "b8"] and values(df, "parsed_answer") == ["x", "x"]
+    assert differences(db, tmp_path) == []
+
+
+ODD_CHOICES = [  # as a provider may answer: out of order, a tool call (no content), text not a string
+    [{"index": 1, "message": {"role": "assistant", "content": "n=12"}},
+     {"index": 0, "message": {"role": "assistant", "content": "n=3"}}],
+    [{"index": 0, "message": {"role": "assistant", "content": None,
+                              "tool_calls": [{"id": "t", "type": "function",
+                                             "function": {"name": "f", "arguments": "n=2.5"}}]}}],
+    [{"index": 0, "message": {"role": "assistant", "content": "\u00e9 \"q\" n=7\nn=1.5"}}],
+]
+
+
+def test_the_type_scan_reads_each_answer_as_the_export_does(tmp_path: Path) -> None:
+    """The parsed types come from a scan of the stored answers before the export writes: its texts are
+    the items' (chat content, a tool call's JSON), so every format agrees on the columns."""
+    db = tmp_path / "j.db"
+    bp.create(db, name="odd", model="gpt-4o-mini", templates=["{p}"], keywords={"p": ["a", "b", "c"]},
+              parse={"regex": r"n=(?P<n>[\d.]*)"})
+    with Store(db) as store:
+        [job] = store.jobs()
+        rows = store.claim(job, "gpt-4o-mini", "test:1:x", 10, 60)
+        store.record([Outcome(row.id, row.job_id, "done", json.dumps(
+            {"id": f"r{row.id}", "choices": choices, "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                               "total_tokens": 2}}))
+                      for row, choices in zip(rows, ODD_CHOICES, strict=True)], "test:1:x")
+    items = bp.export(db)
+    assert isinstance(items, list)
+    assert [i["parsed"] for i in items] == [{"n": 3.0}, {"n": 12.0}, {"n": 2.5}, {"n": 7.0}]
+    df = bp.to_dataframe(db)
+    assert values(df, "parsed_n") == [3.0, 12.0, 2.5, 7.0] and str(df["parsed_n"].dtype) == "float64"
     assert differences(db, tmp_path) == []

@@ -127,14 +127,14 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
                 fixed[name] = kind
         if parser.schema is not None:
             continue
-        for row in store.iter_done(job):
-            choices = json.loads(row.response).get("choices") or []
-            for choice in sorted(choices, key=lambda c: c.get("index", 0)):  # the items' order
-                parsed, _ = parser.parse(choice_text(choice))
-                for name, value in (parsed or {}).items():
-                    seen = kinds.setdefault(name, set())
-                    if value is not None:
-                        seen.add(text_kind(value) if parser.regex else kind_of(value))
+        for text in _answer_texts(store, job):
+            parsed, _ = parser.parse(text)
+            for name, value in (parsed or {}).items():
+                seen = kinds.setdefault(name, set())
+                if value is not None:
+                    seen.add(text_kind(value) if parser.regex else kind_of(value))
+            if parser.regex and all("str" in kinds[name] for name, _ in parser.fields):
+                break  # every group has text that is not a number: the columns are text whatever follows
     types = {}
     for name, seen in kinds.items():
         if name in fixed:
@@ -144,6 +144,30 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
         else:
             types[name] = merge_kinds(seen)
     return types
+
+
+_TEXTS = (  # each done row's choices in the items' order: (id, chat content, completions text, the choice)
+    "SELECT p.id, CASE WHEN json_type(c.value, '$.message.content') = 'text'"
+    " THEN json_extract(c.value, '$.message.content') END,"
+    " CASE WHEN json_type(c.value, '$.message') IS NULL AND json_type(c.value, '$.text') = 'text'"
+    " THEN json_extract(c.value, '$.text') END, c.value"
+    " FROM (SELECT id, response FROM prompts WHERE job_id = ? AND status = 'done' AND id > ? ORDER BY id LIMIT ?) p,"
+    " json_each(p.response, '$.choices') c ORDER BY p.id, coalesce(json_extract(c.value, '$.index'), 0), c.key"
+)
+
+
+def _answer_texts(store: Store, job: JobRow, chunk: int = 2000) -> Iterator[str]:
+    """The text of every choice of the job's done rows (`choice_text`), in the items' order; SQLite reads
+    it out of the stored responses (faster than decoding each one here)."""
+    last = 0
+    while True:
+        rows = store.query(_TEXTS, (job.id, last, chunk))
+        if not rows:
+            return
+        for _id, content, text, choice in rows:
+            found = content if content is not None else text
+            yield found if found is not None else choice_text(json.loads(choice))
+        last = rows[-1][0]
 
 
 def iter_results(db_path: str | Path, job: str | None = None,
