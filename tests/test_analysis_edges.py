@@ -147,3 +147,18 @@ def test_the_type_scan_reads_each_answer_as_the_export_does(tmp_path: Path) -> N
     df = bp.to_dataframe(db)
     assert values(df, "parsed_n") == [3.0, 12.0, 2.5, 7.0] and str(df["parsed_n"].dtype) == "float64"
     assert differences(db, tmp_path) == []
+
+
+def test_an_exports_cells_are_each_values_cell() -> None:
+    """The writers' fast path (`row_cells`) gives what `cell` gives, value by value."""
+    from batch_prompt.results.table import cell, row_cells
+
+    types = {"s": "str", "f": "float", "i": "int", "b": "bool", "j": "json"}
+    rows = [{"s": "x", "f": 1.5, "i": 3, "b": True, "j": {"a": [1]}},
+            {"s": 7, "f": 2, "i": None, "b": False, "j": "text"},
+            {"s": True, "f": None, "i": 2**70, "b": None, "j": None},
+            {"s": ["l", 1], "f": 2**70, "i": -1, "b": True, "j": 1.5}]
+    for row in rows:
+        got = row_cells(types)(row)
+        assert got == [cell(row[name], kind) for name, kind in types.items()], row
+        assert [type(v) for v in got] == [type(cell(row[name], kind)) for name, kind in types.items()], row

@@ -28,7 +28,8 @@ keyword field's type is the one all its values share in the specs, else `json`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,6 +238,26 @@ def cell(value: Any, kind: str) -> Any:
     if kind == "str" and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     return value
+
+
+_AS_IS = {"str": str, "float": float}  # a value of this very type is its own cell
+
+
+def row_cells(types: dict[str, str]) -> Callable[[dict[str, Any]], list[Any]]:
+    """A function from a flat row (every column of `types`) to its cells (`cell`), in column order: the same
+    cells, with only the values that need it converted (an export's hot loop)."""
+    values_of = operator.itemgetter(*types)
+    fix = [(i, kind, _AS_IS.get(kind)) for i, kind in enumerate(types.values()) if kind in ("json", "str", "float")]
+
+    def cells(row: dict[str, Any]) -> list[Any]:
+        values = list(values_of(row)) if len(types) > 1 else [values_of(row)]
+        for i, kind, as_is in fix:
+            value = values[i]
+            if value is not None and type(value) is not as_is:
+                values[i] = cell(value, kind)
+        return values
+
+    return cells
 
 
 def choice_text(choice: dict[str, Any]) -> str:
