@@ -127,12 +127,14 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
                 fixed[name] = kind
         if parser.schema is not None:
             continue
-        for row in store.iter_done(job):
-            for choice in json.loads(row.response).get("choices") or []:
-                parsed, _ = parser.parse(choice_text(choice))
-                for name, value in (parsed or {}).items():
-                    if value is not None:
-                        kinds.setdefault(name, set()).add(text_kind(value) if parser.regex else kind_of(value))
+        for text in _answer_texts(store, job):
+            parsed, _ = parser.parse(text)
+            for name, value in (parsed or {}).items():
+                seen = kinds.setdefault(name, set())
+                if value is not None:
+                    seen.add(text_kind(value) if parser.regex else kind_of(value))
+            if parser.regex and all("str" in kinds[name] for name, _ in parser.fields):
+                break  # every group has text that is not a number: the columns are text whatever follows
     types = {}
     for name, seen in kinds.items():
         if name in fixed:
@@ -142,6 +144,30 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
         else:
             types[name] = merge_kinds(seen)
     return types
+
+
+_TEXTS = (  # each done row's choices in the items' order: (id, chat content, completions text, the choice)
+    "SELECT p.id, CASE WHEN json_type(c.value, '$.message.content') = 'text'"
+    " THEN json_extract(c.value, '$.message.content') END,"
+    " CASE WHEN json_type(c.value, '$.message') IS NULL AND json_type(c.value, '$.text') = 'text'"
+    " THEN json_extract(c.value, '$.text') END, c.value"
+    " FROM (SELECT id, response FROM prompts WHERE job_id = ? AND status = 'done' AND id > ? ORDER BY id LIMIT ?) p,"
+    " json_each(p.response, '$.choices') c ORDER BY p.id, coalesce(json_extract(c.value, '$.index'), 0), c.key"
+)
+
+
+def _answer_texts(store: Store, job: JobRow, chunk: int = 2000) -> Iterator[str]:
+    """The text of every choice of the job's done rows (`choice_text`), in the items' order; SQLite reads
+    it out of the stored responses (faster than decoding each one here)."""
+    last = 0
+    while True:
+        rows = store.query(_TEXTS, (job.id, last, chunk))
+        if not rows:
+            return
+        for _id, content, text, choice in rows:
+            found = content if content is not None else text
+            yield found if found is not None else choice_text(json.loads(choice))
+        last = rows[-1][0]
 
 
 def iter_results(db_path: str | Path, job: str | None = None,
@@ -171,8 +197,9 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
     ids = dict(model_args=request, model=row.model, prompt_hash=row.hash, job=job_name,
                **dict(zip(INDEX_COLUMNS, (row.template_index, row.keywords_index, row.model_index,
                                           row.sample_index), strict=True)))
-    if row.status != "done" or row.response is None:
-        return [{**base, **ids, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
+    if row.status != "done" or row.response is None:  # a job that parses: nothing parsed (no answer)
+        unparsed = {} if parser is None else {"parsed": None, "parse_error": None}
+        return [{**base, **ids, **unparsed, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
     response = json.loads(row.response)
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
@@ -328,8 +355,8 @@ def _text_column_kind(values: list[str]) -> str:
         return "float" if "float" in kinds else "int"
     if values and all(v in ("True", "False") for v in values):
         return "bool"
-    if values and all(v[:1] in ('[', '{', '"') and _is_json(v) for v in values):
-        return "json"
+    if any(v[:1] in ('[', '{', '"') for v in values) and all(_is_json(v) for v in values):
+        return "json"  # JSON text of lists, objects, or text mixed with numbers
     return "str"
 
 

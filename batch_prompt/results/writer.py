@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ExportError
 from ..store.database import SQLITE_MAGIC
 from ..store.leases import process_gone
-from .table import Columns, cell
+from .table import Columns, row_cells
 
 FORMATS = ("pickle", "jsonl", "csv", "parquet", "sqlite")
 FLAT_FORMATS = ("csv", "parquet", "sqlite")
@@ -154,9 +154,10 @@ def _write_csv(f: Any, rows: Iterator[dict[str, Any]], columns: Columns) -> int:
     types = columns.types
     writer = csv.writer(text)
     writer.writerow(types)
+    cells = row_cells(types)
     count = 0
     for row in rows:
-        writer.writerow([cell(row.get(name), kind) for name, kind in types.items()])
+        writer.writerow(cells(row))
         count += 1
     text.flush()
     text.detach()  # the caller owns and closes the binary file
@@ -173,8 +174,10 @@ def _write_parquet(f: Any, rows: Iterator[dict[str, Any]], columns: Columns, man
     schema = pa.schema([(name, arrow[kind]) for name, kind in types.items()], metadata=metadata)
     count = 0
     with pq.ParquetWriter(f, schema) as writer:
+        cells = row_cells(types)
         for batch in _batches(rows, PARQUET_ROWS):
-            data = {name: [cell(row.get(name), kind) for row in batch] for name, kind in types.items()}
+            table = list(zip(*map(cells, batch), strict=True))  # column by column
+            data = {name: list(values) for name, values in zip(types, table, strict=True)}
             writer.write_table(pa.table(data, schema=schema))
             count += len(batch)
         if count == 0:
@@ -196,9 +199,10 @@ def _write_sqlite(file: Path, rows: Iterator[dict[str, Any]], columns: Columns, 
         db.execute("PRAGMA synchronous = OFF")
         table = db.table(RESULTS_TABLE)
         table.create({name: affinity[kind] for name, kind in types.items()})
+        cells = row_cells(types)
         for batch in _batches(rows, 2000):
             table.insert_all(
-                ({name: cell(row.get(name), kind) for name, kind in types.items()} for row in batch),
+                (dict(zip(types, cells(row), strict=True)) for row in batch),
                 batch_size=len(batch), alter=False,
             )
             count += len(batch)

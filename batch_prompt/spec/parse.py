@@ -97,9 +97,10 @@ class Parser:
             match = self.regex.search(text)
             if match is None:
                 return None, f"no match for regex {self.regex.pattern!r}"
+            # a group that matched empty text (or did not take part) holds nothing: None
             if self.regex.groupindex:
-                return match.groupdict(), None
-            return {ANSWER: match.group(1 if self.regex.groups else 0)}, None
+                return {name: value or None for name, value in match.groupdict().items()}, None
+            return {ANSWER: match.group(1 if self.regex.groups else 0) or None}, None
         value, error = _json_object(text)
         if value is None:
             return None, error
@@ -107,6 +108,7 @@ class Parser:
             error = _schema_error(value, self.schema, dict(self.fields))
             if error is not None:
                 return None, error
+            return {name: value.get(name) for name, _ in self.fields}, None  # the schema's, in its order
         return value, None
 
 
@@ -163,17 +165,21 @@ def fits(value: Any, kind: str) -> bool:
     return isinstance(value, str)
 
 
+INT64 = range(-(2**63), 2**63)  # what an `int` column holds (Parquet, SQLite, pandas); a larger one is a float
+
+
 def text_kind(text: str) -> str:
-    """The type a regex group's text reads as: `int`, `float` or `str`."""
+    """The type a regex group's text reads as: `int`, `float` or `str` (an integer beyond 64 bits: `float`)."""
     if _INT.fullmatch(text):
-        return "int"
+        return "int" if int(text) in INT64 else "float"
     return "float" if _FLOAT.fullmatch(text) else "str"
 
 
 def typed(value: Any, kind: str) -> Any:
-    """A regex group's text as a value of its column's type (`int`/`float` columns: a number)."""
+    """A parsed value as a value of its column's type: a regex group's text in an `int`/`float` column as a
+    number, an integer in a `float` column as a float."""
     if isinstance(value, str) and kind == "int":
         return int(value)
-    if isinstance(value, str) and kind == "float":
+    if kind == "float" and isinstance(value, str | int) and not isinstance(value, bool):
         return float(value)
     return value
