@@ -281,3 +281,14 @@ def test_every_format_reads_back_with_one_type_per_column(fake: FakeServer, tmp_
         assert table(df) == expected, fmt
         for column in df.columns:
             assert values(df, column) == values(reference, column), (fmt, column)
+
+
+def test_a_prompt_a_dead_run_left_running_is_exported_as_pending(mixed_db: Path, tmp_path: Path) -> None:
+    with Store(mixed_db) as store:
+        later = store.job("later")
+        assert later is not None
+        assert len(store.claim(later, "gpt-4o-mini", "host:999999:gone", 2, 60)) == 2  # a run that died holding 2
+    items = bp.export(mixed_db, job="later", include="pending")
+    assert isinstance(items, list) and [i["status"] for i in items] == ["pending"] * 3
+    assert bp.export(mixed_db, job="later") == []
+

@@ -152,7 +152,8 @@ def test_the_plan_is_printed_and_in_status(fake: FakeServer, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if "plan: " in line]
     assert line.split(" ", 2)[2].startswith("plan: batch (deadline in 1d06h, the Batch API's window is 1d00h); "
-                                            "live from ") and line.endswith(" at 10/s (rpm 600) if unfinished (12 prompts take about 1s live)")
+                                            "live from ")
+    assert line.endswith(" at 10/s (rpm 600) if unfinished (12 prompts take about 1s live)")
     assert live_requests(fake) == 0
     plan = json.loads(run_cli("status", str(db), "--json").stdout)[0]["plan"]
     assert (plan["mode"], plan["rate"], plan["rate_source"], plan["prompts"]) == ("batch", 10.0, "rpm 600", 12)

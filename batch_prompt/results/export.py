@@ -199,7 +199,8 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
                                           row.sample_index), strict=True)))
     if row.status != "done" or row.response is None:  # a job that parses: nothing parsed (no answer)
         unparsed = {} if parser is None else {"parsed": None, "parse_error": None}
-        return [{**base, **ids, **unparsed, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
+        shown = "pending" if row.status == "running" else row.status  # unfinished: held by a run, or left by one
+        return [{**base, **ids, **unparsed, "status": shown, "error_kind": row.error_kind, "error": row.error}]
     response = json.loads(row.response)
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
