@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..spec.expand import raw_messages
+from ..spec.expand import PROMPT_KEYS, raw_messages
 from ..spec.parse import Parser, text_kind, typed
 from ..store.database import SQLITE_MAGIC, DoneRow, JobRow, Store
+from .responses import as_chat
 from .table import (
     FIXED_TYPES,
     INDEX_COLUMNS,
@@ -128,7 +129,7 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
         if parser.schema is not None:
             continue
         for row in store.iter_done(job):
-            for choice in json.loads(row.response).get("choices") or []:
+            for choice in as_chat(json.loads(row.response)).get("choices") or []:
                 parsed, _ = parser.parse(choice_text(choice))
                 for name, value in (parsed or {}).items():
                     if value is not None:
@@ -160,11 +161,12 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
     """A row's result items: one per choice of a done row; one, without `choice` and `completion`, for a
     failed or unfinished row (with `status`, `error_kind`, `error`). `status`: items say their status."""
     template, keywords, request = json.loads(row.template), json.loads(row.keywords), json.loads(row.request)
-    key = "messages" if api == "chat" else "prompt"
-    rendered = request.pop(key)
+    rendered = request.pop(PROMPT_KEYS.get(api, "prompt"))
     request.pop("model", None)
     base: dict[str, Any] = {}
-    if api == "chat":
+    if api != "completions":  # chat, and the Responses API's `input` (its items are messages too)
+        if isinstance(rendered, str):
+            rendered = raw_messages(rendered)
         base.update(messages=rendered, messages_raw=raw_messages(template), messages_args=keywords)
     else:
         base.update(prompt=rendered, prompt_raw=template, prompt_args=keywords)
@@ -173,7 +175,7 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
                                           row.sample_index), strict=True)))
     if row.status != "done" or row.response is None:
         return [{**base, **ids, "status": row.status, "error_kind": row.error_kind, "error": row.error}]
-    response = json.loads(row.response)
+    response = as_chat(json.loads(row.response))
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
     for choice in choices:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import BatchPromptError, CacheError
 from ..reports.prices import Prices
+from ..results.responses import chat_usage, usage_of
 from ..store.asyncstore import AsyncStore
 from ..store.cache import ResponseCache
 from ..store.database import Charge, Claimed, JobRow, Outcome
@@ -170,8 +171,7 @@ class Ledger:
                 data = json.loads(text)
             except ValueError:
                 data = None
-            self.paid(job.id, row.model, mode, 1, data.get("usage") if isinstance(data, dict) else None,
-                      row_id=row.id)
+            self.paid(job.id, row.model, mode, 1, usage_of(data), row_id=row.id)
         self._done(row, text, cached=True)
         return True
 
@@ -216,8 +216,10 @@ class Ledger:
         return self.followers.pop((endpoint, row.hash), [])
 
     def paid(self, job_id: int, model: str, mode: str, answers: int, usage: Any, row_id: int | None = None) -> None:
-        """A response was paid for (its usage as the server reported it). A batch line's charge names its
-        row (`row_id`): it is committed only with that row's answer, so collecting twice pays once."""
+        """A response was paid for (its usage as the server reported it, a Responses API's in chat's keys
+        too). A batch line's charge names its row (`row_id`): it is committed only with that row's answer,
+        so collecting twice pays once."""
+        usage = chat_usage(usage)
         usage = usage if isinstance(usage, dict) else {}
         prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
         prices = self.job_prices.get(job_id, self.prices)
@@ -232,8 +234,7 @@ class Ledger:
             tally.priced += 1
 
     def _done(self, row: Claimed, text: str, *, cached: bool = False, shared: bool = False, attempts: int = 0) -> None:
-        usage = json.loads(text).get("usage")
-        usage = usage if isinstance(usage, dict) else {}
+        usage = usage_of(json.loads(text))
         self._queue(Outcome(
             row.id, row.job_id, "done", text, cached, count(usage.get("prompt_tokens")),
             count(usage.get("completion_tokens")), attempts,
