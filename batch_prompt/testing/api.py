@@ -71,6 +71,7 @@ class FakeConfig:
     # is unchanged). None: the text's own first token at -0.1 with made-up alternatives (`default_top`), as
     # every later token always is
     top_logprobs: dict[str, float] | None = None
+    reasoning_tokens: int = 0  # hidden reasoning tokens billed inside the output tokens of every answer
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
