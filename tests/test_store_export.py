@@ -36,11 +36,11 @@ INTENDED_SCHEMA = {
         "CREATE TABLE batch_prompt_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL "
         "NOT NULL)",
     ("table", "jobs", "jobs"):
-        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec_hash TEXT NOT NULL, spec TEXT "
-        "NOT NULL, api TEXT NOT NULL CHECK (api IN ('chat', 'completions')), prompts_per_request INTEGER NOT NULL, "
-        "base_url TEXT, state TEXT NOT NULL DEFAULT 'creating' CHECK (state IN ('creating', 'ready')), n_prompts "
-        "INTEGER NOT NULL, created_at TEXT NOT NULL, mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', "
-        "'batch')), fresh INTEGER NOT NULL DEFAULT 0, creator TEXT, deadline_at REAL, plan TEXT)",
+        "CREATE TABLE \"jobs\" (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec_hash TEXT NOT NULL, spec "
+        "TEXT NOT NULL, api TEXT NOT NULL CHECK (api IN ('chat', 'completions', 'responses')), prompts_per_request "
+        "INTEGER NOT NULL, base_url TEXT, state TEXT NOT NULL DEFAULT 'creating' CHECK (state IN ('creating', "
+        "'ready')), n_prompts INTEGER NOT NULL, created_at TEXT NOT NULL, mode TEXT NOT NULL DEFAULT 'live' CHECK "
+        "(mode IN ('live', 'batch')), fresh INTEGER NOT NULL DEFAULT 0, creator TEXT, deadline_at REAL, plan TEXT)",
     ("table", "prompts", "prompts"):
         "CREATE TABLE prompts (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), hash TEXT NOT "
         "NULL, template_index INTEGER NOT NULL, keywords_index INTEGER NOT NULL, model_index INTEGER NOT NULL, "
@@ -120,7 +120,7 @@ def test_blank_database_migrates_to_intended_schema(tmp_path: Path) -> None:
     assert schema_of(db) == INTENDED_SCHEMA
     conn = sqlite3.connect(db)
     versions = [row[0] for row in conn.execute("SELECT version FROM batch_prompt_migrations ORDER BY version")]
-    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert versions == [v for v, _, _ in schema.available()] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownFieldError
+from ..results.responses import as_chat
 from ..results.table import choice_text, messages_text
-from ..spec.expand import raw_messages
+from ..spec.expand import PROMPT_KEYS, raw_messages
 from ..spec.parse import Parser
 from ..store.database import GroupCount, JobRow, PromptRow, Spend, Store
 from . import usage
@@ -394,7 +395,7 @@ def show(db_path: str | Path, job: str | None = None, status: str | None = None,
 
 def parse_errors(response: str | None, parser: Parser) -> list[str | None]:
     """Each choice's parse error (None: it parses) of a stored response, by choice index."""
-    choices = sorted(json.loads(response or "{}").get("choices") or [], key=lambda c: c.get("index", 0))
+    choices = sorted(as_chat(json.loads(response or "{}")).get("choices") or [], key=lambda c: c.get("index", 0))
     return [parser.parse(choice_text(c))[1] for c in choices]
 
 
@@ -403,13 +404,13 @@ def _view(job: JobRow, row: PromptRow, parser: Parser | None = None) -> PromptVi
     template = json.loads(row.template)
     answers: tuple[str, ...] = ()
     if row.response is not None and row.status == "done":
-        choices = sorted(json.loads(row.response).get("choices") or [], key=lambda c: c.get("index", 0))
+        choices = sorted(as_chat(json.loads(row.response)).get("choices") or [], key=lambda c: c.get("index", 0))
         answers = tuple(choice_text(c) for c in choices)
     return PromptView(
         job=job.name, id=row.id, hash=row.hash, model=row.model, status=row.status,
         template_index=row.template_index, keywords_index=row.keywords_index, sample_index=row.sample_index,
-        prompt=request.get("messages" if job.api == "chat" else "prompt"),
-        template=raw_messages(template) if job.api == "chat" else template, keywords=json.loads(row.keywords),
+        prompt=request.get(PROMPT_KEYS.get(job.api, "prompt")),
+        template=raw_messages(template) if job.api != "completions" else template, keywords=json.loads(row.keywords),
         attempts=row.attempts, cached=bool(row.cached), error_kind=row.error_kind, error=row.error,
         answers=answers,
         parse_errors=tuple(parse_errors(row.response, parser)) if parser is not None and answers else None,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..spec.expand import raw_messages
+from ..spec.expand import PROMPT_KEYS, raw_messages
 from ..spec.parse import Parser, text_kind, typed
 from ..store.database import SQLITE_MAGIC, DoneRow, JobRow, Store
+from .responses import as_chat
 from .table import (
     FIXED_TYPES,
     INDEX_COLUMNS,
@@ -158,7 +159,13 @@ _TEXTS = (  # each done row's choices in the items' order: (id, chat content, co
 
 def _answer_texts(store: Store, job: JobRow, chunk: int = 2000) -> Iterator[str]:
     """The text of every choice of the job's done rows (`choice_text`), in the items' order; SQLite reads
-    it out of the stored responses (faster than decoding each one here)."""
+    it out of the stored responses (faster than decoding each one here); a Responses API job's answers
+    through `as_chat`, the one mapping of them."""
+    if job.api == "responses":
+        for row in store.iter_done(job):
+            choices = as_chat(json.loads(row.response)).get("choices") or []
+            yield from (choice_text(c) for c in sorted(choices, key=lambda c: c.get("index", 0)))
+        return
     last = 0
     while True:
         rows = store.query(_TEXTS, (job.id, last, chunk))
@@ -186,11 +193,12 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
     """A row's result items: one per choice of a done row; one, without `choice` and `completion`, for a
     failed or unfinished row (with `status`, `error_kind`, `error`). `status`: items say their status."""
     template, keywords, request = json.loads(row.template), json.loads(row.keywords), json.loads(row.request)
-    key = "messages" if api == "chat" else "prompt"
-    rendered = request.pop(key)
+    rendered = request.pop(PROMPT_KEYS.get(api, "prompt"))
     request.pop("model", None)
     base: dict[str, Any] = {}
-    if api == "chat":
+    if api != "completions":  # chat, and the Responses API's `input` (its items are messages too)
+        if isinstance(rendered, str):
+            rendered = raw_messages(rendered)
         base.update(messages=rendered, messages_raw=raw_messages(template), messages_args=keywords)
     else:
         base.update(prompt=rendered, prompt_raw=template, prompt_args=keywords)
@@ -201,7 +209,7 @@ def result_items(job_name: str, api: str, row: DoneRow, parser: Parser | None = 
         unparsed = {} if parser is None else {"parsed": None, "parse_error": None}
         shown = "pending" if row.status == "running" else row.status  # unfinished: held by a run, or left by one
         return [{**base, **ids, **unparsed, "status": shown, "error_kind": row.error_kind, "error": row.error}]
-    response = json.loads(row.response)
+    response = as_chat(json.loads(row.response))
     choices = sorted(response.pop("choices"), key=lambda c: c.get("index", 0))
     items = []
     for choice in choices:

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..errors import BatchPromptError, CacheError, ConfigError, StoreError
 from ..options import RunOptions
+from ..results.responses import as_chat
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
 from ..store.database import BatchRow, Claimed, Store
@@ -275,17 +276,20 @@ class BatchEngine(BatchCalls):
         failure = classify_line(line) if isinstance(line, dict) else Failure(Verdict.RETRY, "MalformedResponse", "")
         if failure is None:
             body = line["response"].get("body")
+            view = as_chat(body)  # a Responses API answer is read in the chat shape, and kept as it came
             n = int(json.loads(row.request).get("n") or 1)
             try:
-                parts = split_choices(body, n, 1)
+                parts = split_choices(view, n, 1)
             except MalformedResponse as exc:
                 parts = [None]
                 failure = Failure(Verdict.RETRY, "MalformedResponse", str(exc))
             if parts[0] is not None:
-                response = {key: value for key, value in body.items() if key != "choices"}
-                response["choices"] = parts[0]
+                response = body
+                if view is body:  # chat, completions: the answer with its own choices
+                    response = {key: value for key, value in body.items() if key != "choices"}
+                    response["choices"] = parts[0]
                 text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
-                self.ledger.paid(lane.job.id, lane.model, "batch", 1, body.get("usage"), row_id=row.id)
+                self.ledger.paid(lane.job.id, lane.model, "batch", 1, view.get("usage"), row_id=row.id)
                 tag = self.ledger.cache_tag(lane.job, row.id)
                 self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, 1)
                 if row.hash in shared:

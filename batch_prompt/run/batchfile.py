@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from ..store.database import Claimed
 
-URLS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+URLS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses"}
 
 
 def custom_id(row_id: int) -> str:

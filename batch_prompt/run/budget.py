@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from ..reports.prices import Prices, money
 from ..store.database import JobRow, Spend
 
+RESIDUE = 1e-9  # USD: below this, what requests in flight hold is nothing (float rounding, not a request)
+
 
 class Budget:
     """The budget of one job in one run."""
@@ -131,7 +133,9 @@ class Budget:
 
     def release(self, cost: float) -> None:
         """The request reserved for has its answer (its real cost is in the ledger now), or was not sent."""
-        self.reserved = max(0.0, self.reserved - cost)
+        self.reserved -= cost
+        if self.reserved < RESIDUE:  # sums of float costs leave ~1e-17 behind, which would wait for ever
+            self.reserved = 0.0
         self._settled.set()
 
     def message(self) -> str:

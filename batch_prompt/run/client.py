@@ -64,7 +64,8 @@ class ApiClient:
         self.connections = connections
         self.clock = clock
         base = endpoint.base_url.rstrip("/") + "/"
-        self._urls = {"chat": base + "chat/completions", "completions": base + "completions"}
+        self._urls = {"chat": base + "chat/completions", "completions": base + "completions",
+                      "responses": base + "responses"}
         self._headers = request_headers(endpoint.api_key)
         # Only connecting has a timeout of its own (nothing is bought before the request is sent); the
         # rest is the whole-request deadline's, which does not count time the process was stopped.
@@ -103,7 +104,7 @@ class ApiClient:
         return self._session
 
     async def send(self, api: str, body: dict[str, Any]) -> tuple[dict[str, Any], Mapping[str, str]]:
-        """One API call with `body` ({"model", "messages"|"prompt", **args}); returns (JSON body, headers).
+        """One API call with `body` ({"model", "messages"|"prompt"|"input", **args}); returns (JSON body, headers).
 
         The body goes out as stored (it was rendered and validated at create time). `timeout` bounds
         connecting, and the whole request, so a body trickling in a byte at a time cannot hold a worker;

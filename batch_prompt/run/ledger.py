@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import BatchPromptError, CacheError
 from ..reports.prices import Prices
+from ..results.responses import chat_usage, usage_of
 from ..store.asyncstore import AsyncStore
 from ..store.cache import ResponseCache
 from ..store.database import Charge, Claimed, JobRow, Outcome
@@ -187,8 +188,8 @@ class Ledger:
                 data = json.loads(text)
             except ValueError:
                 data = None
-            self.paid(job.id, row.model, mode, 1, data.get("usage") if isinstance(data, dict) else None,
-                      row_id=row.id, tier=data.get("service_tier") if isinstance(data, dict) else None)
+            self.paid(job.id, row.model, mode, 1, usage_of(data), row_id=row.id,
+                      tier=data.get("service_tier") if isinstance(data, dict) else None)
         self._done(row, text, cached=True)
         return True
 
@@ -237,6 +238,7 @@ class Ledger:
         """A response was paid for (its usage as the server reported it; `tier`: the `service_tier` it
         says it was served at, see `charged_mode`). A batch line's charge names its row (`row_id`): it is
         committed only with that row's answer, so collecting twice pays once."""
+        usage = chat_usage(usage)
         usage = usage if isinstance(usage, dict) else {}
         prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
         cached = min(detail(usage, "prompt_tokens_details", "cached_tokens"), prompt)
@@ -258,8 +260,7 @@ class Ledger:
             tally.priced += 1
 
     def _done(self, row: Claimed, text: str, *, cached: bool = False, shared: bool = False, attempts: int = 0) -> None:
-        usage = json.loads(text).get("usage")
-        usage = usage if isinstance(usage, dict) else {}
+        usage = usage_of(json.loads(text))
         self._queue(Outcome(
             row.id, row.job_id, "done", text, cached, count(usage.get("prompt_tokens")),
             count(usage.get("completion_tokens")), attempts,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BatchPromptError, RetryExhausted
+from ..results.responses import as_chat
 from ..spec import tokens
 from ..store.asyncstore import AsyncStore
 from ..store.leases import LeaseKeeper
@@ -257,18 +258,19 @@ class LivePool:
         """Pay for an answer and record each prompt's choices; `MalformedResponse` (another attempt, for the
         prompts whose choices did not all come) when some are missing."""
         lane, rows, n = request.lane, request.rows, request.n
-        usage = data.get("usage") if isinstance(data, dict) else None
+        view = as_chat(data)  # a Responses API answer is read in the chat shape, and kept as it came
+        usage = view.get("usage") if isinstance(view, dict) else None
         self.estimator.observe(ours, usage)
         # billed even when its choices cannot be mapped (then it is an attempt, asked again)
         self.ledger.paid(lane.job.id, lane.model, "live", len(rows), usage,
                          tier=data.get("service_tier") if isinstance(data, dict) else None)
-        parts = split_choices(data, n, len(rows))
+        parts = split_choices(view, n, len(rows))
         incomplete = []
         for i, (row, choices) in enumerate(zip(rows, parts, strict=True)):
             if choices is None:
                 incomplete.append(row)
                 continue
-            response = _response_for(data, choices, len(rows), i)
+            response = data if view is not data else _response_for(data, choices, len(rows), i)
             text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
             tag = self.ledger.cache_tag(lane.job, row.id)
             self.ledger.answered(row, text, lane.endpoint.identity, lane.cache, tag, request.calls, together=True)

@@ -4,7 +4,7 @@ Order is (template, keyword dict, model, repeat), the export order. Expansion is
 million-prompt job never sits in memory.
 
 Request identity: `request_hash` is sha256 over `HASH_VERSION` + the canonical JSON of the exact request
-(api, model, messages or prompt, every body parameter: model args with `extra_body` merged in) plus the
+(api, model, messages, prompt or input, every body parameter: model args with `extra_body` merged in) plus the
 sample index when it is above 0. Every row of a job is its own draw: the sample index of a row is
 `occurrence * repeats + repeat`, where `occurrence` counts the earlier rows of the same expansion with
 the same request body (two keyword dicts that differ only in a field the template does not use, two
@@ -33,6 +33,7 @@ from .templates import raw_messages as raw_messages
 from .templates import render as render
 
 HASH_VERSION = "bp1"
+PROMPT_KEYS = {"chat": "messages", "completions": "prompt", "responses": "input"}  # where a body holds its prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +46,14 @@ class PromptRecord:
     model: str
     template_json: str
     keywords_json: str
-    request_json: str  # {"model", "messages"|"prompt", **body parameters}: the body sent (packing aside)
+    request_json: str  # {"model", "messages"|"prompt"|"input", **body parameters}: the body sent (packing aside)
 
 
 def request_body(api: str, model: str, rendered: Any, model_args: dict[str, Any],
                  seed: int | None = None) -> dict[str, Any]:
     """The JSON body of a one-prompt request (`extra_body` merged in at top level, as the SDK does); with
     `seed`, that seed instead of the model args' (a later sample's, `seed_of(model_args) + k`)."""
-    key = "messages" if api == "chat" else "prompt"
-    body = {"model": model, key: rendered, **request_args(model_args)}
+    body = {"model": model, PROMPT_KEYS[api]: rendered, **request_args(model_args)}
     if seed is not None:
         body["seed"] = seed
     return body
@@ -136,7 +136,7 @@ def expand(spec: Spec) -> Iterator[PromptRecord]:
     for t_index, template in enumerate(spec.templates):
         for k_index, keywords in enumerate(spec.keyword_dicts()):
             rendered = render(template, keywords)
-            if spec.api == "chat" and isinstance(rendered, str):
+            if spec.api != "completions" and isinstance(rendered, str):  # one user message (responses: input)
                 rendered = [{"role": "user", "content": rendered}]
             keywords_json = canonical_json(keywords)
             start = 0

@@ -2,7 +2,8 @@
 anything is written.
 
 The parameters of each API are the openai SDK's own request types (`openai.types.chat.
-completion_create_params` for chat, `openai.types.completion_create_params` for legacy completions):
+completion_create_params` for chat, `openai.types.completion_create_params` for legacy completions,
+`openai.types.responses.response_create_params` for the Responses API):
 their names are read from the SDK's TypedDicts and each value is validated against its annotation
 (pydantic, strict: `"2"` is not an integer); the numeric parameters of `RANGES` (`n`, `max_tokens`,
 `temperature`, ...) are checked for type and range here. The SDK is imported (~0.5 s and ~30 MB, once)
@@ -27,6 +28,7 @@ from ..errors import SpecError, shown
 
 # Request keys the spec itself controls: a model arg (or an `extra_body` key) may not set them.
 RESERVED_ARGS = ("model", "messages", "prompt", "stream")
+RESERVED_BY_API = {"responses": ("model", "input", "stream")}  # the Responses API's `prompt` is its own
 EXTRA_BODY = "extra_body"
 # SDK request options that are not body parameters, and what to do instead.
 SDK_OPTIONS = {
@@ -34,8 +36,19 @@ SDK_OPTIONS = {
     "extra_query": "query parameters are not part of a spec (a base URL takes none either)",
     "timeout": "the timeout is a run option (--timeout, RunOptions.timeout)",
 }
-NOT_SENT = {"stream_options": "batch-prompt does not stream, and servers refuse stream_options without stream"}
-API_NAMES = {"chat": "chat completions", "completions": "completions"}
+NOT_SENT = {"stream_options": "batch-prompt does not stream, and servers refuse stream_options without stream",
+            "background": "batch-prompt waits for each answer; a background response would have to be polled"}
+API_NAMES = {"chat": "chat completions", "completions": "completions", "responses": "responses"}
+# A parameter of another API, and what this one takes instead (a spec moved from chat to responses, or back).
+INSTEAD: dict[str, dict[str, str | None]] = {
+    "responses": {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+                  "n": "repeats (a spec field)", "messages": "templates (they become `input`)",
+                  "response_format": "text.format", "reasoning_effort": "reasoning.effort",
+                  "logprobs": "top_logprobs with include [\"message.output_text.logprobs\"]", "seed": None},
+    "chat": {"max_output_tokens": "max_completion_tokens", "reasoning": "reasoning_effort",
+             "text": "response_format", "input": "templates (they become `messages`)", "instructions":
+             "a system message in the template"},
+}
 # (low, high, integer) per parameter; None is open. These parameters are checked here, type and range,
 # without importing the SDK (so the usual specs cost no SDK import at create); a test pins that each
 # is a parameter of the installed SDK's request type, as an optional int or float like its range.
@@ -51,6 +64,10 @@ RANGES: dict[str, dict[str, Range]] = {
         "temperature": (0, 2, False), "top_p": (0, 1, False), "logprobs": (0, 5, True),
         "presence_penalty": (-2, 2, False), "frequency_penalty": (-2, 2, False),
     },
+    "responses": {  # OpenAI refuses a `max_output_tokens` below 16
+        "max_output_tokens": (16, None, True), "temperature": (0, 2, False), "top_p": (0, 1, False),
+        "top_logprobs": (0, 20, True),
+    },
 }
 
 
@@ -60,7 +77,7 @@ def check_model_args(api: str, args: dict[str, Any]) -> dict[str, Any]:
     Raises `SpecError` naming the first bad key: unknown (with the nearest known parameter), an SDK
     option, reserved, a value of the wrong type or out of range, or an `extra_body` key that collides.
     """
-    for key in RESERVED_ARGS:
+    for key in RESERVED_BY_API.get(api, RESERVED_ARGS):
         if key in args:
             raise SpecError(f"model_args may not set `{key}`: it is part of the spec itself")
     plain = [key for key in args if key != EXTRA_BODY]
@@ -82,7 +99,7 @@ def check_model_args(api: str, args: dict[str, Any]) -> dict[str, Any]:
             raise SpecError(f"model_args `{key}` must be {_describe(params[key])} for {API_NAMES[api]}, "
                             f"not {shown(value)}{problem}")
     if EXTRA_BODY in args:
-        _check_extra_body(args)
+        _check_extra_body(api, args)
     return args
 
 
@@ -95,19 +112,27 @@ def request_args(args: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def parameters(api: str) -> dict[str, Any]:
     """Parameter name -> type annotation of one API's request body, read from the installed SDK
     (its non-streaming create params), without the keys the spec itself sets."""
     from openai.types import completion_create_params as legacy
     from openai.types.chat import completion_create_params as chat
+    from openai.types.responses import response_create_params as responses
 
-    params = chat.CompletionCreateParamsNonStreaming if api == "chat" else legacy.CompletionCreateParamsNonStreaming
+    params = {"chat": chat.CompletionCreateParamsNonStreaming, "completions": legacy.CompletionCreateParamsNonStreaming,
+              "responses": responses.ResponseCreateParamsNonStreaming}[api]
     hints = typing.get_type_hints(params)
-    return {name: hint for name, hint in hints.items() if name not in RESERVED_ARGS}
+    reserved = RESERVED_BY_API.get(api, RESERVED_ARGS)
+    return {name: hint for name, hint in hints.items() if name not in reserved}
 
 
 def _unknown(api: str, key: str, params: dict[str, Any]) -> str:
+    instead = INSTEAD.get(api, {})
+    if key in instead:
+        use = instead[key]
+        hint = f"; use {use}" if use else ""
+        return f"model_args `{key}`: not a {API_NAMES[api]} parameter{hint}"
     names = [*params, *SDK_OPTIONS, EXTRA_BODY]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     hint = f"; did you mean `{close[0]}`?" if close else ""
@@ -128,12 +153,12 @@ def _check_range(api: str, key: str, value: Any, args: dict[str, Any]) -> None:
         raise SpecError(f"model_args `{key}` must be {_range_text(low, high, integer)} or null, not {shown(value)}")
 
 
-def _check_extra_body(args: dict[str, Any]) -> None:
+def _check_extra_body(api: str, args: dict[str, Any]) -> None:
     extra = args[EXTRA_BODY]
     if not isinstance(extra, dict):
         raise SpecError(f"model_args.{EXTRA_BODY} must be a dict of parameters sent as given, not {shown(extra)}")
     for key in extra:
-        if key in RESERVED_ARGS or key == EXTRA_BODY:
+        if key in RESERVED_BY_API.get(api, RESERVED_ARGS) or key == EXTRA_BODY:
             raise SpecError(f"model_args.{EXTRA_BODY} may not set `{key}`: it is part of the spec itself")
         if key in args:
             raise SpecError(f"model_args.{EXTRA_BODY} sets `{key}`, which model_args sets too: give it once")

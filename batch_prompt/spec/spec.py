@@ -31,7 +31,7 @@ from .model_args import check_model_args
 from .parse import check_parse
 from .templates import Keywords, Template, template_fields
 
-APIS = ("chat", "completions")
+APIS = ("chat", "completions", "responses")
 FIELDS = (
     "name", "api", "model", "templates", "keywords", "model_args", "repeats", "dedupe", "prompts_per_request",
     "base_url", "endpoints", "rpm", "tpm", "max_cost", "prices", "parse",
@@ -91,9 +91,9 @@ class Spec:
                 raise SpecError(f"spec field {required!r} is required")
         api = data.get("api", "chat")
         if api not in APIS:
-            raise SpecError(f"unknown api {api!r}: use 'chat' or 'completions'")
-        if api == "chat" and data.get("prompts_per_request") is not None:
-            raise SpecError("spec field 'prompts_per_request' is for api 'completions' only: a chat request "
+            raise SpecError(f"unknown api {shown(api)}: use 'chat', 'completions' or 'responses'")
+        if api != "completions" and data.get("prompts_per_request") is not None:
+            raise SpecError(f"spec field 'prompts_per_request' is for api 'completions' only: a {api} request "
                             "holds one prompt")
         models = _models(data["model"])
         spec = cls(

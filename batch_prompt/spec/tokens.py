@@ -1,6 +1,7 @@
 """Token cost estimates for the tokens-per-minute limiter (before a request is sent).
 
-A request costs its prompt tokens plus `max_tokens` (or `max_completion_tokens`) x `n` per prompt, as
+A request costs its prompt tokens plus `max_tokens` (or `max_completion_tokens`, or the Responses API's
+`max_output_tokens`) x `n` per prompt, as
 OpenAI counts it against a TPM limit. Prompt tokens come from `tiktoken` when it is installed, otherwise
 from the heuristic of 1 token per 4 characters (rounded up) plus 4 per chat message.
 """
@@ -39,7 +40,8 @@ def count_text(text: str) -> int:
 
 
 def estimate_parts(body: dict[str, Any], unbounded: int = DEFAULT_MAX_TOKENS) -> tuple[int, int]:
-    """(prompt tokens, most completion tokens) of one request body, chat or completions, packed or not.
+    """(prompt tokens, most completion tokens) of one request body (chat, completions packed or not, or
+    responses: its input counted as chat messages).
 
     A chat request without a token limit has none: its choices count `unbounded` tokens each (a budget
     passes `UNBOUNDED_CHAT_TOKENS`). Never raises on odd values: an `n` or token limit that is not a
@@ -73,7 +75,9 @@ def budget_parts(body: dict[str, Any]) -> tuple[int, int]:
 
 def _texts(body: dict[str, Any]) -> tuple[list[Any], bool]:
     """What a request body asks about: its messages' contents (chat: True), or its prompts (completions)."""
-    messages = body.get("messages")
+    messages = body.get("messages", body.get("input"))  # the Responses API's input: messages, or one text
+    if isinstance(messages, str):
+        return [messages], True
     if isinstance(messages, list):
         return [m.get("content", "") if isinstance(m, dict) else m for m in messages], True
     raw = body.get("prompt", "")
@@ -86,6 +90,7 @@ def _most_completion(body: dict[str, Any], chat: bool, prompts: int, unbounded: 
     n = _positive_int(body.get("n"), 1)
     default = unbounded if chat else DEFAULT_MAX_TOKENS
     max_tokens = _positive_int(body.get("max_completion_tokens"), _positive_int(body.get("max_tokens"), default))
+    max_tokens = _positive_int(body.get("max_output_tokens"), max_tokens)  # the Responses API's, reasoning included
     return max_tokens * n * prompts
 
 

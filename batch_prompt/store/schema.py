@@ -71,6 +71,11 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
     migrate_check(version, path)
     if version == newest:
         return version
+    # A migration may rebuild a table (SQLite's way to change a constraint), which the foreign keys of the
+    # tables referring to it would refuse: they are off while migrating (the pragma is a no-op inside a
+    # transaction) and checked before the commit instead.
+    keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have migrated while we waited for the write lock.
@@ -85,10 +90,15 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             for statement in split_statements(sql):
                 conn.execute(statement)
             conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)", (number, name, time.time()))
+        broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+        if broken is not None:
+            raise sqlite3.IntegrityError(f"a migration left a foreign key of table {broken[0]} broken")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {int(keys)}")
     return newest
 
 

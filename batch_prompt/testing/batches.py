@@ -6,11 +6,12 @@ and ``output_expires_after``), ``GET /v1/batches/{id}``, ``GET /v1/batches`` (``
 what its input file must hold, is ``lifecycle.py``.
 
 Refused at once, as OpenAI refuses them (400 with ``param`` named, or 404): a missing or unknown
-parameter; an ``endpoint`` other than ``/v1/chat/completions`` and ``/v1/completions`` (the two the
-fake answers); a ``completion_window`` other than ``"24h"``; metadata that is not at most 16 pairs of
-strings (keys up to 64 characters, values up to 512); an unknown input file (404) or one whose
-purpose is not ``batch``.  Cancel moves a ``validating`` or ``in_progress`` batch to ``cancelling``
-(again: the same batch back); any other status is a 409 ("Cannot cancel a batch with status ...").
+parameter; an ``endpoint`` other than ``/v1/chat/completions``, ``/v1/completions`` and
+``/v1/responses`` (the ones the fake answers); a ``completion_window`` other than ``"24h"``; metadata
+that is not at most 16 pairs of strings (keys up to 64 characters, values up to 512); an unknown input
+file (404) or one whose purpose is not ``batch``.  Cancel moves a ``validating`` or ``in_progress``
+batch to ``cancelling`` (again: the same batch back); any other status is a 409 ("Cannot cancel a batch
+with status ...").
 
 ``BatchAPI.record()`` (``FakeServer.batches``, ``GET /_fake/batches``) is the tests' view: one dict
 per batch created, oldest first, with its metadata, input file, line count and state.
@@ -32,7 +33,7 @@ from .files import FilesAPI
 from .lifecycle import FakeBatch, Lifecycle
 from .rest import ApiError, guarded, invalid, json_object, list_object, missing, not_found, page, query_int
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 _CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 
 
@@ -125,7 +126,7 @@ class BatchAPI:
         if not isinstance(file_id, str):
             raise invalid("input_file_id", "must be a string.")
         if endpoint not in ENDPOINTS:
-            raise invalid("endpoint", f"'{endpoint}'. Supported values are: {' and '.join(ENDPOINTS)}.")
+            raise invalid("endpoint", f"'{endpoint}'. Supported values are: {', '.join(ENDPOINTS)}.")
         if body["completion_window"] != "24h":
             raise invalid("completion_window", f"'{body['completion_window']}'. Supported values are: '24h'.")
         metadata = _metadata(body.get("metadata"))

@@ -43,8 +43,9 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .api import FAIL400_ERROR, SERVER_ERROR, FakeConfig, FakeRequest
+from .api import FAIL400_ERROR, SERVER_ERROR, FakeConfig
 from .files import FakeFile, FileStore
+from .responses import request_for
 
 _TIMES = ("in_progress", "expires", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 _MAX_ERRORS = 100
@@ -210,7 +211,6 @@ class Lifecycle:
         self.batch, self.lock, self.files, self.count_answered = batch, lock, files, count_answered
         self.input = input_file.chunks[0]  # an upload is one chunk; held (even if the file is deleted) until the end
         self.rng = random.Random(f"{batch.settings.seed}:{batch.seq}")
-        self.chat = batch.endpoint == "/v1/chat/completions"
         self.tag = batch.id[6:18]  # per-line ids: this batch's tag and the line's index
         self.btag = self.tag.encode()
         self.out: list[bytes] = []  # blocks of output lines, as they were answered
@@ -297,9 +297,7 @@ class Lifecycle:
         prompts: list[str] = []
         for i in indexes:
             line = json.loads(data[scan.starts[i] : scan.ends[i]])
-            req = FakeRequest(self.chat, None, line["body"])
-            req.per_byte = settings.usage_bytes
-            req.first_top = settings.top_logprobs
+            req = request_for(self.batch.endpoint, None, line["body"], settings)
             draw = self.rng.random()  # one draw per line, whatever its fate: a seed replays a batch
             if req.error is not None:
                 status, body = 400, req.error

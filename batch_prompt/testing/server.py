@@ -1,9 +1,10 @@
 """A fake OpenAI-compatible HTTP server on loopback, for tests, benchmarks and a no-key demo.
 
-It answers ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models``
-deterministically: every choice is ``"echo {j}: {prompt}"`` (``j`` is the sample index), so a
-client can tell which prompt and sample each answer belongs to (a prompt holding ``REPLY:`` is
-answered with the text after it, verbatim, so a test picks its answers).  Faults can be injected:
+It answers ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses`` (the
+Responses API: ``responses.py``) and ``GET /v1/models`` deterministically: every choice is
+``"echo {j}: {prompt}"`` (``j`` is the sample index), so a client can tell which prompt and sample
+each answer belongs to (a prompt holding ``REPLY:`` is answered with the text after it, verbatim, so a
+test picks its answers).  Faults can be injected:
 
 * rates (seeded ``random.Random``; each request draws the same fixed number of values at
   arrival, so request ``seq`` k meets the same fate for a given seed): ``error_rate`` (500),
@@ -92,6 +93,7 @@ from .api import (
 )
 from .batches import BatchAPI
 from .limits import Limits
+from .responses import request_for
 
 __all__ = ["FakeConfig", "FakeServer", "format_duration"]
 
@@ -288,10 +290,7 @@ class FakeServer:
 
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        req = FakeRequest(request.path.endswith("/chat/completions"), raw)
-        req.per_byte = self._config.usage_bytes
-        req.first_top = self._config.top_logprobs
-        req.reasoning, req.cached = self._config.reasoning_tokens, self._config.cached_tokens
+        req = request_for(request.path, raw, None, self._config)
         key = self._config.api_key
         auth_ok = key is None or request.headers.get("Authorization") == f"Bearer {key}"
         adm = self._admit(req, request.path, auth_ok)
@@ -422,6 +421,7 @@ class FakeServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._completion)
         app.router.add_post("/v1/completions", self._completion)
+        app.router.add_post("/v1/responses", self._completion)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_fake/record", self._ctl_record)
         app.router.add_get("/_fake/answered", self._ctl_answered)
