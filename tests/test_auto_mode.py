@@ -16,6 +16,7 @@ import pytest
 import batch_prompt as bp
 from batch_prompt.errors import ConfigError
 from batch_prompt.run.plan import Inputs, Rate, make_plan, parse_duration
+from batch_prompt.run.progress import Progress
 from batch_prompt.run.retry import RetryPolicy
 from batch_prompt.testing import FakeServer
 
@@ -210,3 +211,19 @@ def test_bad_deadlines_are_exit_2_and_nothing_is_sent(fake: FakeServer, tmp_path
     assert fake.record == [] and fake.batches == []
     if args[-1] in ("soon", "0s", "2h"):  # refused before the job is recorded
         assert not db.exists()
+
+
+def test_a_server_without_the_batch_api_sends_an_auto_job_live(fake: FakeServer, tmp_path: Path) -> None:
+    """A self-hosted server (llama.cpp's) answers the Files API 404: the job goes live, nothing is lost."""
+    fake.configure(batch_api=False)
+    db, spec = tmp_path / "jobs.db", chat_spec(20, n=1)
+    bp.create(db, **spec)
+    progress = Progress()
+    started = time.monotonic()
+    summary = run(db, fake, tmp_path, mode="auto", deadline="1h", poll=10.0, quiet=False, progress=progress)
+    assert (summary.done, summary.failed, summary.exit_code) == (20, 0, 0)
+    assert time.monotonic() - started < 5  # not a poll's wait, nor the take-back's
+    assert live_requests(fake) == 20 and fake.batches == []
+    assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
+    assert any("has no Batch API" in note and "goes live" in note for note in progress.notes), progress.notes
+

@@ -32,6 +32,7 @@ from .lanes import Lane
 from .ledger import Ledger
 from .plan import ASSUMED_SECONDS, Inputs, Plan, Rate, make_plan, take_back_at
 
+LOOK_EVERY = 1.0  # seconds: the most the watch waits between two looks at a job's batches (its own counts)
 LEARN_FROM = 20  # live requests a run must have made before its rate is kept as the job's learned rate
 
 
@@ -122,6 +123,9 @@ class Watch:
     async def _keep(self, auto: AutoJob) -> None:
         try:
             while not self._halted() and auto.batch_lanes:
+                lanes = auto.batch_lanes
+                if any(lane.no_batch_api for lane in lanes) and not any(lane.open for lane in lanes):
+                    return  # a server without the Batch API: its prompts go live now
                 left = await self._left(auto)
                 if not sum(left.values()):
                     return  # every prompt answered (or failed): nothing to take back
@@ -129,8 +133,11 @@ class Watch:
                 if time.time() >= back or auto.plan.mode == "live":
                     await self._take_back(auto, left)
                     return
-                await asyncio.sleep(min(self.opts.poll, max(0.0, back - time.time())))
+                await asyncio.sleep(min(self.opts.poll, LOOK_EVERY, max(0.0, back - time.time())))
         finally:
+            refused = [lane.no_batch_api for lane in auto.batch_lanes if lane.no_batch_api]
+            if refused:
+                self.note(f"{refused[0]}: {auto.job.name} goes live")
             auto.opened = time.monotonic()
             auto.calls_then = {m: self.ledger.tally(auto.job.id, m).requests for m in auto.job.spec["models"]}
             auto.gate.set()

@@ -87,6 +87,9 @@ class BatchCalls:
             message = redact(failure.message, lane.state.endpoint.api_key)
             if first and failure.status in (404, 405):  # a server without the Batch API
                 url = lane.endpoint.base_url
+                if lane.live_fallback:  # auto mode: its prompts go live instead (`auto.Watch`)
+                    lane.no_batch_api, lane.submit = f"{url} has no Batch API (it answered {message})", False
+                    raise NoBatchAPI from None
                 lane.state.refuse(FatalAPIError(f"{url} has no Batch API (it answered {message}): run with --mode live",
                                                 status_code=failure.status, endpoint=url))
                 raise NoBatchAPI from None
@@ -130,7 +133,7 @@ class BatchCalls:
 
     async def _return_unuploaded(self, lane: Lane, batch: BatchRow) -> None:
         """A batch whose file cannot exist (the server has no Files API): its prompts are pending again."""
-        await self.store.run(lambda s: s.return_batch(batch.id, str(lane.state.fatal)))
+        await self.store.run(lambda s: s.return_batch(batch.id, lane.no_batch_api or str(lane.state.fatal)))
         lane.open.pop(batch.id, None)
         self._unreserve(lane, batch.id)
 

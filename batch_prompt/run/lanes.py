@@ -99,6 +99,10 @@ class Lane:
     reserved: dict[int, float] = field(default_factory=dict)
     last_refusal: str | None = None
     gate: asyncio.Event | None = None  # live, auto mode: nothing is claimed until it is set (`auto.Watch`)
+    # batch, auto mode: a server without the Batch API ends this lane only (`no_batch_api` set), the job's
+    # prompts going live, where otherwise it stops the endpoint
+    live_fallback: bool = False
+    no_batch_api: str | None = None
     queue: asyncio.Queue[Item | None] = field(init=False)
 
     def __post_init__(self) -> None:

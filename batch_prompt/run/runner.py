@@ -313,6 +313,7 @@ class _Run:
         for lane in batch_lanes:
             if lane.job.id in autos:
                 autos[lane.job.id].batch_lanes.append(lane)
+                lane.live_fallback = True
         return Watch(list(autos.values()), None, self.ledger, self.opts, self.progress.note, lambda: False)
 
     def _lane(self, job: JobRow, model: str, endpoint: Endpoint, mode: str = "live", submit: bool = True) -> Lane:
