@@ -226,4 +226,6 @@ def test_a_server_without_the_batch_api_sends_an_auto_job_live(fake: FakeServer,
     assert live_requests(fake) == 20 and fake.batches == []
     assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
     assert any("has no Batch API" in note and "goes live" in note for note in progress.notes), progress.notes
+    report = bp.status(db)[0]
+    assert report.mode == "live" and report.plan is not None and report.plan["mode"] == "live"
 

@@ -14,13 +14,14 @@ nothing is left to send) and when the run stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ..errors import ConfigError
+from ..errors import BatchPromptError, ConfigError
 from ..options import RunOptions
 from ..spec import tokens
 from ..spec.endpoints import Endpoint
@@ -138,9 +139,22 @@ class Watch:
             refused = [lane.no_batch_api for lane in auto.batch_lanes if lane.no_batch_api]
             if refused:
                 self.note(f"{refused[0]}: {auto.job.name} goes live")
+                await self._went_live(auto)
             auto.opened = time.monotonic()
             auto.calls_then = {m: self.ledger.tally(auto.job.id, m).requests for m in auto.job.spec["models"]}
             auto.gate.set()
+
+    async def _went_live(self, auto: AutoJob) -> None:
+        """The job's plan and mode say live (status shows how it went): its endpoint has no Batch API."""
+        if self.engine is None:
+            return
+        plan = {**(auto.job.plan or {}), **auto.plan.to_dict(), "mode": "live", "take_back_at": None,
+                "take_back": None}
+        auto.plan = Plan.from_dict(plan)
+        with contextlib.suppress(BatchPromptError):  # (the run's own store failure is reported as such)
+            await self.engine.store.run(functools.partial(
+                Store.set_run_choices, job=auto.job, mode="live", fresh=bool(auto.job.fresh),
+                deadline_at=auto.plan.deadline_at, plan=plan))
 
     async def remember_rates(self, store: AsyncStore) -> None:
         """Keep with each job's plan the live rate its prompts reached after the gate opened (when it sent
