@@ -79,6 +79,14 @@ def test_status_errors(status: int, error: dict[str, Any], headers: dict[str, st
     assert failure.message.startswith(f"{sdk_type.__name__} {status}") and failure.message.endswith(f"m{status}")
 
 
+def test_a_429_out_of_flex_capacity_is_capacity_by_its_code_type_or_message() -> None:
+    capacity = Verdict.CAPACITY
+    assert judged(429, {"code": "resource_unavailable"}).verdict is capacity
+    assert judged(429, {"type": "resource_unavailable"}).verdict is capacity
+    assert judged(429, {"message": "Resource Unavailable: flex capacity is full"}).verdict is capacity
+    assert judged(429, {"message": "Rate limit reached for requests"}).verdict is RL  # not capacity
+
+
 def test_retry_after_in_milliseconds_seconds_and_as_a_date() -> None:
     assert judged(429, retry_after_ms="1500", retry_after="9").retry_after == 1.5  # milliseconds win
     assert judged(429, retry_after="7").retry_after == 7.0

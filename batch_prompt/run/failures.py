@@ -97,6 +97,15 @@ class StalledResponse(RequestTimeout):
     """The response's headers came, its whole body not within the timeout (slowloris; retried, no outage)."""
 
 
+def _is_capacity(answered: Any) -> bool:
+    """A 429 that says the tier is out of capacity (OpenAI's flex "429 Resource Unavailable"), by its code or
+    type, or by its message where a server gives neither."""
+    if answered.code in CAPACITY_CODES or answered.type in CAPACITY_CODES:
+        return True
+    text = str(getattr(answered, "message", "") or "").lower()
+    return "resource unavailable" in text or "resource_unavailable" in text
+
+
 def classify(exc: BaseException) -> Failure:
     """Judge an exception from one live API call (or from the retry layer)."""
     if isinstance(exc, RetryExhausted):
@@ -109,7 +118,7 @@ def classify(exc: BaseException) -> Failure:
         wait = retry_after_from(headers)
         if status in (401, 403) or (status == 429 and _is_quota(answered)):
             return Failure(Verdict.FATAL, kind, message, status, wait)
-        if status == 429 and (answered.code in CAPACITY_CODES or answered.type in CAPACITY_CODES):
+        if status == 429 and _is_capacity(answered):
             return Failure(Verdict.CAPACITY, kind, message, status, wait)
         says = headers.get("x-should-retry")
         if says == "false":
