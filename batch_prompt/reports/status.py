@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownFieldError
+from ..results.export import answer_texts
 from ..results.responses import as_chat
 from ..results.table import choice_text, messages_text
 from ..spec.expand import PROMPT_KEYS, raw_messages
@@ -179,8 +180,7 @@ def status(db_path: str | Path, prices: str | Path | None = None, by: str | None
             report.append(_job_status(store, job, own))
             parser = Parser.of(job.spec)
             if parser is not None:  # O(rows done): every answer parsed again, as an export would
-                unparsed = sum(1 for row in store.iter_done(job) for error in parse_errors(row.response, parser)
-                               if error is not None)
+                unparsed = sum(1 for text in answer_texts(store, job) if parser.parse(text)[1] is not None)
                 report[-1] = replace(report[-1], unparsed=unparsed)
             if by is not None:
                 report[-1] = replace(report[-1], by=by, groups=_groups(store, job, by, own))

@@ -128,7 +128,7 @@ def _parsed_types(store: Store, plan: _Plan) -> dict[str, str]:
                 fixed[name] = kind
         if parser.schema is not None:
             continue
-        for text in _answer_texts(store, job):
+        for text in answer_texts(store, job):
             parsed, _ = parser.parse(text)
             for name, value in (parsed or {}).items():
                 seen = kinds.setdefault(name, set())
@@ -157,7 +157,7 @@ _TEXTS = (  # each done row's choices in the items' order: (id, chat content, co
 )
 
 
-def _answer_texts(store: Store, job: JobRow, chunk: int = 2000) -> Iterator[str]:
+def answer_texts(store: Store, job: JobRow, chunk: int = 2000) -> Iterator[str]:
     """The text of every choice of the job's done rows (`choice_text`), in the items' order; SQLite reads
     it out of the stored responses (faster than decoding each one here); a Responses API job's answers
     through `as_chat`, the one mapping of them."""
