@@ -37,18 +37,13 @@ from .spec.spec import Spec, load_spec
 
 
 def __getattr__(name: str) -> typing.Any:
-    """`__version__`, read from the installed package's metadata on first use (importlib.metadata costs
-    40 ms to import, which every command would pay at start)."""
+    """`__version__`, read from the installed package's metadata on first use (`version.py`)."""
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import metadata
+    from .version import version
 
-    try:
-        version = metadata.version("batch-prompt")
-    except metadata.PackageNotFoundError:  # a source checkout that was never installed
-        version = "0+unknown"
-    globals()["__version__"] = version
-    return version
+    globals()["__version__"] = found = version()
+    return found
 
 
 __all__ = [

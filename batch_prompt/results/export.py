@@ -24,6 +24,7 @@ from ..errors import SpecError
 from ..spec.expand import PROMPT_KEYS, raw_messages
 from ..spec.parse import Parser, text_kind, typed
 from ..store.database import SQLITE_MAGIC, DoneRow, JobRow, Store
+from ..version import version
 from .responses import as_chat
 from .table import (
     FIXED_TYPES,
@@ -234,9 +235,7 @@ def _rows(store: Store, plan: _Plan, columns: Columns) -> Iterator[dict[str, Any
 
 def _manifest(plan: _Plan, columns: Columns | None) -> dict[str, Any]:
     """What an export says about itself: the package version, each job's spec, when, and its columns."""
-    from .. import __version__
-
-    return {"package_version": __version__, "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    return {"package_version": version(), "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "jobs": [{"name": job.name, "spec": job.spec} for job in plan.jobs],
             "columns": None if columns is None else columns.types}
 
