@@ -238,6 +238,8 @@ class FakeServer:
                 front = (400, "error_400", FAIL400_ERROR)
             elif req.service_tier == "flex" and capacity < c.flex_capacity_rate:
                 front = (429, "capacity_429", FLEX_CAPACITY_ERROR)
+                if c.flex_retry_after is not None:
+                    headers = {"retry-after": str(math.ceil(c.flex_retry_after))}
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
                 refused = self._limits.admit(req.model, tokens, now)
