@@ -22,8 +22,8 @@ test picks its answers).  Faults can be injected:
   of prompts (the first prompt's first choice only);
 * service tiers as OpenAI serves them: a request's ``service_tier`` is echoed in a chat answer ("flex",
   "priority", "scale", else "default") and recorded; ``flex_capacity_rate``: that share of flex requests
-  answered 429 ``resource_unavailable`` (flex processing out of capacity: not billed, no retry-after;
-  outcome ``capacity_429``), drawn from a seeded generator of its own, one value a request;
+  answered 429 ``resource_unavailable`` (flex processing out of capacity: not billed; a retry-after only
+  with ``flex_retry_after``; outcome ``capacity_429``), drawn from a seeded generator of its own, one value a request;
 * usage details: ``reasoning_tokens`` hidden reasoning tokens per choice (billed in ``completion_tokens``,
   said in ``completion_tokens_details.reasoning_tokens``), ``cached_tokens`` of the prompt tokens said
   cached (``prompt_tokens_details.cached_tokens``, at most the prompt tokens), chat answers only;
