@@ -229,3 +229,21 @@ def test_a_server_without_the_batch_api_sends_an_auto_job_live(fake: FakeServer,
     report = bp.status(db)[0]
     assert report.mode == "live" and report.plan is not None and report.plan["mode"] == "live"
 
+
+
+def test_flex_capacity_after_the_take_back_does_not_miss_the_deadline(fake: FakeServer, tmp_path: Path) -> None:
+    """`--service-tier flex` in auto mode: what goes live goes live because the deadline needs it, so a flex
+    request refused for capacity goes at the default tier at once (it once waited capacity out with growing
+    backoff, minutes past a 7 s deadline)."""
+    slow_batches(fake)
+    fake.configure(flex_capacity_rate=0.8, seed=3)
+    db, spec = tmp_path / "jobs.db", chat_spec(40, n=1)
+    bp.create(db, **spec)
+    started = time.monotonic()
+    summary = run(db, fake, tmp_path, mode="auto", deadline=7, rpm=6000, service_tier="flex",
+                  retry=RetryPolicy(maximum=2.0))
+    assert summary.exit_code == 0 and statuses(db) == Counter({"done": 40}) and time.monotonic() - started < 7
+    assert fake.answered() == Counter({prompt: 1 for prompt in prompts_of(spec)})
+    sent = Counter((e["service_tier"], e["outcome"]) for e in fake.record)
+    assert sent[("flex", "capacity_429")] == sent[("default", "ok")] == summary.fell_back > 0
+    assert sent[("flex", "ok")] + sent[("default", "ok")] == live_requests(fake) - sent[("flex", "capacity_429")]

@@ -185,3 +185,17 @@ def test_two_processes_resuming_one_job_share_its_budget(fake: FakeServer, tmp_p
     assert 0.2 < spent <= 0.3, spent
     assert bp.status(db, prices=prices)[0].cost == pytest.approx(spent)
     assert set(fake.answered().values()) == {1}
+
+
+@pytest.mark.parametrize(("limit", "spent", "next_cost", "larger"), [
+    (0.4, 0.0, 1.11, 1.2), (0.4, 0.7, 0.0101, 0.8), (0.05, 0.049, 0.2, 0.25), (1.0, 0.0, 0.5, 2.0),
+    (0.3, 0.0, 0.65, 0.65),
+])
+def test_the_larger_budget_suggested_lets_the_next_request_go(limit: float, spent: float, next_cost: float,
+                                                               larger: float) -> None:
+    """Rounded up, never down: $1.11 needed was once said as max_cost=1.1, which stops again at once."""
+    from batch_prompt.run.budget import Budget
+
+    budget = Budget(None, limit, None, spent, lambda: 0.0)  # type: ignore[arg-type]
+    budget.next_cost = next_cost
+    assert budget.larger() == larger and budget.larger() >= spent + next_cost

@@ -113,6 +113,20 @@ def test_flex_fallback_sends_at_the_default_tier_after_the_wait(fake: FakeServer
     assert "4 requests sent at the default tier after --flex-fallback" in str(summary)
 
 
+def test_a_capacity_retry_after_of_a_day_waits_no_longer_than_the_fallback(fake: FakeServer, tmp_path: Path) -> None:
+    """A capacity 429 saying `retry-after: 86400` is waited out at most until `--flex-fallback` (it once held
+    each prompt the longest server wait, 60 s, before the fallback was looked at)."""
+    fake.configure(flex_capacity_rate=1.0, flex_retry_after=86400)
+    db = tmp_path / "jobs.db"
+    job = bp.create(db, **chat_spec(4, n=1))
+    started = time.monotonic()
+    summary = job.run(**options(fake, tmp_path, service_tier="flex", flex_fallback=0.3, concurrency=4,
+                                retry=RetryPolicy(max_attempts=1)))
+    assert summary.exit_code == 0 and statuses(db) == Counter({"done": 4}) and time.monotonic() - started < 5
+    outcomes = Counter((e["service_tier"], e["outcome"]) for e in fake.record)
+    assert outcomes == Counter({("flex", "capacity_429"): 4, ("default", "ok"): 4}) and summary.fell_back == 4
+
+
 def test_the_command_line_sends_flex_and_says_how_many_fell_back(fake: FakeServer, tmp_path: Path) -> None:
     fake.configure(flex_capacity_rate=1.0)
     spec = write_spec(tmp_path, chat_spec(2, n=1))

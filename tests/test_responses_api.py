@@ -233,6 +233,44 @@ def test_a_budget_stops_a_responses_job_and_a_resume_sends_only_the_rest(fake: F
     assert set(fake.answered().values()) == {1} and len(fake.answered()) == 60
 
 
+def test_instructions_are_input_the_budget_and_estimate_count(fake: FakeServer, tmp_path: Path) -> None:
+    """`instructions` are billed as input tokens (the fake counts them as a system message): a budget's worst
+    case holds them, so a budget that cannot pay for one request sends none (it once sent 3 of them, $0.82
+    spent of a $0.40 budget)."""
+    instructions = "Answer with care. " * 60  # ~270 input tokens a request
+    data = {**spec("responses", 20), "model_args": {"max_output_tokens": 16, "instructions": instructions}}
+    plain = bp.estimate({**data, "model_args": {"max_output_tokens": 16}}, prices=price_file(tmp_path))
+    got = bp.estimate(data, prices=price_file(tmp_path))
+    assert got.input_tokens - plain.input_tokens >= 20 * len(instructions) // 4
+    db = tmp_path / "jobs.db"
+    bp.create(db, **data)
+    summary = run(db, fake, tmp_path, max_cost=0.4, concurrency=2, prices=str(price_file(tmp_path)))
+    assert summary.budget_reached and summary.exit_code == 1
+    assert fake.record == [] and statuses(db) == Counter({"pending": 20})
+    summary = run(db, fake, tmp_path, max_cost=2.0, concurrency=2, prices=str(price_file(tmp_path)))
+    assert 0 < len(fake.answered()) < 20 and server_cost(fake) <= 2.0  # ~$0.27 a prompt: some, within it
+
+
+def test_cached_input_tokens_of_a_responses_batch_are_priced_at_the_cached_batch_rate(
+        fake: FakeServer, tmp_path: Path) -> None:
+    """`usage.input_tokens_details.cached_tokens` (the fake's `cached_tokens`, as for chat) are priced at the
+    cached rate, scaled to the batch price; reasoning tokens reach status."""
+    fake.configure(**FAST, reasoning_tokens=5, cached_tokens=2)
+    prices = tmp_path / "cached.json"
+    prices.write_text(json.dumps({"gpt-4o-mini": {"input": 1000.0, "output": 2000.0, "cached_input": 100.0,
+                                                  "batch_input": 500.0, "batch_output": 1000.0}}))
+    db = tmp_path / "jobs.db"
+    bp.create(db, **{**spec("responses", 6), "templates": ["a longer question about {w} and more"]})
+    assert run(db, fake, tmp_path, mode="batch").exit_code == 0
+    usages = [item["completion"]["usage"] for item in bp.export(db)]  # type: ignore[union-attr]
+    assert [u["prompt_tokens_details"] for u in usages] == [{"cached_tokens": 2}] * 6
+    prompt = sum(u["prompt_tokens"] for u in usages)
+    completion = sum(u["completion_tokens"] for u in usages)
+    report = bp.status(db, prices=prices)[0]
+    assert (report.cached_tokens, report.reasoning_tokens) == (12, 30)
+    assert report.cost == pytest.approx(((prompt - 12) * 500 + 12 * 50 + completion * 1000) / 1e6)
+
+
 def test_the_fake_answers_and_refuses_as_the_responses_api_documents(fake: FakeServer) -> None:
     client = openai.OpenAI(base_url=fake.url, api_key="sk-test", max_retries=0)
     got = client.responses.create(model="gpt-4o-mini", input="hello there", max_output_tokens=16)

@@ -17,6 +17,7 @@ before anything is sent: `preflight.py`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..reports.prices import Prices, money
@@ -145,8 +146,14 @@ class Budget:
                 f"(a resume with more than ${self.spent + self.next_cost:.4g} goes on)")
 
     def larger(self) -> float:
-        """A budget that lets the next request go: what a resume must be given at least."""
-        return float(f"{max(self.limit * 2, self.spent + self.next_cost):.2g}")
+        """A budget that lets the next request go: what a resume must be given at least (two significant
+        figures, rounded up: $1.11 needed is $1.2, never $1.1)."""
+        need = max(self.limit * 2, self.spent + self.next_cost)
+        if not need > 0 or not math.isfinite(need):
+            return need
+        step = 10.0 ** (math.floor(math.log10(need)) - 1)
+        larger = float(f"{math.ceil(need / step - 1e-9) * step:.2g}")
+        return larger if larger >= need else float(f"{(math.ceil(need / step) + 1) * step:.2g}")
 
 
 # (what to hold, given every process's spend and the others' holds) -> (the hold made, spend, others' holds)

@@ -172,7 +172,8 @@ class LivePool:
         request = _Request(lane, list(rows), int(asked.get("n") or 1), tier=tier if isinstance(tier, str) else None)
         try:  # a failed probe of an outage costs no attempt; an answer, however bad, always does
             await self.policy.call(functools.partial(self._attempt, request), lane.limiter.sleep,
-                                   free=lambda exc: request.probe_failed and classify(exc).outage)
+                                   free=lambda exc: request.probe_failed and classify(exc).outage,
+                                   most=functools.partial(_until_fallback, request))
         except _Stopped:
             return  # the rows stay claimed and are handed back when the run ends
         except Exception as exc:
@@ -335,6 +336,17 @@ class LivePool:
             lane.limiter.failed(probe)
         elif not isinstance(exc, _Stopped):  # the server answered: not an outage
             lane.limiter.succeeded()
+
+
+def _until_fallback(request: _Request, exc: BaseException) -> float | None:
+    """A flex capacity 429 is waited out at most until the request's `flex_fallback` (a `retry-after` of a
+    day does not hold it past it); None: no bound."""
+    wait = request.lane.flex_fallback
+    if request.tier != "flex" or wait is None or request.waiting_since is None:
+        return None
+    if classify(exc).verdict is not Verdict.CAPACITY:
+        return None
+    return wait - (time.monotonic() - request.waiting_since)
 
 
 def _response_for(data: dict[str, Any], choices: list[dict[str, Any]], packed: int, position: int) -> dict[str, Any]:

@@ -73,13 +73,15 @@ class RetryPolicy:
         fn: Callable[[], Awaitable[T]],
         sleep: Callable[[float], Awaitable[None]],
         free: Callable[[BaseException], bool] = lambda exc: False,
+        most: Callable[[BaseException], float | None] = lambda exc: None,
     ) -> T:
         """Call `fn` until it succeeds, fails permanently or runs out of attempts.
 
         A failure that is not `retryable` is raised as it is, at once. When the attempts run out on
         retryable failures, raises `RetryExhausted` carrying the last error and the number of calls. A
         failure for which `free(exc)` is true, or a rate limit (up to `free_rate_limits` x
-        `max_attempts` of them), does not use up an attempt.
+        `max_attempts` of them), does not use up an attempt. `most(exc)`: the longest wait after `exc`
+        (None: no bound), whatever the server asked.
         """
         calls = free_calls = rate_limited = capacity = 0
 
@@ -89,8 +91,11 @@ class RetryPolicy:
             # (a failure the `retryable` predicate retries is retried as transient, whatever classify says)
             failure = failure if failure.verdict.retryable else Failure(Verdict.RETRY, failure.kind, failure.message)
             if failure.verdict is Verdict.CAPACITY:  # its backoff grows with each, whatever the attempts
-                return self.decide(failure, capacity)
-            return self.decide(failure, state.attempt_number - free_calls)
+                wait = self.decide(failure, capacity)
+            else:
+                wait = self.decide(failure, state.attempt_number - free_calls)
+            bound = most(exc) if exc is not None and wait is not None else None
+            return wait if bound is None or wait is None else min(wait, max(0.0, bound))
 
         def stop(state: tenacity.RetryCallState) -> bool:
             return decision(state) is None

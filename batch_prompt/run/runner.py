@@ -306,10 +306,13 @@ class _Run:
                          "plan": plan, "base_url": base_url or job.base_url})
 
     def _watch(self, autos: dict[int, AutoJob], lanes: list[Lane], batch_lanes: list[Lane]) -> Watch:
-        """Auto mode: the live lanes of its jobs wait behind their gates; the watch keeps to the plans."""
+        """Auto mode: the live lanes of its jobs wait behind their gates; the watch keeps to the plans. Their
+        live prompts have no time to wait on flex capacity (they go live only when the deadline needs
+        them to): a flex request answered 429 "resource unavailable" goes at the default tier at once."""
         for lane in lanes:
             if lane.job.id in autos:
                 lane.gate = autos[lane.job.id].gate
+                lane.flex_fallback = 0.0
         for lane in batch_lanes:
             if lane.job.id in autos:
                 autos[lane.job.id].batch_lanes.append(lane)

@@ -74,12 +74,14 @@ def budget_parts(body: dict[str, Any]) -> tuple[int, int]:
 
 
 def _texts(body: dict[str, Any]) -> tuple[list[Any], bool]:
-    """What a request body asks about: its messages' contents (chat: True), or its prompts (completions)."""
+    """What a request body asks about: its messages' contents (chat: True), or its prompts (completions).
+    The Responses API's `instructions` (a system message, billed as input) count as one more message."""
     messages = body.get("messages", body.get("input"))  # the Responses API's input: messages, or one text
+    instructions = [body["instructions"]] if "input" in body and body.get("instructions") is not None else []
     if isinstance(messages, str):
-        return [messages], True
+        return [*instructions, messages], True
     if isinstance(messages, list):
-        return [m.get("content", "") if isinstance(m, dict) else m for m in messages], True
+        return [*instructions, *(m.get("content", "") if isinstance(m, dict) else m for m in messages)], True
     raw = body.get("prompt", "")
     return (raw if isinstance(raw, list) else [raw]), False
 

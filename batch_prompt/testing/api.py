@@ -74,6 +74,7 @@ class FakeConfig:
     # OpenAI's flex processing: this share of requests sent with `service_tier: "flex"` is answered 429
     # "resource unavailable" (out of flex capacity; not billed)
     flex_capacity_rate: float = 0.0
+    flex_retry_after: float | None = None  # a retry-after (seconds) sent with those 429s; None: none
     # reasoning models: hidden reasoning tokens per choice, billed in completion_tokens and said in
     # `completion_tokens_details.reasoning_tokens`; prompt tokens said cached (`prompt_tokens_details`,
     # at most the prompt's)
@@ -96,6 +97,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "fail_first": (int,),
     "seed": (int,),
     "outage_until": (int, float, type(None)),
+    "flex_retry_after": (int, float, type(None)),
     "batch_lines_per_second": (int, float, type(None)),
     "batch_expire_after": (int, type(None)),
     "batch_max_lines": (int,),

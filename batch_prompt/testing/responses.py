@@ -11,7 +11,8 @@ after ``REPLY:``), shaped as OpenAI documents a Response: ``{"id": "resp_...", "
 "created_at", "status", "model", "output": [{"type": "message", "role": "assistant", "content":
 [{"type": "output_text", "text", "annotations": []}], ...}], "usage": {"input_tokens",
 "input_tokens_details": {"cached_tokens"}, "output_tokens", "output_tokens_details":
-{"reasoning_tokens"}, "total_tokens"}, "service_tier", ...}``. ``FakeConfig.reasoning_tokens`` hidden
+{"reasoning_tokens"}, "total_tokens"}, "service_tier", ...}`` (``FakeConfig.cached_tokens`` of the input
+tokens said cached, at most all of them). ``FakeConfig.reasoning_tokens`` hidden
 tokens are spent first (a ``reasoning`` output item, counted in ``output_tokens``); when they and the
 text need more than ``max_output_tokens`` (which includes them), the text is cut (at a token: a word with
 its leading space) and the response is ``incomplete`` with ``incomplete_details.reason``
@@ -128,7 +129,8 @@ class ResponsesRequest(FakeRequest):
         shown = len(tokens) if cap is None else min(len(tokens), cap - reasoning)
         text = "".join(tokens[:shown])
         prompt, completion = self.prompt_tokens(), reasoning + shown
-        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": min(self.cached, prompt)},
+                 "output_tokens": completion,
                  "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
         if record is not None:
             record["usage"] = json.loads(json.dumps(usage))

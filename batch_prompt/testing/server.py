@@ -22,8 +22,8 @@ test picks its answers).  Faults can be injected:
   of prompts (the first prompt's first choice only);
 * service tiers as OpenAI serves them: a request's ``service_tier`` is echoed in a chat answer ("flex",
   "priority", "scale", else "default") and recorded; ``flex_capacity_rate``: that share of flex requests
-  answered 429 ``resource_unavailable`` (flex processing out of capacity: not billed, no retry-after;
-  outcome ``capacity_429``), drawn from a seeded generator of its own, one value a request;
+  answered 429 ``resource_unavailable`` (flex processing out of capacity: not billed; a retry-after only
+  with ``flex_retry_after``; outcome ``capacity_429``), drawn from a seeded generator of its own, one value a request;
 * usage details: ``reasoning_tokens`` hidden reasoning tokens per choice (billed in ``completion_tokens``,
   said in ``completion_tokens_details.reasoning_tokens``), ``cached_tokens`` of the prompt tokens said
   cached (``prompt_tokens_details.cached_tokens``, at most the prompt tokens), chat answers only;
@@ -238,6 +238,8 @@ class FakeServer:
                 front = (400, "error_400", FAIL400_ERROR)
             elif req.service_tier == "flex" and capacity < c.flex_capacity_rate:
                 front = (429, "capacity_429", FLEX_CAPACITY_ERROR)
+                if c.flex_retry_after is not None:
+                    headers = {"retry-after": str(math.ceil(c.flex_retry_after))}
             else:
                 tokens = req.prompt_tokens() + (req.max_tokens or 16) * req.n * len(req.prompts)
                 refused = self._limits.admit(req.model, tokens, now)
