@@ -162,6 +162,19 @@ def _text(content: Any) -> str:
     return ""
 
 
+def read_body(raw: bytes | None, body: Any) -> tuple[dict[str, Any] | None, bytes | None]:
+    """A request's JSON object: parsed from ``raw`` (an HTTP body), or ``body`` when ``raw`` is None (a
+    batch line's); else None and the 400 body OpenAI answers."""
+    if raw is not None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None, error_body("We could not parse the JSON body of your request.", "invalid_request_error")
+    if not isinstance(body, dict):
+        return None, error_body("The request body must be a JSON object.", "invalid_request_error")
+    return body, None
+
+
 def _int_field(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     value = body.get(key)
     if value is None:
@@ -190,14 +203,8 @@ class FakeRequest:
         self.error: bytes | None = None
         self.logprobs: int | None = None  # logprobs asked for: this many top alternatives per token
         self.first_top: dict[str, float] | None = None  # the first token's alternatives (`FakeConfig.top_logprobs`)
-        if raw is not None:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
-                return
-        if not isinstance(body, dict):
-            self.error = error_body("The request body must be a JSON object.", "invalid_request_error")
+        body, self.error = read_body(raw, body)
+        if body is None:
             return
         model = body.get("model")
         self.model = model if isinstance(model, str) else ""

@@ -28,7 +28,7 @@ import typing
 from functools import lru_cache
 from typing import Any
 
-from .api import TOKEN, FakeConfig, FakeRequest, _answer, _text, error_body
+from .api import TOKEN, FakeConfig, FakeRequest, _answer, _text, error_body, read_body
 
 ROLES = ("user", "assistant", "system", "developer")
 MIN_OUTPUT_TOKENS = 16  # OpenAI: "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16"
@@ -64,16 +64,9 @@ class ResponsesRequest(FakeRequest):
         self.model, self.n, self.max_tokens, self.seed, self.service_tier = "", 1, None, None, "default"
         self.prompts, self.texts = [], []
         self.error = self.logprobs = self.first_top = None
-        if raw is not None:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                self.error = error_body("We could not parse the JSON body of your request.", "invalid_request_error")
-                return
-        if not isinstance(body, dict):
-            self.error = error_body("The request body must be a JSON object.", "invalid_request_error")
-            return
-        self.error = self._check(body)
+        found, self.error = read_body(raw, body)
+        if found is not None:
+            self.error = self._check(found)
 
     def _check(self, body: dict[str, Any]) -> bytes | None:
         for key in body:

@@ -11,9 +11,8 @@ test picks its answers).  Faults can be injected:
   ``drop_rate`` (connection closed, no response), ``reset_rate`` (a 200 whose connection is
   cut mid-body, after its headers and half its bytes), ``malformed_rate`` (200 with truncated
   JSON), ``hang_rate`` (sleep ``hang_seconds`` first), ``wrong_choices_rate`` (one choice
-  fewer or one more than ``n``), ``missing_choice_rate`` (a billed 200 whose choices lack the one at a
-  random index: outcome ``missing_choice``, its prompts counted answered), ``rate_limit_rate`` (a 429 saying retry after
-  ``rate_limit_retry_after`` seconds);
+  fewer or one more than ``n``), ``missing_choice_rate`` (a billed 200 whose choices lack one, at a random
+  index: outcome ``missing_choice``), ``rate_limit_rate`` (a 429: retry after ``rate_limit_retry_after`` s);
 * prompt markers: ``FAIL400`` (permanent 400), ``FAIL500`` (always 500), ``HANG``;
 * logprobs as OpenAI shapes them when asked for (chat ``logprobs: true`` with ``top_logprobs`` 0..20,
   which without it is a 400; legacy ``logprobs`` 0..5): a token per word of the answer, each at -0.1
@@ -46,10 +45,9 @@ body a byte every ``stall_seconds``: outcome ``stalled``, never answered); an ab
 ``rate_limit_retry_after`` (``1e9``) with ``rate_limit_rate``; truncated bodies forever with
 ``malformed_rate=1``.
 
-Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``)
-with its outcome and arrival time ``t`` (and, for a 200 whose body is whole, the ``usage`` it answered with);
-outcome ``"client_closed"`` means the client went away
-before the answer was written.  ``answered()`` counts prompts whose full 200 response was
+Every completion request (not ``/v1/models`` or ``/_fake/*``) is recorded (``FakeServer.record``) with its
+outcome and arrival time ``t`` (a 200 whose body is whole: its ``usage``); ``"client_closed"``: the client
+went away before the answer was written.  ``answered()`` counts prompts whose full 200 response was
 written (outcome "ok", "missing_choice", or a "hang" that ended in time), so tests can assert nothing was answered
 twice.  Run it in-process (``with FakeServer(latency=0.1) as srv: ... srv.url``, a background
 thread with its own event loop) or as a process::
